@@ -1,0 +1,73 @@
+//! The command line: one struct per subcommand, help on every flag, an example on every
+//! command.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::config::CompressionChoice;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    version,
+    about = "Build automation for the Airflow monorepo: from DAG source to tasks running on Kubernetes.",
+    after_help = "Run `cargo xtask <COMMAND> --help` for a command's flags and an example."
+)]
+pub struct Cli {
+    /// The repository root [default: nearest directory with docker/images.toml]
+    #[arg(long, global = true, env = "XTASK_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    /// More detail on stderr (-v: debug, -vv: trace)
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build the worker images into the local store, without Docker
+    #[command(after_help = "Examples:
+  cargo xtask images                       build every image in docker/images.toml
+  cargo xtask images --archive             also write target/xtask/images.tar
+  docker load -i target/xtask/images.tar   (or kind load image-archive, ctr images import)
+  cargo xtask images --json                the same facts for CI")]
+    Images(ImagesArgs),
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct ImagesArgs {
+    /// Build only this image (repeatable) [default: every image in docker/images.toml]
+    #[arg(long = "image", value_name = "NAME")]
+    pub images: Vec<String>,
+
+    /// Also write one tar loadable by `docker load`, `kind load image-archive` and
+    /// `ctr images import` [default path: target/xtask/images.tar]
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "target/xtask/images.tar")]
+    pub archive: Option<PathBuf>,
+
+    /// Tag of the built images [default: from docker/images.toml, else "dev"]
+    #[arg(long, env = "XTASK_TAG")]
+    pub tag: Option<String>,
+
+    /// Base image reference for every image, overriding docker/images.toml
+    /// (oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, ...)
+    #[arg(long, env = "XTASK_BASE", value_name = "REF")]
+    pub base: Option<String>,
+
+    /// Compression of new layers: auto (follow the base), gzip or none
+    #[arg(long, env = "XTASK_COMPRESSION", value_name = "auto|gzip|none")]
+    pub compression: Option<CompressionChoice>,
+
+    /// Rebuild every layer even when its inputs did not change
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Print the report as JSON on stdout (progress and notes stay on stderr)
+    #[arg(long)]
+    pub json: bool,
+}

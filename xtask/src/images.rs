@@ -1,0 +1,363 @@
+//! `cargo xtask images`: docker/images.toml -> layers in the store -> images in the store
+//! (-> an archive). [`build`] is also what `k8s-up` and `watch` call.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::cli::ImagesArgs;
+use crate::config::{self, CompressionChoice, ImageDef, ImageOverrides, Project};
+use crate::fsutil::human_bytes;
+use crate::oci::archive::{self, ArchiveImage, ArchiveStats};
+use crate::oci::image::{self, ConfigChanges, NewLayer};
+use crate::oci::layer::{self, Compression, LayerPlan};
+use crate::oci::source::{self, BaseImage, ImportProgress};
+use crate::oci::store::Store;
+use crate::oci::tar::Meta;
+use crate::oci::{Descriptor, Digest, Platform};
+use crate::ui;
+
+#[derive(Clone, Debug, Default)]
+pub struct BuildOptions {
+    /// Names of the images to build; empty means all.
+    pub only: Vec<String>,
+    pub overrides: ImageOverrides,
+    pub no_cache: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BaseReport {
+    pub reference: String,
+    pub manifest_digest: Digest,
+    pub layers: usize,
+    pub size: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerReport {
+    pub name: String,
+    pub source: String,
+    pub target: String,
+    pub digest: Digest,
+    pub diff_id: Digest,
+    pub size: u64,
+    pub media_type: String,
+    /// "rebuilt" or "reused".
+    pub status: &'static str,
+    pub files: usize,
+    pub input_bytes: u64,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageReport {
+    pub name: String,
+    pub reference: String,
+    pub manifest_digest: Digest,
+    pub manifest_size: u64,
+    pub config_digest: Digest,
+    pub base: BaseReport,
+    pub layers: Vec<LayerReport>,
+    /// Whether the store's name for this image now points at a different manifest.
+    pub changed: bool,
+    pub seconds: f64,
+    #[serde(skip)]
+    pub manifest: Descriptor,
+    #[serde(skip)]
+    pub all_layers: Vec<Descriptor>,
+}
+
+impl ImageReport {
+    /// `name@sha256:...`: how a pod refers to exactly this image.
+    pub fn pinned_reference(&self) -> String {
+        let repo = match self.reference.rsplit_once(':') {
+            Some((r, t)) if !t.contains('/') => r,
+            _ => self.reference.as_str(),
+        };
+        format!("{repo}@{}", self.manifest_digest)
+    }
+
+    pub fn archive_image(&self) -> ArchiveImage {
+        ArchiveImage { name: self.reference.clone(), manifest: self.manifest.clone() }
+    }
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    images: &'a [ImageReport],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    archive: Option<ArchiveReport>,
+    store: String,
+    seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct ArchiveReport {
+    path: String,
+    #[serde(flatten)]
+    stats: ArchiveStats,
+}
+
+pub fn run(project: &Project, args: &ImagesArgs) -> Result<()> {
+    let started = Instant::now();
+    let opts = BuildOptions {
+        only: args.images.clone(),
+        overrides: ImageOverrides {
+            tag: args.tag.clone(),
+            base: args.base.clone(),
+            compression: args.compression,
+            mtime: source_date_epoch()?,
+            ..Default::default()
+        },
+        no_cache: args.no_cache,
+    };
+    let (store, reports) = build(project, &opts, !args.json)?;
+    let mut archive_report = None;
+    if let Some(path) = &args.archive {
+        let path = if path.is_absolute() { path.clone() } else { project.root.join(path) };
+        archive_report = Some(write_archive(project, &store, &reports, &path, !args.json)?);
+    }
+    if args.json {
+        let report = JsonReport {
+            images: &reports,
+            archive: archive_report,
+            store: project.rel(store.root()),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("done in {}", ui::secs(started.elapsed().as_secs_f64()));
+    }
+    Ok(())
+}
+
+/// `SOURCE_DATE_EPOCH`, the reproducible-builds convention for "the time of these inputs".
+pub fn source_date_epoch() -> Result<Option<u64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => Ok(Some(v.trim().parse().with_context(|| {
+            format!("SOURCE_DATE_EPOCH=`{v}` is not a number of seconds since 1970; unset it or fix it")
+        })?)),
+        _ => Ok(None),
+    }
+}
+
+fn write_archive(
+    project: &Project,
+    store: &Store,
+    reports: &[ImageReport],
+    path: &std::path::Path,
+    human: bool,
+) -> Result<ArchiveReport> {
+    let images: Vec<ArchiveImage> = reports.iter().map(ImageReport::archive_image).collect();
+    let total: u64 = reports.iter().flat_map(|r| r.all_layers.iter().map(|l| l.size)).sum();
+    let bar = ui::bytes_bar("archive", total);
+    let stats = archive::write_archive_file(store, &images, path, &mut |n| bar.inc(n))?;
+    bar.finish_and_clear();
+    if human {
+        println!("archive  {}  {}  (docker load -i / kind load image-archive / ctr -n k8s.io images import)", project.rel(path), human_bytes(stats.bytes));
+    }
+    Ok(ArchiveReport { path: project.rel(path), stats })
+}
+
+struct BarProgress(indicatif::ProgressBar);
+impl ImportProgress for BarProgress {
+    fn start(&mut self, total: u64) {
+        self.0.set_length(total);
+    }
+    fn advance(&mut self, n: u64) {
+        self.0.inc(n);
+    }
+}
+
+/// Builds the selected images into the store and returns the store (still locked) and a
+/// report per image. With `human`, prints a line per step.
+pub fn build(project: &Project, opts: &BuildOptions, human: bool) -> Result<(Store, Vec<ImageReport>)> {
+    let defs = config::load_images(project, &opts.overrides)?;
+    let defs = select(defs, &opts.only)?;
+    let store = Store::open(&project.store_dir())?;
+    let mut reports = Vec::new();
+    for def in &defs {
+        reports.push(build_one(project, &store, def, opts, human).with_context(|| format!("image `{}`", def.name))?);
+    }
+    Ok((store, reports))
+}
+
+fn select(defs: Vec<ImageDef>, only: &[String]) -> Result<Vec<ImageDef>> {
+    if only.is_empty() {
+        return Ok(defs);
+    }
+    for name in only {
+        if !defs.iter().any(|d| &d.name == name) {
+            let known: Vec<&str> = defs.iter().map(|d| d.name.as_str()).collect();
+            bail!("no image named `{name}` in {}; defined: {}", config::IMAGES_FILE, known.join(", "));
+        }
+    }
+    Ok(defs.into_iter().filter(|d| only.contains(&d.name)).collect())
+}
+
+/// Every ancestor of `target` and the target itself, outermost first.
+fn ancestors(target: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut acc = String::new();
+    for part in target.split('/') {
+        if !acc.is_empty() {
+            acc.push('/');
+        }
+        acc.push_str(part);
+        out.push(acc.clone());
+    }
+    out
+}
+
+pub fn import_base(project: &Project, store: &Store, def: &ImageDef) -> Result<BaseImage> {
+    let platform = Platform::parse(&def.platform)?;
+    let bar = ui::bytes_bar("base", 0);
+    let base = source::import(&def.base, &project.root, &platform, store, &mut BarProgress(bar.clone()))?;
+    bar.finish_and_clear();
+    Ok(base)
+}
+
+fn build_one(project: &Project, store: &Store, def: &ImageDef, opts: &BuildOptions, human: bool) -> Result<ImageReport> {
+    let started = Instant::now();
+    let full_name = def.full_name();
+    if human {
+        println!("{}  {full_name}", def.name);
+    }
+    let base = import_base(project, store, def)?;
+    if human {
+        println!(
+            "  base     {}  {}  ({} layers, {})",
+            def.base,
+            base.manifest.digest,
+            base.layers.len(),
+            human_bytes(base.total_size())
+        );
+    }
+    let wanted: BTreeSet<String> = def.layers.iter().flat_map(|l| ancestors(&l.target)).collect();
+    let layer_info: Vec<(Digest, String)> =
+        base.layers.iter().map(|l| (l.digest.clone(), l.media_type.clone())).collect();
+    let base_dirs = layer::base_dirs(store, &layer_info, &wanted)?;
+    let compression = match def.compression {
+        CompressionChoice::Fixed(c) => c,
+        CompressionChoice::Auto => base
+            .layers
+            .last()
+            .map(|l| Compression::of_media_type(&l.media_type))
+            .unwrap_or(Compression::Gzip),
+    };
+
+    let mut layer_reports = Vec::new();
+    let mut blobs = Vec::new();
+    for l in &def.layers {
+        let parents = ancestors(&l.target)
+            .into_iter()
+            .map(|p| {
+                let meta = match base_dirs.get(&p) {
+                    Some(d) => Meta { uid: d.uid, gid: d.gid, mode: d.mode, mtime: def.mtime },
+                    None if p == l.target => Meta { uid: def.uid, gid: def.gid, mode: def.dir_mode, mtime: def.mtime },
+                    None => Meta { uid: 0, gid: 0, mode: 0o755, mtime: def.mtime },
+                };
+                (p, meta)
+            })
+            .collect();
+        let plan = LayerPlan {
+            name: l.name.clone(),
+            source: project.root.join(&l.source),
+            source_label: l.source.clone(),
+            context: def.context.clone(),
+            target: l.target.clone(),
+            parents,
+            uid: def.uid,
+            gid: def.gid,
+            file_mode: def.file_mode,
+            exec_mode: def.exec_mode,
+            dir_mode: def.dir_mode,
+            mtime: def.mtime,
+            compression,
+            exclude: def.exclude.clone(),
+        };
+        let bar = ui::bytes_bar(&l.name, 0);
+        let built = layer::build(&plan, store, opts.no_cache, &mut |n| bar.inc(n))?;
+        bar.finish_and_clear();
+        if human {
+            println!(
+                "  {:<8} {}  {:>9}  {}{}",
+                l.name,
+                built.blob.digest,
+                human_bytes(built.blob.size),
+                if built.reused { "reused" } else { "rebuilt" },
+                if built.reused { String::new() } else { format!(" in {}", ui::secs(built.seconds)) }
+            );
+        }
+        layer_reports.push(LayerReport {
+            name: l.name.clone(),
+            source: l.source.clone(),
+            target: format!("/{}", l.target),
+            digest: built.blob.digest.clone(),
+            diff_id: built.blob.diff_id.clone(),
+            size: built.blob.size,
+            media_type: built.blob.media_type.clone(),
+            status: if built.reused { "reused" } else { "rebuilt" },
+            files: built.files,
+            input_bytes: built.input_bytes,
+            seconds: built.seconds,
+        });
+        blobs.push((built.blob, format!("COPY {} /{}", l.source, l.target)));
+    }
+
+    let created = image::rfc3339(def.mtime);
+    let changes = ConfigChanges {
+        env: def.env.clone(),
+        labels: def.labels.clone(),
+        user: def.user.clone(),
+        workdir: def.workdir.clone(),
+        created,
+    };
+    let new_layers: Vec<NewLayer<'_>> =
+        blobs.iter().map(|(blob, created_by)| NewLayer { blob, created_by: created_by.clone() }).collect();
+    let assembled = image::assemble(store, &base, &new_layers, &changes)?;
+    let changed = store.tag(&full_name, &assembled.manifest)?;
+    if human {
+        println!(
+            "  manifest {}  {}",
+            assembled.manifest.digest,
+            if changed { "new" } else { "unchanged" }
+        );
+    }
+    Ok(ImageReport {
+        name: def.name.clone(),
+        reference: full_name,
+        manifest_digest: assembled.manifest.digest.clone(),
+        manifest_size: assembled.manifest.size,
+        config_digest: assembled.config.digest.clone(),
+        base: BaseReport {
+            reference: def.base.clone(),
+            manifest_digest: base.manifest.digest.clone(),
+            layers: base.layers.len(),
+            size: base.total_size(),
+        },
+        layers: layer_reports,
+        changed,
+        seconds: started.elapsed().as_secs_f64(),
+        manifest: assembled.manifest,
+        all_layers: assembled.layers,
+    })
+}
+
+/// Path of the default archive under the repository.
+pub fn default_archive(project: &Project) -> PathBuf {
+    project.work_dir().join("images.tar")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ancestors_are_outermost_first() {
+        assert_eq!(ancestors("opt/airflow/dags"), ["opt", "opt/airflow", "opt/airflow/dags"]);
+    }
+}

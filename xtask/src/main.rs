@@ -1,0 +1,56 @@
+//! `cargo xtask`: the monorepo's build automation, from DAG source to tasks on Kubernetes.
+
+mod cli;
+mod config;
+mod fsutil;
+mod images;
+mod oci;
+mod ui;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::config::Project;
+
+/// A command that already reported its failure and only needs a non-zero exit.
+#[derive(Debug, thiserror::Error)]
+#[error("failed")]
+pub struct Reported(pub u8);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if let Some(Reported(code)) = err.downcast_ref::<Reported>() {
+                return ExitCode::from(*code);
+            }
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let project = Project::discover(cli.root.as_deref())?;
+    match &cli.command {
+        Command::Images(args) => images::run(&project, args),
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "xtask=debug,info",
+        _ => "xtask=trace,debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("XTASK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}

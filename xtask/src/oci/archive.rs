@@ -1,0 +1,159 @@
+//! One tar that is both an OCI image layout and a docker-archive: `docker load`,
+//! `kind load image-archive`, `ctr images import` and `skopeo oci-archive:` all read it.
+//!
+//! Entries: `oci-layout`, `index.json` (each image named by `io.containerd.image.name`
+//! with its fully qualified name and `org.opencontainers.image.ref.name` with its tag),
+//! `manifest.json` (docker's list of config + layers + RepoTags), then `blobs/sha256/*`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::store::Store;
+use super::tar::{Meta, TarWriter};
+use super::{ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, Descriptor, Digest, Index, Manifest, canonical_json};
+use crate::fsutil::AtomicFile;
+
+/// An image to put into an archive.
+#[derive(Clone, Debug)]
+pub struct ArchiveImage {
+    /// Fully qualified name, e.g. `docker.io/library/airflow-worker:dev`.
+    pub name: String,
+    pub manifest: Descriptor,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ArchiveStats {
+    /// Bytes of the whole tar.
+    pub bytes: u64,
+    pub blobs: usize,
+    /// Blobs left out because the destination already has them.
+    pub omitted_blobs: usize,
+    pub omitted_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct DockerManifestEntry {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "RepoTags")]
+    repo_tags: Vec<String>,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+/// The tag part of a fully qualified name (`...:dev` -> `dev`).
+pub fn tag_of(name: &str) -> &str {
+    match name.rsplit_once(':') {
+        Some((_, t)) if !t.contains('/') => t,
+        _ => "latest",
+    }
+}
+
+/// Streams the archive into `out`. Layer blobs listed in `omit` are left out (for a
+/// destination that already has them); manifests and configs are always included.
+pub fn write_archive(
+    store: &Store,
+    images: &[ArchiveImage],
+    omit: &BTreeSet<Digest>,
+    out: &mut dyn Write,
+    on_bytes: &mut dyn FnMut(u64),
+) -> Result<ArchiveStats> {
+    let mut index = Index { schema_version: 2, ..Default::default() };
+    let mut docker = Vec::new();
+    let mut blobs: BTreeMap<Digest, u64> = BTreeMap::new();
+    let mut stats = ArchiveStats::default();
+    for image in images {
+        let manifest: Manifest = store.read_json(&image.manifest.digest)?;
+        let mut desc = image.manifest.clone();
+        desc.annotations = Some(BTreeMap::from([
+            (ANNOTATION_CONTAINERD_NAME.to_string(), image.name.clone()),
+            (ANNOTATION_REF_NAME.to_string(), tag_of(&image.name).to_string()),
+        ]));
+        index.manifests.push(desc);
+        docker.push(DockerManifestEntry {
+            config: format!("blobs/sha256/{}", manifest.config.digest.hex()),
+            repo_tags: vec![image.name.clone()],
+            layers: manifest.layers.iter().map(|l| format!("blobs/sha256/{}", l.digest.hex())).collect(),
+        });
+        blobs.insert(image.manifest.digest.clone(), image.manifest.size);
+        blobs.insert(manifest.config.digest.clone(), manifest.config.size);
+        for l in &manifest.layers {
+            if omit.contains(&l.digest) {
+                if !blobs.contains_key(&l.digest) {
+                    stats.omitted_blobs += 1;
+                    stats.omitted_bytes += l.size;
+                }
+                continue;
+            }
+            blobs.insert(l.digest.clone(), l.size);
+        }
+    }
+    let meta = Meta { uid: 0, gid: 0, mode: 0o644, mtime: 0 };
+    let dir_meta = Meta { mode: 0o755, ..meta };
+    let mut counting = super::HashingWriter::new(BufWriter::with_capacity(1 << 20, out));
+    {
+        let mut tar = TarWriter::new(&mut counting);
+        let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
+        tar.file("oci-layout", meta, layout.len() as u64, &mut &layout[..])?;
+        let index_bytes = canonical_json(&index)?;
+        tar.file("index.json", meta, index_bytes.len() as u64, &mut &index_bytes[..])?;
+        let docker_bytes = canonical_json(&docker)?;
+        tar.file("manifest.json", meta, docker_bytes.len() as u64, &mut &docker_bytes[..])?;
+        tar.dir("blobs", dir_meta)?;
+        tar.dir("blobs/sha256", dir_meta)?;
+        for (digest, size) in &blobs {
+            let mut f = store.open_blob(digest)?;
+            let mut progress = ProgressReader { inner: &mut f, on_bytes: &mut *on_bytes };
+            tar.file(&format!("blobs/sha256/{}", digest.hex()), meta, *size, &mut progress)
+                .with_context(|| format!("cannot copy blob {digest} from the store"))?;
+            stats.blobs += 1;
+        }
+        tar.finish()?;
+    }
+    counting.flush()?;
+    let (_, _, bytes) = counting.finish();
+    stats.bytes = bytes;
+    Ok(stats)
+}
+
+/// Writes the archive to `path` atomically: under a temporary name, renamed when complete.
+pub fn write_archive_file(
+    store: &Store,
+    images: &[ArchiveImage],
+    path: &Path,
+    on_bytes: &mut dyn FnMut(u64),
+) -> Result<ArchiveStats> {
+    let mut file = AtomicFile::create(path)?;
+    let stats = write_archive(store, images, &BTreeSet::new(), file.file(), on_bytes)
+        .with_context(|| format!("cannot write archive {}", path.display()))?;
+    file.commit()?;
+    Ok(stats)
+}
+
+struct ProgressReader<'a, R> {
+    inner: &'a mut R,
+    on_bytes: &'a mut dyn FnMut(u64),
+}
+
+impl<R: std::io::Read> std::io::Read for ProgressReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        (self.on_bytes)(n as u64);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_is_the_part_after_the_last_colon_of_the_name() {
+        assert_eq!(tag_of("docker.io/library/airflow-worker:dev"), "dev");
+        assert_eq!(tag_of("localhost:5000/airflow-worker"), "latest");
+    }
+}

@@ -1,0 +1,147 @@
+//! An image = a base image + new layers: its config (the base's, extended) and manifest.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use super::layer::LayerBlob;
+use super::source::BaseImage;
+use super::store::Store;
+use super::{
+    ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME, Descriptor, Digest, MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST,
+    Manifest,
+};
+
+/// What the image definition adds to the base's config.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigChanges {
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    /// RFC 3339 time written to `created` and the new history entries.
+    pub created: String,
+}
+
+/// One new layer as it goes into the config's history.
+pub struct NewLayer<'a> {
+    pub blob: &'a LayerBlob,
+    pub created_by: String,
+}
+
+pub struct Assembled {
+    pub manifest: Descriptor,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+}
+
+/// Writes config and manifest for `base` + `layers` into the store.
+pub fn assemble(store: &Store, base: &BaseImage, layers: &[NewLayer<'_>], changes: &ConfigChanges) -> Result<Assembled> {
+    let mut config: Value = store.read_json(&base.config.digest).context("cannot read the base image's config")?;
+    let Some(obj) = config.as_object_mut() else { bail!("the base image's config is not a JSON object") };
+
+    obj.insert("created".into(), json!(changes.created));
+    let rootfs = obj.entry("rootfs").or_insert_with(|| json!({"type": "layers", "diff_ids": []}));
+    let Some(diff_ids) = rootfs.get_mut("diff_ids").and_then(Value::as_array_mut) else {
+        bail!("the base image's config has no rootfs.diff_ids")
+    };
+    for l in layers {
+        diff_ids.push(json!(l.blob.diff_id));
+    }
+    let history = obj.entry("history").or_insert_with(|| json!([]));
+    if let Some(history) = history.as_array_mut() {
+        for l in layers {
+            history.push(json!({"created": changes.created, "created_by": l.created_by, "comment": "xtask"}));
+        }
+    }
+    let cfg = obj.entry("config").or_insert_with(|| json!({}));
+    let Some(cfg) = cfg.as_object_mut() else { bail!("the base image's config.config is not an object") };
+    if !changes.env.is_empty() {
+        let mut env: Vec<String> = cfg
+            .get("Env")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        for (k, v) in &changes.env {
+            let line = format!("{k}={v}");
+            match env.iter_mut().find(|e| e.split_once('=').map(|(ek, _)| ek) == Some(k.as_str())) {
+                Some(existing) => *existing = line,
+                None => env.push(line),
+            }
+        }
+        cfg.insert("Env".into(), json!(env));
+    }
+    if !changes.labels.is_empty() {
+        let labels = cfg.entry("Labels").or_insert_with(|| json!({}));
+        if !labels.is_object() {
+            *labels = json!({});
+        }
+        let labels = labels.as_object_mut().expect("object");
+        for (k, v) in &changes.labels {
+            labels.insert(k.clone(), json!(v));
+        }
+    }
+    if let Some(user) = &changes.user {
+        cfg.insert("User".into(), json!(user));
+    }
+    if let Some(dir) = &changes.workdir {
+        cfg.insert("WorkingDir".into(), json!(dir));
+    }
+
+    let config_desc = store.put_json(MEDIA_OCI_CONFIG, &config)?;
+    let mut all_layers = base.layers.clone();
+    for l in layers {
+        all_layers.push(Descriptor::new(&l.blob.media_type, l.blob.digest.clone(), l.blob.size));
+    }
+    let mut annotations = BTreeMap::new();
+    annotations.insert(ANNOTATION_BASE_DIGEST.to_string(), base.manifest.digest.to_string());
+    if let Some(name) = &base.base_name {
+        annotations.insert(ANNOTATION_BASE_NAME.to_string(), name.clone());
+    }
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(MEDIA_OCI_MANIFEST.into()),
+        config: config_desc.clone(),
+        layers: all_layers.clone(),
+        annotations: Some(annotations),
+        extra: BTreeMap::new(),
+    };
+    let manifest_desc = store.put_json(MEDIA_OCI_MANIFEST, &manifest)?;
+    Ok(Assembled { manifest: manifest_desc, config: config_desc, layers: all_layers })
+}
+
+/// Reads an image's manifest back from the store.
+pub fn read_manifest(store: &Store, digest: &Digest) -> Result<Manifest> {
+    store.read_json(digest)
+}
+
+/// RFC 3339 (UTC) for seconds since the epoch; the `created` time of new content.
+pub fn rfc3339(epoch: u64) -> String {
+    let days = (epoch / 86_400) as i64;
+    let secs = epoch % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(946_684_800), "2000-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_709_251_199), "2024-02-29T23:59:59Z");
+    }
+}

@@ -1,0 +1,543 @@
+//! New layers: a directory of the repository written as a deterministic tar (and gzip),
+//! with its diffID, digest and size computed in the same pass.
+//!
+//! A layer's inputs are summarised by (path, kind, size, mtime, mode) of every entry plus
+//! everything in the plan that shapes the bytes; when that summary matches a cached build
+//! whose blob is still in the store, the layer is reused without reading a single file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use flate2::GzBuilder;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::store::Store;
+use super::tar::{Meta, TarWriter, safe_entry_path};
+use super::{Digest, HashingWriter, MEDIA_OCI_LAYER, MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_LAYER_ZSTD};
+
+/// Bumped whenever the bytes we write for the same inputs change, so old cache entries
+/// are not trusted.
+const LAYER_FORMAT: &str = "xtask-layer-v1";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Gzip,
+    None,
+}
+
+impl Compression {
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Compression::Gzip => MEDIA_OCI_LAYER_GZIP,
+            Compression::None => MEDIA_OCI_LAYER,
+        }
+    }
+
+    /// The compression a base layer of this media type uses; new layers follow it.
+    pub fn of_media_type(media_type: &str) -> Compression {
+        match media_type {
+            MEDIA_OCI_LAYER => Compression::None,
+            // zstd bases get gzip layers: every runtime reads gzip, and we do not write zstd.
+            MEDIA_OCI_LAYER_GZIP | MEDIA_OCI_LAYER_ZSTD => Compression::Gzip,
+            _ => Compression::Gzip,
+        }
+    }
+}
+
+/// Everything that decides the bytes of one new layer.
+#[derive(Clone, Debug)]
+pub struct LayerPlan {
+    /// Short name shown to the user ("dags").
+    pub name: String,
+    /// Absolute path of the directory whose content the layer carries.
+    pub source: PathBuf,
+    /// The source as the user wrote it, for messages ("files/dags").
+    pub source_label: String,
+    /// Absolute path of the tree symlinks must stay inside (the repository's `files/`).
+    pub context: PathBuf,
+    /// Where the content lands in the image, relative ("opt/airflow/dags").
+    pub target: String,
+    /// The target's ancestors and the target itself, outermost first, with the owner and
+    /// mode they get in the layer (the base's where the base has them).
+    pub parents: Vec<(String, Meta)>,
+    pub uid: u64,
+    pub gid: u64,
+    pub file_mode: u32,
+    pub exec_mode: u32,
+    pub dir_mode: u32,
+    pub mtime: u64,
+    pub compression: Compression,
+    /// File-name patterns (`*` and `?`) left out of the layer, e.g. `__pycache__`.
+    pub exclude: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InputKind {
+    File,
+    Dir,
+    Symlink(String),
+}
+
+/// One entry of a layer's source directory.
+#[derive(Clone, Debug)]
+pub struct Input {
+    /// Path relative to the source directory, '/'-separated.
+    pub rel: String,
+    pub abs: PathBuf,
+    pub kind: InputKind,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub mode: u32,
+}
+
+/// The result of building (or reusing) a layer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LayerBlob {
+    pub digest: Digest,
+    pub diff_id: Digest,
+    pub size: u64,
+    pub media_type: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct BuiltLayer {
+    pub blob: LayerBlob,
+    pub reused: bool,
+    pub seconds: f64,
+    pub input_bytes: u64,
+    pub files: usize,
+}
+
+/// Lists the source directory, sorted by path, refusing what cannot go into a layer.
+pub fn scan(plan: &LayerPlan) -> Result<Vec<Input>> {
+    let meta = fs::symlink_metadata(&plan.source).with_context(|| {
+        format!(
+            "layer `{}`: source directory {} does not exist; create it (it may be empty) or fix `source` in docker/images.toml",
+            plan.name, plan.source_label
+        )
+    })?;
+    if !meta.is_dir() {
+        bail!("layer `{}`: {} is not a directory; fix `source` in docker/images.toml", plan.name, plan.source_label);
+    }
+    let mut out = Vec::new();
+    walk(plan, &plan.source, "", &mut out)?;
+    out.sort_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
+    Ok(out)
+}
+
+fn walk(plan: &LayerPlan, dir: &Path, rel_dir: &str, out: &mut Vec<Input>) -> Result<()> {
+    let label = |rel: &str| format!("{}/{}", plan.source_label, rel);
+    let entries = fs::read_dir(dir).with_context(|| {
+        format!("cannot list {}: check its permissions", if rel_dir.is_empty() { plan.source_label.clone() } else { label(rel_dir) })
+    })?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            bail!(
+                "{}: file name {:?} is not valid UTF-8; rename it (image layers carry UTF-8 names)",
+                if rel_dir.is_empty() { plan.source_label.clone() } else { label(rel_dir) },
+                name
+            );
+        };
+        if plan.exclude.iter().any(|p| glob_match(p, name)) {
+            continue;
+        }
+        let rel = if rel_dir.is_empty() { name.to_string() } else { format!("{rel_dir}/{name}") };
+        let abs = entry.path();
+        let md = fs::symlink_metadata(&abs).with_context(|| format!("cannot stat {}", label(&rel)))?;
+        let ft = md.file_type();
+        let kind = if ft.is_dir() {
+            InputKind::Dir
+        } else if ft.is_file() {
+            InputKind::File
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&abs).with_context(|| format!("cannot read symlink {}", label(&rel)))?;
+            let Some(target) = target.to_str() else {
+                bail!("{}: symlink target is not valid UTF-8", label(&rel));
+            };
+            check_symlink(plan, &rel, target)?;
+            InputKind::Symlink(target.to_string())
+        } else {
+            let what = if ft.is_fifo() {
+                "a named pipe"
+            } else if ft.is_socket() {
+                "a socket"
+            } else {
+                "a device file"
+            };
+            bail!(
+                "{} is {what}; only files, directories and symlinks can go into an image layer. Remove it, or add its name to `exclude` in docker/images.toml",
+                label(&rel)
+            );
+        };
+        out.push(Input {
+            rel: rel.clone(),
+            abs: abs.clone(),
+            size: if kind == InputKind::File { md.len() } else { 0 },
+            kind: kind.clone(),
+            mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
+            mode: md.mode() & 0o7777,
+        });
+        if kind == InputKind::Dir {
+            walk(plan, &abs, &rel, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// A symlink must resolve, lexically, to a place inside the context (`files/`): the image
+/// has nothing of the host outside it.
+fn check_symlink(plan: &LayerPlan, rel: &str, target: &str) -> Result<()> {
+    let label = format!("{}/{}", plan.source_label, rel);
+    if target.starts_with('/') {
+        bail!(
+            "{label} is a symlink to the absolute path {target}, which points outside files/; use a relative link to a file inside files/"
+        );
+    }
+    let link_abs = plan.source.join(rel);
+    let link_dir = link_abs.parent().unwrap_or(&plan.source);
+    let rel_to_context = link_dir.strip_prefix(&plan.context).unwrap_or(Path::new(""));
+    let mut stack: Vec<String> = rel_to_context
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect();
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if stack.pop().is_none() {
+                    bail!(
+                        "{label} is a symlink to {target}, which points outside files/; only links to files inside files/ can go into the image"
+                    );
+                }
+            }
+            p => stack.push(p.to_string()),
+        }
+    }
+    Ok(())
+}
+
+/// Shell-style match of `*` and `?` against a whole file name.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    fn go(p: &[char], n: &[char]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some('*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
+            (Some('?'), Some(_)) => go(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    go(&p, &n)
+}
+
+/// The key under which a layer's result is cached: every input's identity plus the plan.
+pub fn cache_key(plan: &LayerPlan, inputs: &[Input]) -> String {
+    let mut h = Sha256::new();
+    let mut line = |s: String| {
+        h.update(s.as_bytes());
+        h.update(b"\n");
+    };
+    line(LAYER_FORMAT.to_string());
+    line(format!(
+        "target={} uid={} gid={} modes={:o},{:o},{:o} mtime={} compression={:?}",
+        plan.target, plan.uid, plan.gid, plan.file_mode, plan.exec_mode, plan.dir_mode, plan.mtime, plan.compression
+    ));
+    for (path, m) in &plan.parents {
+        line(format!("parent {path} {}:{} {:o}", m.uid, m.gid, m.mode));
+    }
+    for i in inputs {
+        let kind = match &i.kind {
+            InputKind::File => "f".to_string(),
+            InputKind::Dir => "d".to_string(),
+            InputKind::Symlink(t) => format!("l>{t}"),
+        };
+        line(format!("{}\0{kind}\0{}\0{}\0{:o}", i.rel, i.size, i.mtime_ns, i.mode));
+    }
+    hex::encode(h.finalize())
+}
+
+impl LayerPlan {
+    fn meta_for(&self, input: &Input) -> Meta {
+        let mode = match input.kind {
+            InputKind::Dir => self.dir_mode,
+            InputKind::Symlink(_) => 0o777,
+            InputKind::File if input.mode & 0o111 != 0 => self.exec_mode,
+            InputKind::File => self.file_mode,
+        };
+        Meta { uid: self.uid, gid: self.gid, mode, mtime: self.mtime }
+    }
+}
+
+/// Writes the layer's tar stream: the target's parents, then every input.
+fn write_tar(plan: &LayerPlan, inputs: &[Input], out: &mut dyn Write, on_bytes: &mut dyn FnMut(u64)) -> Result<()> {
+    let mut tar = TarWriter::new(BufWriter::with_capacity(256 << 10, out));
+    for (path, meta) in &plan.parents {
+        tar.dir(path, Meta { mtime: plan.mtime, ..*meta })?;
+    }
+    for input in inputs {
+        let path = format!("{}/{}", plan.target, input.rel);
+        let meta = plan.meta_for(input);
+        let label = || format!("{}/{}", plan.source_label, input.rel);
+        match &input.kind {
+            InputKind::Dir => tar.dir(&path, meta)?,
+            InputKind::Symlink(target) => tar.symlink(&path, target, meta)?,
+            InputKind::File => {
+                let mut f = File::open(&input.abs).with_context(|| {
+                    format!(
+                        "cannot read {}: make it readable (chmod a+r) or add its name to `exclude` in docker/images.toml",
+                        label()
+                    )
+                })?;
+                tar.file(&path, meta, input.size, &mut f)
+                    .with_context(|| format!("cannot add {} to layer `{}`", label(), plan.name))?;
+                on_bytes(input.size);
+            }
+        }
+    }
+    tar.finish()?.flush()?;
+    Ok(())
+}
+
+/// Builds the layer into the store (or reuses the cached result) and reports how.
+pub fn build(plan: &LayerPlan, store: &Store, force: bool, on_bytes: &mut dyn FnMut(u64)) -> Result<BuiltLayer> {
+    let started = Instant::now();
+    let inputs = scan(plan)?;
+    let input_bytes: u64 = inputs.iter().map(|i| i.size).sum();
+    let files = inputs.iter().filter(|i| i.kind == InputKind::File).count();
+    let key = cache_key(plan, &inputs);
+    if !force
+        && let Some(blob) = store.cache_get::<LayerBlob>("layers", &key)
+        && store.blob_size(&blob.digest) == Some(blob.size)
+    {
+        return Ok(BuiltLayer { blob, reused: true, seconds: started.elapsed().as_secs_f64(), input_bytes, files });
+    }
+    let blob = write(plan, &inputs, store, on_bytes)?;
+    store.cache_put("layers", &key, &blob)?;
+    Ok(BuiltLayer { blob, reused: false, seconds: started.elapsed().as_secs_f64(), input_bytes, files })
+}
+
+/// Writes the layer blob in one pass: tar bytes are hashed (diffID), compressed, and the
+/// compressed bytes hashed (digest) as they land in the store.
+pub fn write(plan: &LayerPlan, inputs: &[Input], store: &Store, on_bytes: &mut dyn FnMut(u64)) -> Result<LayerBlob> {
+    let blob = store.blob_writer()?;
+    match plan.compression {
+        Compression::Gzip => {
+            let gz = GzBuilder::new().mtime(0).operating_system(255).write(blob, flate2::Compression::fast());
+            let mut tar_hash = HashingWriter::new(gz);
+            write_tar(plan, inputs, &mut tar_hash, on_bytes)?;
+            let (gz, diff_id, _) = tar_hash.finish();
+            let blob = gz.finish().context("cannot finish gzip stream")?;
+            let (digest, size) = blob.commit(None, "new layer")?;
+            Ok(LayerBlob { digest, diff_id, size, media_type: plan.compression.media_type().into() })
+        }
+        Compression::None => {
+            let mut blob = blob;
+            write_tar(plan, inputs, &mut blob, on_bytes)?;
+            let (digest, size) = blob.commit(None, "new layer")?;
+            Ok(LayerBlob { diff_id: digest.clone(), digest, size, media_type: plan.compression.media_type().into() })
+        }
+    }
+}
+
+/// Owner and mode of a directory as the base image has it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirInfo {
+    pub uid: u64,
+    pub gid: u64,
+    pub mode: u32,
+}
+
+/// What one base layer says about the wanted paths: which it (re)defines and which it
+/// deletes through whiteouts.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct LayerDirFacts {
+    defined: BTreeMap<String, Option<DirInfo>>,
+    /// Paths (directories) removed by `.wh.` files, and directories made opaque.
+    removed: Vec<String>,
+    opaque: Vec<String>,
+}
+
+/// The owner and mode the base image gives each of `wanted` (directories), after applying
+/// all its layers in order. Every entry of every layer is checked for paths that escape
+/// the root. Results are cached per layer digest.
+pub fn base_dirs(store: &Store, layers: &[(Digest, String)], wanted: &BTreeSet<String>) -> Result<BTreeMap<String, DirInfo>> {
+    let wanted_key = {
+        let mut h = Sha256::new();
+        for w in wanted {
+            h.update(w.as_bytes());
+            h.update(b"\n");
+        }
+        hex::encode(h.finalize())
+    };
+    let mut state: BTreeMap<String, DirInfo> = BTreeMap::new();
+    for (digest, media_type) in layers {
+        let key = format!("{}-{}", digest.hex(), &wanted_key[..16]);
+        let facts = match store.cache_get::<LayerDirFacts>("base-dirs", &key) {
+            Some(f) => f,
+            None => {
+                let f = scan_layer_dirs(store, digest, media_type, wanted)?;
+                store.cache_put("base-dirs", &key, &f)?;
+                f
+            }
+        };
+        for dir in &facts.opaque {
+            state.retain(|p, _| !is_strictly_under(p, dir));
+        }
+        for gone in &facts.removed {
+            state.retain(|p, _| p != gone && !is_strictly_under(p, gone));
+        }
+        for (path, info) in &facts.defined {
+            match info {
+                Some(info) => {
+                    state.insert(path.clone(), *info);
+                }
+                None => {
+                    state.remove(path);
+                }
+            }
+        }
+    }
+    Ok(state)
+}
+
+fn is_strictly_under(path: &str, dir: &str) -> bool {
+    dir.is_empty() || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
+}
+
+fn scan_layer_dirs(store: &Store, digest: &Digest, media_type: &str, wanted: &BTreeSet<String>) -> Result<LayerDirFacts> {
+    let file = store.open_blob(digest)?;
+    let reader: Box<dyn Read> = match Compression::of_media_type(media_type) {
+        _ if media_type == MEDIA_OCI_LAYER_ZSTD => {
+            bail!("base layer {digest} is zstd-compressed, which xtask cannot read yet; use a gzip base")
+        }
+        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(std::io::BufReader::with_capacity(1 << 20, file))),
+        Compression::None => Box::new(std::io::BufReader::with_capacity(1 << 20, file)),
+    };
+    let mut facts = LayerDirFacts::default();
+    let mut archive = ::tar::Archive::new(reader);
+    let entries = archive.entries().with_context(|| format!("base layer {digest} is not a tar archive"))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("base layer {digest} is corrupt or truncated"))?;
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let path = safe_entry_path(&raw).map_err(|e| {
+            anyhow::anyhow!("base layer {digest}: {e}; the base image is unsafe to use, pick another base")
+        })?;
+        let (dir, name) = match path.rsplit_once('/') {
+            Some((d, n)) => (d.to_string(), n),
+            None => (String::new(), path.as_str()),
+        };
+        if name == ".wh..wh..opq" {
+            if wanted.iter().any(|w| is_strictly_under(w, &dir)) {
+                facts.opaque.push(dir);
+            }
+            continue;
+        }
+        if let Some(removed) = name.strip_prefix(".wh.") {
+            let gone = if dir.is_empty() { removed.to_string() } else { format!("{dir}/{removed}") };
+            if wanted.iter().any(|w| *w == gone || is_strictly_under(w, &gone)) {
+                facts.removed.push(gone);
+            }
+            continue;
+        }
+        if wanted.contains(&path) {
+            let h = entry.header();
+            let info = if h.entry_type().is_dir() {
+                Some(DirInfo {
+                    uid: h.uid().unwrap_or(0),
+                    gid: h.gid().unwrap_or(0),
+                    mode: h.mode().unwrap_or(0o755) & 0o7777,
+                })
+            } else {
+                None
+            };
+            facts.defined.insert(path, info);
+        }
+    }
+    Ok(facts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(dir: &Path) -> LayerPlan {
+        LayerPlan {
+            name: "dags".into(),
+            source: dir.join("files/dags"),
+            source_label: "files/dags".into(),
+            context: dir.join("files"),
+            target: "opt/airflow/dags".into(),
+            parents: vec![("opt".into(), Meta { uid: 0, gid: 0, mode: 0o755, mtime: 0 })],
+            uid: 50000,
+            gid: 0,
+            file_mode: 0o644,
+            exec_mode: 0o755,
+            dir_mode: 0o755,
+            mtime: 946684800,
+            compression: Compression::Gzip,
+            exclude: vec!["__pycache__".into(), "*.pyc".into()],
+        }
+    }
+
+    #[test]
+    fn glob_matches_like_a_shell() {
+        assert!(glob_match("*.pyc", "a.pyc"));
+        assert!(!glob_match("*.pyc", "a.py"));
+        assert!(glob_match("__pycache__", "__pycache__"));
+        assert!(glob_match("a?c", "abc"));
+    }
+
+    #[test]
+    fn symlinks_inside_files_pass_and_outside_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = plan(dir.path());
+        check_symlink(&p, "x.py", "../include/x.py").unwrap();
+        check_symlink(&p, "sub/x.py", "../y.py").unwrap();
+        let err = check_symlink(&p, "x.py", "../../etc/passwd").unwrap_err();
+        assert!(err.to_string().contains("files/dags/x.py"), "{err}");
+        assert!(err.to_string().contains("outside files/"), "{err}");
+        assert!(check_symlink(&p, "x.py", "/etc/passwd").is_err());
+    }
+
+    #[test]
+    fn excluded_names_and_their_subtrees_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = plan(dir.path());
+        fs::create_dir_all(p.source.join("__pycache__")).unwrap();
+        fs::write(p.source.join("__pycache__/a.cpython-311.pyc"), b"x").unwrap();
+        fs::write(p.source.join("a.py"), b"x").unwrap();
+        fs::write(p.source.join("b.pyc"), b"x").unwrap();
+        let inputs = scan(&p).unwrap();
+        let names: Vec<_> = inputs.iter().map(|i| i.rel.as_str()).collect();
+        assert_eq!(names, ["a.py"]);
+    }
+
+    #[test]
+    fn cache_key_changes_with_content_identity_and_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = plan(dir.path());
+        fs::create_dir_all(&p.source).unwrap();
+        fs::write(p.source.join("a.py"), b"x").unwrap();
+        let k1 = cache_key(&p, &scan(&p).unwrap());
+        fs::write(p.source.join("a.py"), b"xy").unwrap();
+        let k2 = cache_key(&p, &scan(&p).unwrap());
+        assert_ne!(k1, k2);
+        let mut p2 = p.clone();
+        p2.uid = 1;
+        assert_ne!(k2, cache_key(&p2, &scan(&p2).unwrap()));
+    }
+}

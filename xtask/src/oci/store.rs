@@ -1,0 +1,362 @@
+//! The content-addressed store: an OCI image layout under `target/xtask/oci`.
+//!
+//! `blobs/sha256/<hex>` holds every blob; `index.json` names the images built; `cache/`
+//! holds small JSON records that let a rebuild skip work. Blobs are written to `tmp/` and
+//! renamed into place only once their digest is known (and checked, when one was
+//! expected), so a build killed at any moment leaves nothing half-written under a final
+//! name. Because the store is a plain OCI layout, `skopeo`, `umoci` and `oci:` base
+//! references can read it directly.
+
+use std::fs::{self, File, TryLockError};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest as _, Sha256};
+
+use super::{
+    ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, Descriptor, Digest, HashingWriter, Index,
+    canonical_json,
+};
+use crate::fsutil::write_atomic;
+
+/// A blob's bytes did not hash to the digest they were fetched or read under.
+#[derive(Debug, thiserror::Error)]
+#[error("digest mismatch for {what}: expected {expected}, got {actual} ({size} bytes read); the source is corrupt or was changed while reading")]
+pub struct DigestMismatch {
+    pub what: String,
+    pub expected: Digest,
+    pub actual: Digest,
+    pub size: u64,
+}
+
+pub struct Store {
+    root: PathBuf,
+    _lock: File,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`, holding its lock for as long as the
+    /// returned value lives. A second build on the same store waits.
+    pub fn open(root: &Path) -> Result<Store> {
+        for dir in ["blobs/sha256", "tmp", "cache"] {
+            fs::create_dir_all(root.join(dir))
+                .with_context(|| format!("cannot create the image store at {}", root.display()))?;
+        }
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join("lock"))
+            .with_context(|| format!("cannot open {}", root.join("lock").display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                eprintln!("waiting for another xtask process that is using {}", root.display());
+                lock.lock().with_context(|| format!("cannot lock {}", root.display()))?;
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", root.display()));
+            }
+        }
+        let store = Store { root: root.to_path_buf(), _lock: lock };
+        // We hold the lock: anything in tmp/ was left by a build that was killed.
+        if let Ok(entries) = fs::read_dir(store.root.join("tmp")) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let layout = store.root.join("oci-layout");
+        if !layout.exists() {
+            write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
+        if !store.root.join("index.json").exists() {
+            store.write_index(&Index { schema_version: 2, ..Default::default() })?;
+        }
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
+        fs::metadata(self.blob_path(digest)).ok().map(|m| m.len())
+    }
+
+    pub fn open_blob(&self, digest: &Digest) -> Result<File> {
+        let p = self.blob_path(digest);
+        File::open(&p).with_context(|| {
+            format!(
+                "blob {digest} is missing from the image store {}; run `cargo xtask images` again to rebuild it",
+                self.root.display()
+            )
+        })
+    }
+
+    /// Reads a small blob (a manifest or config) and checks its digest.
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        self.open_blob(digest)?
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read blob {digest}"))?;
+        let actual = Digest::of(&bytes);
+        if &actual != digest {
+            let _ = fs::remove_file(self.blob_path(digest));
+            bail!(DigestMismatch {
+                what: format!("store blob {}", self.blob_path(digest).display()),
+                expected: digest.clone(),
+                actual,
+                size: bytes.len() as u64,
+            });
+        }
+        Ok(bytes)
+    }
+
+    pub fn read_json<T: DeserializeOwned>(&self, digest: &Digest) -> Result<T> {
+        let bytes = self.read_blob(digest)?;
+        serde_json::from_slice(&bytes).with_context(|| format!("blob {digest} is not the JSON expected"))
+    }
+
+    /// Stores bytes, returning their digest. Already present content is not rewritten.
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest> {
+        let digest = Digest::of(bytes);
+        if !self.has_blob(&digest) {
+            let mut w = self.blob_writer()?;
+            w.write_all(bytes)?;
+            w.commit(Some(&digest), "generated JSON")?;
+        }
+        Ok(digest)
+    }
+
+    /// Stores a value as canonical JSON (sorted keys), returning its descriptor.
+    pub fn put_json<T: Serialize>(&self, media_type: &str, value: &T) -> Result<Descriptor> {
+        let bytes = canonical_json(value)?;
+        let digest = self.put_bytes(&bytes)?;
+        Ok(Descriptor::new(media_type, digest, bytes.len() as u64))
+    }
+
+    /// A writer for a new blob; its digest is computed as it is written.
+    pub fn blob_writer(&self) -> Result<BlobWriter> {
+        let tmp = crate::fsutil::temp_sibling(&self.root.join("tmp").join("blob"));
+        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        Ok(BlobWriter {
+            inner: Some(HashingWriter::new(BufWriter::with_capacity(1 << 20, file))),
+            tmp,
+            blobs: self.root.join("blobs/sha256"),
+        })
+    }
+
+    /// Copies a blob from `reader` into the store, checking it against `expected`.
+    /// A blob already present is not read at all. On a mismatch the store is left without
+    /// the bad bytes. `on_bytes` is told of progress.
+    pub fn ingest(
+        &self,
+        reader: &mut dyn Read,
+        expected: &Digest,
+        what: &str,
+        on_bytes: &mut dyn FnMut(u64),
+    ) -> Result<u64> {
+        if let Some(size) = self.blob_size(expected) {
+            on_bytes(size);
+            return Ok(size);
+        }
+        let mut w = self.blob_writer()?;
+        copy_with_progress(reader, &mut w, on_bytes).with_context(|| format!("cannot read {what}"))?;
+        let (_, size) = w.commit(Some(expected), what)?;
+        Ok(size)
+    }
+
+    fn cache_path(&self, kind: &str, key: &str) -> PathBuf {
+        self.root.join("cache").join(kind).join(format!("{key}.json"))
+    }
+
+    /// A cached record, or None when absent or unreadable (a cache never fails a build).
+    pub fn cache_get<T: DeserializeOwned>(&self, kind: &str, key: &str) -> Option<T> {
+        let bytes = fs::read(self.cache_path(kind, key)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    pub fn cache_put<T: Serialize>(&self, kind: &str, key: &str, value: &T) -> Result<()> {
+        write_atomic(&self.cache_path(kind, key), &serde_json::to_vec_pretty(value)?)
+    }
+
+    pub fn index(&self) -> Result<Index> {
+        let p = self.root.join("index.json");
+        let bytes = fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| {
+            format!("{} is not a valid OCI index; delete it and run the build again", p.display())
+        })
+    }
+
+    fn write_index(&self, index: &Index) -> Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(&serde_json::to_value(index)?)?;
+        bytes.push(b'\n');
+        write_atomic(&self.root.join("index.json"), &bytes)
+    }
+
+    /// Names an image in the store's `index.json` by its fully qualified name, replacing
+    /// an earlier image of that name. Returns whether anything changed.
+    pub fn tag(&self, name: &str, manifest: &Descriptor) -> Result<bool> {
+        let mut index = self.index()?;
+        let mut desc = manifest.clone();
+        let ann = desc.annotations.get_or_insert_with(Default::default);
+        ann.insert(ANNOTATION_REF_NAME.into(), name.into());
+        ann.insert(ANNOTATION_CONTAINERD_NAME.into(), name.into());
+        if let Some(old) = index.manifests.iter().find(|d| d.annotation(ANNOTATION_REF_NAME) == Some(name))
+            && old.digest == desc.digest
+        {
+            return Ok(false);
+        }
+        index.manifests.retain(|d| d.annotation(ANNOTATION_REF_NAME) != Some(name));
+        index.manifests.push(desc);
+        index.manifests.sort_by(|a, b| a.annotation(ANNOTATION_REF_NAME).cmp(&b.annotation(ANNOTATION_REF_NAME)));
+        self.write_index(&index)?;
+        Ok(true)
+    }
+
+    /// The manifest descriptor the store's index gives for `name`, if any.
+    pub fn lookup(&self, name: &str) -> Result<Option<Descriptor>> {
+        Ok(self.index()?.manifests.into_iter().find(|d| d.annotation(ANNOTATION_REF_NAME) == Some(name)))
+    }
+}
+
+/// A blob being written into the store's `tmp/`; committed by a rename into
+/// `blobs/sha256/`, removed if dropped uncommitted.
+pub struct BlobWriter {
+    inner: Option<HashingWriter<BufWriter<File>>>,
+    tmp: PathBuf,
+    blobs: PathBuf,
+}
+
+impl BlobWriter {
+    /// Moves the blob into place. With `expected`, a different digest is an error and the
+    /// bytes are discarded.
+    pub fn commit(mut self, expected: Option<&Digest>, what: &str) -> Result<(Digest, u64)> {
+        let (buf, digest, size) = self.inner.take().expect("commit once").finish();
+        let file = buf.into_inner().map_err(|e| e.into_error()).context("cannot flush blob")?;
+        drop(file);
+        if let Some(expected) = expected
+            && expected != &digest
+        {
+            let _ = fs::remove_file(&self.tmp);
+            bail!(DigestMismatch { what: what.to_string(), expected: expected.clone(), actual: digest, size });
+        }
+        let dest = self.blobs.join(digest.hex());
+        if dest.exists() {
+            let _ = fs::remove_file(&self.tmp);
+        } else {
+            fs::rename(&self.tmp, &dest)
+                .with_context(|| format!("cannot move blob into {}", dest.display()))?;
+        }
+        Ok((digest, size))
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.as_mut().expect("not committed").write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.as_mut().expect("not committed").flush()
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if self.inner.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// `io::copy` with a 1 MiB buffer that reports progress; memory stays flat whatever the size.
+pub fn copy_with_progress(
+    reader: &mut dyn Read,
+    writer: &mut dyn Write,
+    on_bytes: &mut dyn FnMut(u64),
+) -> io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        writer.write_all(&buf[..n])?;
+        total += n as u64;
+        on_bytes(n as u64);
+    }
+}
+
+/// The sha256 of a reader's whole content, streamed.
+pub fn sha256_reader(reader: &mut dyn Read) -> io::Result<(Digest, u64)> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0;
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            return Ok((Digest::from_sha256(h), total));
+        }
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_rejects_wrong_bytes_and_keeps_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let expected = Digest::of(b"good");
+        let err = store.ingest(&mut &b"evil"[..], &expected, "test blob", &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("digest mismatch"), "{err}");
+        assert!(!store.has_blob(&expected));
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(dir.path().join("blobs/sha256")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn tag_replaces_and_reports_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = store.put_json(super::super::MEDIA_OCI_MANIFEST, &serde_json::json!({"a": 1})).unwrap();
+        let b = store.put_json(super::super::MEDIA_OCI_MANIFEST, &serde_json::json!({"b": 1})).unwrap();
+        assert!(store.tag("docker.io/library/x:1", &a).unwrap());
+        assert!(!store.tag("docker.io/library/x:1", &a).unwrap());
+        assert!(store.tag("docker.io/library/x:1", &b).unwrap());
+        let idx = store.index().unwrap();
+        assert_eq!(idx.manifests.len(), 1);
+        assert_eq!(idx.manifests[0].digest, b.digest);
+    }
+
+    #[test]
+    fn leftover_temp_files_are_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut w = store.blob_writer().unwrap();
+            w.write_all(b"partial").unwrap();
+            std::mem::forget(w); // as if killed mid-write
+        }
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 1);
+        let _store = Store::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}
