@@ -1,0 +1,246 @@
+//! Shared helpers for the integration tests: a throwaway repository, a small real base
+//! image made with umoci, and running the real `xtask` binary against them.
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
+
+/// Panics (never skips) when a program the test needs is missing: CI installs them all.
+pub fn require(program: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false);
+    assert!(found, "`{program}` is not installed; run `bash .ci/run` (or see README.md) to install the test tools");
+}
+
+/// Runs a program, panicking with its output when it fails.
+pub fn sh(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A directory that holds a small base image, built once per test binary with umoci:
+/// busybox at /bin, and /opt/airflow/dags owned by 50000:0 with mode 0775 like the
+/// official Airflow image. Returned as an OCI layout with tag `1`.
+pub fn busybox_base() -> &'static Path {
+    static BASE: OnceLock<PathBuf> = OnceLock::new();
+    BASE.get_or_init(|| {
+        require("umoci");
+        let dir = std::env::temp_dir().join(format!("xtask-test-base-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let layout = dir.join("layout");
+        let bundle = dir.join("bundle");
+        sh(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+        sh(Command::new("umoci").args(["new", "--image"]).arg(format!("{}:1", layout.display())));
+        sh(Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:1", layout.display()))
+            .arg(&bundle));
+        let rootfs = bundle.join("rootfs");
+        for d in ["bin", "tmp", "opt/airflow/dags"] {
+            fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static is installed at /bin/busybox");
+        for applet in ["sh", "cat", "ls", "stat", "find", "readlink", "id"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        sh(Command::new("chown").args(["-R", "50000:0"]).arg(rootfs.join("opt/airflow")));
+        fs::set_permissions(rootfs.join("opt/airflow/dags"), fs::Permissions::from_mode(0o775)).unwrap();
+        sh(Command::new("umoci")
+            .args(["repack", "--image"])
+            .arg(format!("{}:1", layout.display()))
+            .arg(&bundle));
+        sh(Command::new("umoci")
+            .args(["config", "--image"])
+            .arg(format!("{}:1", layout.display()))
+            .args(["--config.env", "PATH=/bin", "--config.cmd", "/bin/sh", "--os", "linux", "--architecture", "amd64"]));
+        fs::remove_dir_all(&bundle).unwrap();
+        layout
+    })
+}
+
+pub const IMAGES_TOML: &str = r#"
+[defaults]
+registry = "docker.io/library"
+tag = "test"
+
+[[image]]
+name = "airflow-worker"
+base = "BASE"
+[image.env]
+AIRFLOW__CORE__LOAD_EXAMPLES = "False"
+
+[[image.layer]]
+name = "include"
+source = "files/include"
+target = "/opt/airflow/include"
+
+[[image.layer]]
+name = "dags"
+source = "files/dags"
+target = "/opt/airflow/dags"
+"#;
+
+/// A throwaway repository: docker/images.toml on the test base, a few DAGs and an
+/// include package.
+pub struct Repo {
+    pub dir: tempfile::TempDir,
+}
+
+impl Repo {
+    pub fn new() -> Repo {
+        let base = format!("oci:{}:1", busybox_base().display());
+        Repo::with_base(&base)
+    }
+
+    pub fn with_base(base: &str) -> Repo {
+        let dir = tempfile::Builder::new().prefix("xtask-repo-").tempdir().unwrap();
+        let repo = Repo { dir };
+        repo.write("docker/images.toml", &IMAGES_TOML.replace("BASE", base));
+        repo.write("files/include/common/__init__.py", "GREETING = 'hello'\n");
+        repo.write("files/dags/example_dag.py", "from common import GREETING\nprint(GREETING)\n");
+        repo.write("files/dags/second_dag.py", "print('second')\n");
+        repo
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, content: &str) {
+        let p = self.path(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, content).unwrap();
+    }
+
+    pub fn set_base(&self, base: &str) {
+        self.write("docker/images.toml", &IMAGES_TOML.replace("BASE", base));
+    }
+
+    /// A `cargo xtask` command rooted at this repository.
+    pub fn xtask(&self) -> Command {
+        let mut c = Command::new(XTASK);
+        c.arg("--root").arg(self.root()).env_remove("SOURCE_DATE_EPOCH").env_remove("XTASK_TAG");
+        c
+    }
+
+    /// Runs `xtask ARGS` and expects success.
+    pub fn ok(&self, args: &[&str]) -> Output {
+        sh(self.xtask().args(args))
+    }
+
+    /// Runs `xtask ARGS` and expects failure, returning stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.xtask().args(args).output().unwrap();
+        assert!(
+            !out.status.success(),
+            "xtask {args:?} should have failed but succeeded:\n{}",
+            stdout(&out)
+        );
+        stderr(&out)
+    }
+
+    /// `images --json`, parsed.
+    pub fn build_json(&self, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["images", "--json"];
+        args.extend_from_slice(extra);
+        let out = self.ok(&args);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(&out)))
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.path("target/xtask/oci")
+    }
+
+    pub fn blob(&self, digest: &str) -> Vec<u8> {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        fs::read(self.store().join("blobs/sha256").join(hex)).unwrap()
+    }
+
+    pub fn store_index(&self) -> String {
+        fs::read_to_string(self.store().join("index.json")).unwrap()
+    }
+}
+
+/// The report of the first image in a `--json` report.
+pub fn image(report: &serde_json::Value) -> &serde_json::Value {
+    &report["images"][0]
+}
+
+pub fn layer<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    image(report)["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == name)
+        .unwrap_or_else(|| panic!("no layer {name} in {report}"))
+}
+
+/// Entries of a (gzip or plain) tar blob: (path, uid, gid, mode, kind, link target).
+pub fn tar_entries(bytes: &[u8]) -> Vec<(String, u64, u64, u32, char, Option<String>)> {
+    let reader: Box<dyn std::io::Read> = if bytes.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::GzDecoder::new(bytes))
+    } else {
+        Box::new(bytes)
+    };
+    let mut ar = tar::Archive::new(reader);
+    ar.entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let h = e.header();
+            let kind = match h.entry_type() {
+                tar::EntryType::Directory => 'd',
+                tar::EntryType::Symlink => 'l',
+                tar::EntryType::Regular => 'f',
+                _ => '?',
+            };
+            (
+                e.path().unwrap().to_string_lossy().into_owned(),
+                h.uid().unwrap(),
+                h.gid().unwrap(),
+                h.mode().unwrap(),
+                kind,
+                e.link_name().unwrap().map(|l| l.to_string_lossy().into_owned()),
+            )
+        })
+        .collect()
+}
+
+/// Whether the Docker engine answers on its default socket.
+pub fn docker_running() -> bool {
+    Command::new("docker").arg("info").output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+pub fn require_docker() {
+    require("docker");
+    assert!(
+        docker_running(),
+        "the Docker engine is not running; start it with `dockerd &` (bash .ci/run does) and run the tests again"
+    );
+}
