@@ -37,6 +37,46 @@ pub enum Command {
   docker load -i target/xtask/images.tar   (or kind load image-archive, ctr images import)
   cargo xtask images --json                the same facts for CI")]
     Images(ImagesArgs),
+
+    /// Measure xtask next to its peers (docker build, ...) on the same inputs
+    #[command(after_help = "Examples:
+  cargo xtask bench images           xtask vs docker build on a 1.1 GB base, 2,000 DAGs
+  cargo xtask bench images --json    the same figures as JSON")]
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Image builds: cold, one DAG changed, no-op; throughput; memory of a base import
+    Images(BenchImagesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchImagesArgs {
+    /// Size of the synthetic base image, in MB (three gzip layers, mostly incompressible)
+    #[arg(long, default_value_t = 1100)]
+    pub base_mb: u64,
+    /// Number of DAG files
+    #[arg(long, default_value_t = 2000)]
+    pub dags: usize,
+    /// Size of each DAG file, in kB
+    #[arg(long, default_value_t = 25)]
+    pub dag_kb: u64,
+    /// Size of files/include, in MB
+    #[arg(long, default_value_t = 20)]
+    pub include_mb: u64,
+    /// Leave out the docker build columns
+    #[arg(long)]
+    pub no_docker: bool,
+    /// Print the figures as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]

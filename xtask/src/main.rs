@@ -1,5 +1,6 @@
 //! `cargo xtask`: the monorepo's build automation, from DAG source to tasks on Kubernetes.
 
+mod bench;
 mod cli;
 mod config;
 mod fsutil;
@@ -41,6 +42,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let project = Project::discover(cli.root.as_deref())?;
     match &cli.command {
         Command::Images(args) => images::run(&project, args),
+        Command::Bench(args) => bench::run(&project, args),
     }
 }
 

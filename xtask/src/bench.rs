@@ -1,0 +1,567 @@
+//! `cargo xtask bench ...`: the figures the issues ask for, each printed next to its peer
+//! measured in the same run on the same inputs.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::cli::{BenchArgs, BenchCommand, BenchImagesArgs};
+use crate::config::Project;
+use crate::fsutil::human_bytes;
+use crate::oci::archive::{self, ArchiveImage};
+use crate::oci::layer::{self, Compression, LayerPlan};
+use crate::oci::store::Store;
+use crate::oci::tar::Meta;
+use crate::oci::{MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST, Manifest};
+use crate::ui::secs;
+
+pub fn run(project: &Project, args: &BenchArgs) -> Result<()> {
+    match &args.command {
+        BenchCommand::Images(a) => images(project, a),
+    }
+}
+
+/// A deterministic pseudo-random byte source (xorshift64*), so every run and machine
+/// benchmarks the same content.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn fill_random(&mut self, buf: &mut Vec<u8>, n: usize) {
+        buf.reserve(n);
+        while buf.len() % 8 != 0 && n > 0 {
+            buf.push(0);
+        }
+        let end = buf.len() + n;
+        while buf.len() < end {
+            buf.extend_from_slice(&self.next().to_le_bytes());
+        }
+        buf.truncate(end);
+    }
+
+    /// Python-looking source text: compresses about as well as real DAG code.
+    fn python_source(&mut self, size: usize) -> Vec<u8> {
+        const WORDS: [&str; 24] = [
+            "task", "dag", "schedule", "operator", "xcom", "context", "retries", "pool", "sensor", "bash_command",
+            "python_callable", "start_date", "catchup", "params", "default_args", "queue", "conn_id", "execution",
+            "upstream", "downstream", "trigger_rule", "timeout", "priority", "owner",
+        ];
+        let mut out = Vec::with_capacity(size + 128);
+        out.extend_from_slice(b"from airflow.sdk import dag, task\n\n");
+        while out.len() < size {
+            let r = self.next();
+            let a = WORDS[(r % 24) as usize];
+            let b = WORDS[((r >> 8) % 24) as usize];
+            let n = (r >> 16) % 10_000;
+            let line = match (r >> 40) % 4 {
+                0 => format!("def {a}_{b}_{n}(ctx):\n"),
+                1 => format!("    {a} = {b}.get(\"{a}_{n}\", {n})\n"),
+                2 => format!("    # {a} {b} {n}: keep {b} in sync with {a}\n"),
+                _ => format!("    return {{\"{a}\": {b}_{n}, \"n\": {n}}}\n"),
+            };
+            out.extend_from_slice(line.as_bytes());
+        }
+        out.truncate(size);
+        out
+    }
+}
+
+#[derive(Serialize)]
+struct Row {
+    what: String,
+    ours_seconds: Option<f64>,
+    peer: String,
+    peer_seconds: Option<f64>,
+    note: String,
+}
+
+#[derive(Serialize)]
+struct ImagesResult {
+    scenario: String,
+    base_bytes: u64,
+    dags_files: usize,
+    dags_bytes: u64,
+    include_bytes: u64,
+    rows: Vec<Row>,
+    throughput_mb_s: Vec<(String, f64)>,
+    import_peak_rss_mb: f64,
+    import_seconds: f64,
+    compression: Vec<(String, f64, u64)>,
+}
+
+const BASE_TAG: &str = "xtask-bench-base";
+
+/// Scenario files live here and are reused by later runs with the same parameters.
+fn bench_dir(project: &Project) -> PathBuf {
+    project.work_dir().join("bench/images")
+}
+
+fn images(project: &Project, args: &BenchImagesArgs) -> Result<()> {
+    let dir = bench_dir(project);
+    let repo = dir.join("repo");
+    let scenario = format!(
+        "base {} MB in 3 layers, {} DAG files of {} kB, include {} MB (10% binary)",
+        args.base_mb, args.dags, args.dag_kb, args.include_mb
+    );
+    eprintln!("scenario: {scenario} (in {})", project.rel(&dir));
+    let marker = dir.join("scenario.txt");
+    if fs::read_to_string(&marker).ok().as_deref() != Some(scenario.as_str()) {
+        let _ = fs::remove_dir_all(&dir);
+        generate(&dir, args)?;
+        fs::write(&marker, &scenario)?;
+    }
+    let base_store = dir.join("base");
+    let base_bytes: u64 = {
+        let store = Store::open(&base_store)?;
+        let desc = store.lookup(BASE_TAG)?.context("bench base missing; delete target/xtask/bench and rerun")?;
+        let m: Manifest = store.read_json(&desc.digest)?;
+        m.layers.iter().map(|l| l.size).sum()
+    };
+    let (dags_files, dags_bytes) = dir_size(&repo.join("files/dags"))?;
+    let (_, include_bytes) = dir_size(&repo.join("files/include"))?;
+    let exe = std::env::current_exe()?;
+    let xtask = |extra: &[&str]| -> Result<Run> {
+        let mut c = Command::new(&exe);
+        c.arg("--root").arg(&repo).arg("images").arg("--json").args(extra).env_remove("SOURCE_DATE_EPOCH");
+        timed(c)
+    };
+
+    // Peak memory and time of importing the base into a clean store (and building on it).
+    let _ = fs::remove_dir_all(repo.join("target"));
+    eprintln!("measuring: base import into a clean store");
+    let import = xtask(&[])?;
+    // Our cold build: base already in the store, every new layer written.
+    eprintln!("measuring: xtask cold build");
+    let cold = xtask(&["--no-cache"])?;
+    let report: serde_json::Value = serde_json::from_slice(&cold.stdout)?;
+    let mut throughput = Vec::new();
+    for l in report["images"][0]["layers"].as_array().into_iter().flatten() {
+        let mb = l["input_bytes"].as_f64().unwrap_or(0.0) / 1e6;
+        let s = l["seconds"].as_f64().unwrap_or(f64::NAN);
+        throughput.push((l["name"].as_str().unwrap_or("?").to_string(), mb / s));
+    }
+    edit_one_dag(&repo, 1)?;
+    eprintln!("measuring: xtask after one DAG changed");
+    let one = xtask(&[])?;
+    let mut noops = Vec::new();
+    for _ in 0..5 {
+        noops.push(xtask(&[])?.seconds);
+    }
+    noops.sort_by(f64::total_cmp);
+    let noop = noops[noops.len() / 2];
+
+    // The same steps with docker build.
+    let docker = if args.no_docker { None } else { docker_peer(&dir, &repo, &base_store)? };
+
+    let compression = compression_choice(&repo)?;
+
+    let mut rows = vec![
+        Row {
+            what: "cold build (base present)".into(),
+            ours_seconds: Some(cold.seconds),
+            peer: "docker build --no-cache".into(),
+            peer_seconds: docker.as_ref().map(|d| d.cold),
+            note: String::new(),
+        },
+        Row {
+            what: "one DAG changed".into(),
+            ours_seconds: Some(one.seconds),
+            peer: "docker build".into(),
+            peer_seconds: docker.as_ref().map(|d| d.one),
+            note: "target: <= 1/3 of docker build".into(),
+        },
+        Row {
+            what: "no-op rebuild (median of 5)".into(),
+            ours_seconds: Some(noop),
+            peer: "docker build".into(),
+            peer_seconds: docker.as_ref().map(|d| d.noop),
+            note: "target: < 50 ms".into(),
+        },
+    ];
+    if let Some(d) = &docker {
+        rows.push(Row {
+            what: "load base into the engine (once)".into(),
+            ours_seconds: None,
+            peer: "docker load".into(),
+            peer_seconds: d.load,
+            note: "xtask reads the base straight from its layout".into(),
+        });
+    }
+    let result = ImagesResult {
+        scenario: scenario.clone(),
+        base_bytes,
+        dags_files,
+        dags_bytes,
+        include_bytes,
+        rows,
+        throughput_mb_s: throughput,
+        import_peak_rss_mb: import.max_rss_kb as f64 / 1024.0,
+        import_seconds: import.seconds,
+        compression,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        return Ok(());
+    }
+    println!(
+        "\nscenario: base {} (gzip, 3 layers), dags {} files {}, include {}",
+        human_bytes(result.base_bytes),
+        result.dags_files,
+        human_bytes(result.dags_bytes),
+        human_bytes(result.include_bytes)
+    );
+    if let Some(d) = &docker {
+        println!("docker: {}", d.builder);
+    }
+    println!("\n{:<34} {:>10}   {:<26} {:>10}   {:>7}   note", "", "xtask", "peer", "peer", "ratio");
+    for r in &result.rows {
+        let ours = r.ours_seconds.map(secs).unwrap_or_else(|| "-".into());
+        let peer = r.peer_seconds.map(secs).unwrap_or_else(|| "-".into());
+        let ratio = match (r.ours_seconds, r.peer_seconds) {
+            (Some(o), Some(p)) if p > 0.0 => format!("{:.3}", o / p),
+            _ => "-".into(),
+        };
+        println!("{:<34} {:>10}   {:<26} {:>10}   {:>7}   {}", r.what, ours, r.peer, peer, ratio, r.note);
+    }
+    println!();
+    for (name, mbs) in &result.throughput_mb_s {
+        println!("new-layer throughput, {name:<8} {mbs:>7.0} MB/s of input on one core (gzip level 1, zlib-rs, sha256 in the same pass; target >= 150)");
+    }
+    println!(
+        "base import into a clean store: {} (whole build), peak RSS {:.0} MB (target < 150 MB)",
+        secs(result.import_seconds),
+        result.import_peak_rss_mb
+    );
+    println!("\nnew DAG layer, gzip vs uncompressed (for destinations that take either):");
+    for (what, s, bytes) in &result.compression {
+        println!("  {what:<40} {:>9}  {}", secs(*s), human_bytes(*bytes));
+    }
+    Ok(())
+}
+
+struct Run {
+    seconds: f64,
+    max_rss_kb: i64,
+    stdout: Vec<u8>,
+}
+
+/// Runs a command to completion, measuring wall time and the child's peak RSS.
+fn timed(mut cmd: Command) -> Result<Run> {
+    let out_file = tempfile::tempfile()?;
+    let err_file = tempfile::tempfile()?;
+    cmd.stdout(out_file.try_clone()?).stderr(err_file.try_clone()?).stdin(Stdio::null());
+    let started = Instant::now();
+    let child = cmd.spawn().with_context(|| format!("cannot run {cmd:?}"))?;
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let seconds = started.elapsed().as_secs_f64();
+    if r < 0 {
+        bail!("wait4 failed: {}", std::io::Error::last_os_error());
+    }
+    let read = |mut f: fs::File| -> Vec<u8> {
+        use std::io::{Read, Seek};
+        let mut v = Vec::new();
+        let _ = f.seek(std::io::SeekFrom::Start(0));
+        let _ = f.read_to_end(&mut v);
+        v
+    };
+    let stdout = read(out_file);
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        bail!("{cmd:?} failed:\n{}", String::from_utf8_lossy(&read(err_file)));
+    }
+    Ok(Run { seconds, max_rss_kb: usage.ru_maxrss, stdout })
+}
+
+fn dir_size(dir: &Path) -> Result<(usize, u64)> {
+    let mut files = 0;
+    let mut bytes = 0;
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let md = e.metadata()?;
+        if md.is_dir() {
+            let (f, b) = dir_size(&e.path())?;
+            files += f;
+            bytes += b;
+        } else {
+            files += 1;
+            bytes += md.len();
+        }
+    }
+    Ok((files, bytes))
+}
+
+fn edit_one_dag(repo: &Path, n: u32) -> Result<()> {
+    let p = repo.join("files/dags/dag_0000.py");
+    let mut f = fs::OpenOptions::new().append(true).open(&p)?;
+    writeln!(f, "# edit {n}")?;
+    Ok(())
+}
+
+/// Writes the scenario: a base image (an OCI layout of three large gzip layers and
+/// /opt/airflow/dags owned by 50000:0) and a repository with DAGs and an include tree.
+fn generate(dir: &Path, args: &BenchImagesArgs) -> Result<()> {
+    eprintln!("generating the scenario (once; reused by later runs)");
+    let mut rng = Rng(0x5eed_0123_4567_89ab);
+    let rootfs = dir.join("rootfs");
+    // The base: mostly incompressible bytes, like the shared libraries and wheels of a
+    // real Python image, split over three layers.
+    let per_layer = (args.base_mb as usize * 1_000_000) / 3;
+    for l in 0..3 {
+        let ldir = rootfs.join(format!("layer{l}"));
+        fs::create_dir_all(&ldir)?;
+        let mut written = 0;
+        let mut i = 0;
+        while written < per_layer {
+            let size = (1 << 20).min(per_layer - written);
+            let mut buf = Vec::with_capacity(size);
+            if i % 5 == 0 {
+                buf = rng.python_source(size);
+            } else {
+                rng.fill_random(&mut buf, size);
+            }
+            fs::write(ldir.join(format!("lib{i:05}.so")), &buf)?;
+            written += size;
+            i += 1;
+        }
+    }
+    fs::create_dir_all(rootfs.join("empty"))?;
+    let base_store = Store::open(&dir.join("base"))?;
+    let mtime = 946_684_800;
+    let root_meta = |mode| Meta { uid: 0, gid: 0, mode, mtime };
+    let mut layers = Vec::new();
+    let mut specs: Vec<(PathBuf, String, u64)> =
+        (0..3).map(|l| (rootfs.join(format!("layer{l}")), format!("usr/lib/bench{l}"), 0)).collect();
+    specs.push((rootfs.join("empty"), "opt/airflow/dags".into(), 50000));
+    for (source, target, uid) in specs {
+        let parents = {
+            let mut acc = String::new();
+            let mut v = Vec::new();
+            for p in target.split('/') {
+                if !acc.is_empty() {
+                    acc.push('/');
+                }
+                acc.push_str(p);
+                let meta = if acc == target { Meta { uid, ..root_meta(0o775) } } else { root_meta(0o755) };
+                v.push((acc.clone(), meta));
+            }
+            v
+        };
+        let plan = LayerPlan {
+            name: target.clone(),
+            source: source.clone(),
+            source_label: source.display().to_string(),
+            context: rootfs.clone(),
+            target,
+            parents,
+            uid: 0,
+            gid: 0,
+            file_mode: 0o644,
+            exec_mode: 0o755,
+            dir_mode: 0o755,
+            mtime,
+            compression: Compression::Gzip,
+            exclude: vec![],
+        };
+        let inputs = layer::scan(&plan)?;
+        layers.push(layer::write(&plan, &inputs, &base_store, &mut |_| {})?);
+    }
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2000-01-01T00:00:00Z",
+        "config": {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin"], "User": "50000:0", "WorkingDir": "/opt/airflow"},
+        "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>()},
+        "history": layers.iter().map(|_| serde_json::json!({"created": "2000-01-01T00:00:00Z", "created_by": "bench"})).collect::<Vec<_>>(),
+    });
+    let config = base_store.put_json(MEDIA_OCI_CONFIG, &config)?;
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(MEDIA_OCI_MANIFEST.into()),
+        config,
+        layers: layers
+            .iter()
+            .map(|l| crate::oci::Descriptor::new(&l.media_type, l.digest.clone(), l.size))
+            .collect(),
+        annotations: None,
+        extra: Default::default(),
+    };
+    let manifest = base_store.put_json(MEDIA_OCI_MANIFEST, &manifest)?;
+    base_store.tag(BASE_TAG, &manifest)?;
+    drop(base_store);
+    fs::remove_dir_all(&rootfs)?;
+
+    let repo = dir.join("repo");
+    let dags = repo.join("files/dags");
+    for i in 0..args.dags {
+        let sub = dags.join(format!("team_{:02}", i % 20));
+        fs::create_dir_all(&sub)?;
+        let name = if i == 0 { dags.join("dag_0000.py") } else { sub.join(format!("dag_{i:04}.py")) };
+        fs::write(name, rng.python_source(args.dag_kb as usize * 1000))?;
+    }
+    let include = repo.join("files/include/company");
+    fs::create_dir_all(&include)?;
+    let include_files = 200;
+    let per_file = args.include_mb as usize * 1_000_000 / include_files;
+    // Mostly code and text data, with one file in ten binary (a pickled model, a parquet
+    // sample): what a shared include package tends to hold.
+    for i in 0..include_files {
+        if i % 10 == 9 {
+            let mut data = Vec::new();
+            rng.fill_random(&mut data, per_file);
+            fs::write(include.join(format!("model_{i:03}.bin")), data)?;
+        } else {
+            fs::write(include.join(format!("module_{i:03}.py")), rng.python_source(per_file))?;
+        }
+    }
+    fs::create_dir_all(repo.join("docker"))?;
+    fs::write(
+        repo.join("docker/images.toml"),
+        format!(
+            "[[image]]\nname = \"bench-worker\"\nbase = \"oci:{}:{BASE_TAG}\"\n\n[[image.layer]]\nname = \"include\"\nsource = \"files/include\"\ntarget = \"/opt/airflow/include\"\n\n[[image.layer]]\nname = \"dags\"\nsource = \"files/dags\"\ntarget = \"/opt/airflow/dags\"\n",
+            dir.join("base").display()
+        ),
+    )?;
+    fs::write(
+        repo.join("files/Dockerfile"),
+        format!(
+            "FROM {BASE_TAG}:latest\nCOPY --chown=50000:0 include /opt/airflow/include\nCOPY --chown=50000:0 dags /opt/airflow/dags\n"
+        ),
+    )?;
+    fs::write(repo.join("files/.dockerignore"), "Dockerfile\n.dockerignore\n")?;
+    Ok(())
+}
+
+struct DockerTimes {
+    builder: String,
+    load: Option<f64>,
+    cold: f64,
+    one: f64,
+    noop: f64,
+}
+
+fn docker_ok() -> bool {
+    Command::new("docker").arg("info").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// `docker build` of the same Dockerfile-shaped image, after the same edits.
+fn docker_peer(dir: &Path, repo: &Path, base_store: &Path) -> Result<Option<DockerTimes>> {
+    if !docker_ok() {
+        eprintln!("the Docker engine is not running: docker columns left empty (start dockerd, or pass --no-docker)");
+        return Ok(None);
+    }
+    let buildkit = Command::new("docker")
+        .args(["buildx", "version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let builder = if buildkit { "BuildKit (docker buildx)" } else { "legacy builder (no buildx plugin installed)" };
+    let have_base = Command::new("docker")
+        .args(["image", "inspect", &format!("{BASE_TAG}:latest")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?
+        .success();
+    let mut load = None;
+    if !have_base {
+        eprintln!("loading the base into docker (once)");
+        let tar = dir.join("base.tar");
+        {
+            let store = Store::open(base_store)?;
+            let desc = store.lookup(BASE_TAG)?.context("bench base missing")?;
+            archive::write_archive_file(
+                &store,
+                &[ArchiveImage { name: format!("docker.io/library/{BASE_TAG}:latest"), manifest: desc }],
+                &tar,
+                &mut |_| {},
+            )?;
+        }
+        let mut c = Command::new("docker");
+        c.args(["load", "-i"]).arg(&tar);
+        load = Some(timed(c)?.seconds);
+        fs::remove_file(&tar)?;
+    }
+    let build = |no_cache: bool| -> Result<f64> {
+        let mut c = Command::new("docker");
+        if buildkit {
+            c.env("DOCKER_BUILDKIT", "1").args(["buildx", "build", "--load"]);
+        } else {
+            c.env("DOCKER_BUILDKIT", "0").arg("build");
+        }
+        if no_cache {
+            c.arg("--no-cache");
+        }
+        c.args(["-q", "-t", "xtask-bench-worker:latest", "-f"]).arg(repo.join("files/Dockerfile")).arg(repo.join("files"));
+        Ok(timed(c)?.seconds)
+    };
+    eprintln!("measuring: docker build --no-cache");
+    let cold = build(true)?;
+    // The docker side gets the same edit our side got (so both rebuild one DAG).
+    edit_one_dag(repo, 2)?;
+    eprintln!("measuring: docker build after one DAG changed");
+    let one = build(false)?;
+    let noop = build(false)?;
+    Ok(Some(DockerTimes { builder: builder.into(), load, cold, one, noop }))
+}
+
+/// Writes the DAG layer gzip and uncompressed, and times decompression, so the choice of
+/// what to ship to containerd or docker load is made on numbers.
+fn compression_choice(repo: &Path) -> Result<Vec<(String, f64, u64)>> {
+    let scratch = tempfile::tempdir()?;
+    let store = Store::open(scratch.path())?;
+    let mut out = Vec::new();
+    let mut gz_blob = None;
+    for c in [Compression::Gzip, Compression::None] {
+        let plan = LayerPlan {
+            name: "dags".into(),
+            source: repo.join("files/dags"),
+            source_label: "files/dags".into(),
+            context: repo.join("files"),
+            target: "opt/airflow/dags".into(),
+            parents: vec![],
+            uid: 50000,
+            gid: 0,
+            file_mode: 0o644,
+            exec_mode: 0o755,
+            dir_mode: 0o755,
+            mtime: 0,
+            compression: c,
+            exclude: vec![],
+        };
+        let inputs = layer::scan(&plan)?;
+        let t = Instant::now();
+        let blob = layer::write(&plan, &inputs, &store, &mut |_| {})?;
+        out.push((format!("write, {c:?}"), t.elapsed().as_secs_f64(), blob.size));
+        if c == Compression::Gzip {
+            gz_blob = Some(blob);
+        }
+    }
+    // The compressor's floor: incompressible input (what a tree of binaries would give).
+    let mut random = Vec::new();
+    Rng(7).fill_random(&mut random, 32 << 20);
+    let t = Instant::now();
+    let mut gz = flate2::write::GzEncoder::new(std::io::sink(), flate2::Compression::fast());
+    gz.write_all(&random)?;
+    gz.finish()?;
+    out.push(("gzip of incompressible input (32 MiB)".into(), t.elapsed().as_secs_f64(), random.len() as u64));
+    if let Some(blob) = gz_blob {
+        let t = Instant::now();
+        let mut r = flate2::read::GzDecoder::new(std::io::BufReader::new(store.open_blob(&blob.digest)?));
+        let n = std::io::copy(&mut r, &mut std::io::sink())?;
+        out.push(("gunzip at the destination".into(), t.elapsed().as_secs_f64(), n));
+    }
+    Ok(out)
+}
