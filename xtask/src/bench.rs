@@ -374,6 +374,8 @@ fn generate(dir: &Path, args: &BenchImagesArgs) -> Result<()> {
             mtime,
             compression: Compression::Gzip,
             exclude: vec![],
+            rootfs: false,
+            prune: vec![],
         };
         let inputs = layer::scan(&plan)?;
         layers.push(layer::write(&plan, &inputs, &base_store, &mut |_| {})?);
@@ -540,6 +542,8 @@ fn compression_choice(repo: &Path) -> Result<Vec<(String, f64, u64)>> {
             mtime: 0,
             compression: c,
             exclude: vec![],
+            rootfs: false,
+            prune: vec![],
         };
         let inputs = layer::scan(&plan)?;
         let t = Instant::now();

@@ -38,11 +38,33 @@ pub enum Command {
   cargo xtask images --json                the same facts for CI")]
     Images(ImagesArgs),
 
+    /// Build the Airflow base image from docker/base/airflow.toml (debootstrap + pip)
+    #[command(after_help = "Examples:
+  sudo -E cargo xtask base                  build it (about 2 minutes; a second run does nothing)
+  sudo -E cargo xtask base --update-lock    rebuild and re-pin every package in docker/base/airflow.lock")]
+    Base(BaseArgs),
+
     /// Measure xtask next to its peers (docker build, ...) on the same inputs
     #[command(after_help = "Examples:
   cargo xtask bench images           xtask vs docker build on a 1.1 GB base, 2,000 DAGs
   cargo xtask bench images --json    the same figures as JSON")]
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BaseArgs {
+    /// Which recipe of docker/base/ to build
+    #[arg(default_value = "airflow")]
+    pub name: String,
+    /// Build even when the recipe did not change
+    #[arg(long)]
+    pub force: bool,
+    /// Resolve the newest versions allowed by the recipe and write them to its constraints file
+    #[arg(long)]
+    pub update_lock: bool,
+    /// Print the result as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

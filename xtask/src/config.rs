@@ -178,6 +178,10 @@ pub struct ImageOverrides {
 
 pub const IMAGES_FILE: &str = "docker/images.toml";
 
+/// File times in new layers when neither SOURCE_DATE_EPOCH nor the settings give one:
+/// 2000-01-01, late enough for every tool that dislikes 1970.
+pub const DEFAULT_MTIME: u64 = 946_684_800;
+
 /// Reads `docker/images.toml`. Errors name the file, the line and the fix.
 pub fn load_images(project: &Project, overrides: &ImageOverrides) -> Result<Vec<ImageDef>> {
     let path = project.root.join(IMAGES_FILE);
@@ -255,7 +259,7 @@ pub fn parse_images(text: &str, project: &Project, overrides: &ImageOverrides) -
             tag: overrides.tag.clone().or(img.tag).or(d.tag.clone()).unwrap_or_else(|| "dev".into()),
             platform: d.platform.clone().unwrap_or_else(|| "linux/amd64".into()),
             compression,
-            mtime: overrides.mtime.or(d.mtime).unwrap_or(946_684_800),
+            mtime: overrides.mtime.or(d.mtime).unwrap_or(DEFAULT_MTIME),
             context,
             exclude: d.exclude.clone().unwrap_or_else(|| vec!["__pycache__".into(), "*.pyc".into()]),
             uid,

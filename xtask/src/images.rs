@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use crate::airflow::recipe;
 use crate::cli::ImagesArgs;
 use crate::config::{self, CompressionChoice, ImageDef, ImageOverrides, Project};
 use crate::fsutil::human_bytes;
@@ -19,6 +20,9 @@ use crate::oci::store::Store;
 use crate::oci::tar::Meta;
 use crate::oci::{Descriptor, Digest, Platform};
 use crate::ui;
+
+/// Base references of this form name a recipe in docker/base/ that `cargo xtask base` builds.
+pub const XTASK_BASE: &str = "xtask-base:";
 
 #[derive(Clone, Debug, Default)]
 pub struct BuildOptions {
@@ -212,7 +216,15 @@ fn ancestors(target: &str) -> Vec<String> {
     out
 }
 
-pub fn import_base(project: &Project, store: &Store, def: &ImageDef) -> Result<BaseImage> {
+pub fn import_base(project: &Project, store: &Store, def: &ImageDef, human: bool) -> Result<BaseImage> {
+    if let Some(name) = def.base.strip_prefix(XTASK_BASE) {
+        let opts = recipe::BuildOpts { human, ..Default::default() };
+        let outcome = recipe::ensure(project, store, name, def.mtime, &opts)?;
+        if outcome.built && human {
+            println!("  base     built from docker/base/{name}.toml in {}", ui::secs(outcome.seconds));
+        }
+        return Ok(outcome.base);
+    }
     let platform = Platform::parse(&def.platform)?;
     let bar = ui::bytes_bar("base", 0);
     let base = source::import(&def.base, &project.root, &platform, store, &mut BarProgress(bar.clone()))?;
@@ -226,7 +238,7 @@ fn build_one(project: &Project, store: &Store, def: &ImageDef, opts: &BuildOptio
     if human {
         println!("{}  {full_name}", def.name);
     }
-    let base = import_base(project, store, def)?;
+    let base = import_base(project, store, def, human)?;
     if human {
         println!(
             "  base     {}  {}  ({} layers, {})",
@@ -278,6 +290,8 @@ fn build_one(project: &Project, store: &Store, def: &ImageDef, opts: &BuildOptio
             mtime: def.mtime,
             compression,
             exclude: def.exclude.clone(),
+            rootfs: false,
+            prune: vec![],
         };
         let bar = ui::bytes_bar(&l.name, 0);
         let built = layer::build(&plan, store, opts.no_cache, &mut |n| bar.inc(n))?;

@@ -1,11 +1,14 @@
 //! `cargo xtask`: the monorepo's build automation, from DAG source to tasks on Kubernetes.
 
+mod airflow;
+mod base;
 mod bench;
 mod cli;
 mod config;
 mod fsutil;
 mod images;
 mod oci;
+mod process;
 mod ui;
 
 use std::process::ExitCode;
@@ -42,6 +45,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let project = Project::discover(cli.root.as_deref())?;
     match &cli.command {
         Command::Images(args) => images::run(&project, args),
+        Command::Base(args) => base::run(&project, args),
         Command::Bench(args) => bench::run(&project, args),
     }
 }

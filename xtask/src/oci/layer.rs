@@ -9,6 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{BufWriter, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
+#[cfg(test)]
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::Instant;
 
@@ -61,7 +63,15 @@ pub struct LayerPlan {
     /// The source as the user wrote it, for messages ("files/dags").
     pub source_label: String,
     /// Absolute path of the tree symlinks must stay inside (the repository's `files/`).
+    /// Ignored for a root filesystem.
     pub context: PathBuf,
+    /// A whole root filesystem (the base recipe's) rather than repository files: owners
+    /// and modes come from the files, symlinks may point anywhere, sockets, pipes and
+    /// devices are left out, and the `prune` directories are kept empty.
+    pub rootfs: bool,
+    /// Directories (relative to the source) whose content is left out; the directory
+    /// itself stays. Used for /proc, /sys, /dev of a root filesystem.
+    pub prune: Vec<String>,
     /// Where the content lands in the image, relative ("opt/airflow/dags").
     pub target: String,
     /// The target's ancestors and the target itself, outermost first, with the owner and
@@ -95,6 +105,8 @@ pub struct Input {
     pub size: u64,
     pub mtime_ns: i128,
     pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// The result of building (or reusing) a layer.
@@ -163,8 +175,12 @@ fn walk(plan: &LayerPlan, dir: &Path, rel_dir: &str, out: &mut Vec<Input>) -> Re
             let Some(target) = target.to_str() else {
                 bail!("{}: symlink target is not valid UTF-8", label(&rel));
             };
-            check_symlink(plan, &rel, target)?;
+            if !plan.rootfs {
+                check_symlink(plan, &rel, target)?;
+            }
             InputKind::Symlink(target.to_string())
+        } else if plan.rootfs {
+            continue;
         } else {
             let what = if ft.is_fifo() {
                 "a named pipe"
@@ -185,8 +201,10 @@ fn walk(plan: &LayerPlan, dir: &Path, rel_dir: &str, out: &mut Vec<Input>) -> Re
             kind: kind.clone(),
             mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
             mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
         });
-        if kind == InputKind::Dir {
+        if kind == InputKind::Dir && !plan.prune.contains(&rel) {
             walk(plan, &abs, &rel, out)?;
         }
     }
@@ -253,8 +271,17 @@ pub fn cache_key(plan: &LayerPlan, inputs: &[Input]) -> String {
     };
     line(LAYER_FORMAT.to_string());
     line(format!(
-        "target={} uid={} gid={} modes={:o},{:o},{:o} mtime={} compression={:?}",
-        plan.target, plan.uid, plan.gid, plan.file_mode, plan.exec_mode, plan.dir_mode, plan.mtime, plan.compression
+        "target={} uid={} gid={} modes={:o},{:o},{:o} mtime={} compression={:?} rootfs={} prune={:?}",
+        plan.target,
+        plan.uid,
+        plan.gid,
+        plan.file_mode,
+        plan.exec_mode,
+        plan.dir_mode,
+        plan.mtime,
+        plan.compression,
+        plan.rootfs,
+        plan.prune
     ));
     for (path, m) in &plan.parents {
         line(format!("parent {path} {}:{} {:o}", m.uid, m.gid, m.mode));
@@ -265,13 +292,17 @@ pub fn cache_key(plan: &LayerPlan, inputs: &[Input]) -> String {
             InputKind::Dir => "d".to_string(),
             InputKind::Symlink(t) => format!("l>{t}"),
         };
-        line(format!("{}\0{kind}\0{}\0{}\0{:o}", i.rel, i.size, i.mtime_ns, i.mode));
+        line(format!("{}\0{kind}\0{}\0{}\0{:o}\0{}:{}", i.rel, i.size, i.mtime_ns, i.mode, i.uid, i.gid));
     }
     hex::encode(h.finalize())
 }
 
 impl LayerPlan {
     fn meta_for(&self, input: &Input) -> Meta {
+        if self.rootfs {
+            let mode = if matches!(input.kind, InputKind::Symlink(_)) { 0o777 } else { input.mode };
+            return Meta { uid: input.uid.into(), gid: input.gid.into(), mode, mtime: self.mtime };
+        }
         let mode = match input.kind {
             InputKind::Dir => self.dir_mode,
             InputKind::Symlink(_) => 0o777,
@@ -289,7 +320,7 @@ fn write_tar(plan: &LayerPlan, inputs: &[Input], out: &mut dyn Write, on_bytes: 
         tar.dir(path, Meta { mtime: plan.mtime, ..*meta })?;
     }
     for input in inputs {
-        let path = format!("{}/{}", plan.target, input.rel);
+        let path = if plan.target.is_empty() { input.rel.clone() } else { format!("{}/{}", plan.target, input.rel) };
         let meta = plan.meta_for(input);
         let label = || format!("{}/{}", plan.source_label, input.rel);
         match &input.kind {
@@ -490,6 +521,8 @@ mod tests {
             mtime: 946684800,
             compression: Compression::Gzip,
             exclude: vec!["__pycache__".into(), "*.pyc".into()],
+            rootfs: false,
+            prune: vec![],
         }
     }
 
@@ -524,6 +557,34 @@ mod tests {
         let inputs = scan(&p).unwrap();
         let names: Vec<_> = inputs.iter().map(|i| i.rel.as_str()).collect();
         assert_eq!(names, ["a.py"]);
+    }
+
+    #[test]
+    fn a_root_filesystem_keeps_file_owners_and_any_symlink_and_prunes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs");
+        fs::create_dir_all(root.join("proc/1")).unwrap();
+        fs::create_dir_all(root.join("usr/bin")).unwrap();
+        fs::write(root.join("usr/bin/tool"), b"x").unwrap();
+        // chown clears set-uid, so it goes first.
+        std::os::unix::fs::chown(root.join("usr/bin/tool"), Some(50000), Some(0)).unwrap();
+        fs::set_permissions(root.join("usr/bin/tool"), fs::Permissions::from_mode(0o4755)).unwrap();
+        std::os::unix::fs::symlink("/usr/bin", root.join("bin")).unwrap();
+        let plan = LayerPlan {
+            source: root.clone(),
+            source_label: "rootfs".into(),
+            target: String::new(),
+            parents: vec![],
+            rootfs: true,
+            prune: vec!["proc".into()],
+            exclude: vec![],
+            ..plan(dir.path())
+        };
+        let inputs = scan(&plan).unwrap();
+        let names: Vec<_> = inputs.iter().map(|i| i.rel.as_str()).collect();
+        assert_eq!(names, ["bin", "proc", "usr", "usr/bin", "usr/bin/tool"]);
+        let tool = inputs.iter().find(|i| i.rel == "usr/bin/tool").unwrap();
+        assert_eq!(plan.meta_for(tool), Meta { uid: 50000, gid: 0, mode: 0o4755, mtime: plan.mtime });
     }
 
     #[test]

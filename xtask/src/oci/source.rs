@@ -69,7 +69,7 @@ impl BaseRef {
 
 fn bad_ref(reference: &str) -> anyhow::Error {
     anyhow!(
-        "base reference `{reference}` is not understood; write it as oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG], docker-daemon:NAME:TAG or docker://HOST/REPO:TAG"
+        "base reference `{reference}` is not understood; write it as xtask-base:NAME, oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG], docker-daemon:NAME:TAG or docker://HOST/REPO:TAG"
     )
 }
 

@@ -1,0 +1,3 @@
+//! Airflow itself: the base image recipe, DAG checks, and the API client for smoke runs.
+
+pub mod recipe;

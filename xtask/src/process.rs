@@ -1,0 +1,57 @@
+//! Running the external programs xtask cannot do without (debootstrap, kind, docker CLI
+//! fallbacks, python): checked before use, with how to install them when missing.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+/// The full path of `program` on PATH, if any.
+pub fn find(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
+}
+
+/// The path of `program`, or an error saying how to install it.
+pub fn require(program: &str, install: &str) -> Result<PathBuf> {
+    find(program).with_context(|| format!("`{program}` is not installed (or not on PATH); install it with: {install}"))
+}
+
+/// The last `n` lines of a log file, for error messages.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Runs `expr` with stdout and stderr appended to `log`; on failure the error carries the
+/// log's last lines and its path.
+pub fn run_logged(expr: duct::Expression, log: &Path, what: &str) -> Result<()> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    let out = expr
+        .stdin_null()
+        .stderr_to_stdout()
+        .stdout_file(file)
+        .unchecked()
+        .run()
+        .with_context(|| format!("cannot start {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}); last lines of {}:\n{}",
+            out.status,
+            log.display(),
+            tail(log, 15)
+        );
+    }
+    Ok(())
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
