@@ -91,6 +91,8 @@ struct ImageFile {
     dir_mode: Option<String>,
     user: Option<String>,
     workdir: Option<String>,
+    entrypoint: Option<Vec<String>>,
+    cmd: Option<Vec<String>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
@@ -145,6 +147,8 @@ pub struct ImageDef {
     pub dir_mode: u32,
     pub user: Option<String>,
     pub workdir: Option<String>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
     pub env: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
     pub layers: Vec<LayerDef>,
@@ -269,6 +273,8 @@ pub fn parse_images(text: &str, project: &Project, overrides: &ImageOverrides) -
             dir_mode: mode(&img.dir_mode, 0o755, "dir_mode")?,
             user: img.user,
             workdir: img.workdir,
+            entrypoint: img.entrypoint,
+            cmd: img.cmd,
             env: img.env,
             labels: img.labels,
             layers,

@@ -328,6 +328,8 @@ fn build_one(project: &Project, store: &Store, def: &ImageDef, opts: &BuildOptio
         labels: def.labels.clone(),
         user: def.user.clone(),
         workdir: def.workdir.clone(),
+        entrypoint: def.entrypoint.clone(),
+        cmd: def.cmd.clone(),
         created,
     };
     let new_layers: Vec<NewLayer<'_>> =

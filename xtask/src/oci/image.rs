@@ -20,6 +20,8 @@ pub struct ConfigChanges {
     pub labels: BTreeMap<String, String>,
     pub user: Option<String>,
     pub workdir: Option<String>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
     /// RFC 3339 time written to `created` and the new history entries.
     pub created: String,
 }
@@ -87,6 +89,16 @@ pub fn assemble(store: &Store, base: &BaseImage, layers: &[NewLayer<'_>], change
     }
     if let Some(dir) = &changes.workdir {
         cfg.insert("WorkingDir".into(), json!(dir));
+    }
+    if let Some(entrypoint) = &changes.entrypoint {
+        cfg.insert("Entrypoint".into(), json!(entrypoint));
+        // A new entrypoint invalidates the base's arguments to the old one.
+        if changes.cmd.is_none() {
+            cfg.remove("Cmd");
+        }
+    }
+    if let Some(cmd) = &changes.cmd {
+        cfg.insert("Cmd".into(), json!(cmd));
     }
 
     let config_desc = store.put_json(MEDIA_OCI_CONFIG, &config)?;

@@ -31,11 +31,16 @@ pub enum BaseRef {
     DockerArchive { path: PathBuf, name: Option<String> },
     DockerDaemon { name: String },
     Registry { reference: String },
+    /// No base: the image holds only its own layers.
+    Scratch,
 }
 
 impl BaseRef {
     /// Parses `reference`; relative paths are taken from `root` (the repository).
     pub fn parse(reference: &str, root: &Path) -> Result<BaseRef> {
+        if reference == "scratch" {
+            return Ok(BaseRef::Scratch);
+        }
         let (transport, rest) = reference.split_once(':').ok_or_else(|| bad_ref(reference))?;
         let path_and_tag = |rest: &str| -> (PathBuf, Option<String>) {
             let (p, t) = match rest.split_once(':') {
@@ -69,7 +74,7 @@ impl BaseRef {
 
 fn bad_ref(reference: &str) -> anyhow::Error {
     anyhow!(
-        "base reference `{reference}` is not understood; write it as xtask-base:NAME, oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG], docker-daemon:NAME:TAG or docker://HOST/REPO:TAG"
+        "base reference `{reference}` is not understood; write it as scratch, xtask-base:NAME, oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG], docker-daemon:NAME:TAG or docker://HOST/REPO:TAG"
     )
 }
 
@@ -136,6 +141,7 @@ pub fn import(
             let files = TarFiles::open(path, reference)?;
             import_docker_archive(&files, name.as_deref(), platform, store, progress)
         }
+        BaseRef::Scratch => scratch(platform, store),
         BaseRef::DockerDaemon { .. } | BaseRef::Registry { .. } => bail!(
             "base `{reference}`: registry and Docker engine bases are not supported by this build; export the image with `skopeo copy {reference} oci-archive:base.tar` and use oci-archive:base.tar"
         ),
@@ -481,6 +487,27 @@ fn import_oci_layout(
         diff_ids,
         base_name: None,
     })
+}
+
+/// The empty image: no layers, a config with only the platform.
+fn scratch(platform: &Platform, store: &Store) -> Result<BaseImage> {
+    let config = serde_json::json!({
+        "architecture": platform.architecture,
+        "os": platform.os,
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": []},
+    });
+    let config = store.put_json(MEDIA_OCI_CONFIG, &config)?;
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(MEDIA_OCI_MANIFEST.into()),
+        config: config.clone(),
+        layers: vec![],
+        annotations: None,
+        extra: Default::default(),
+    };
+    let manifest = store.put_json(MEDIA_OCI_MANIFEST, &manifest)?;
+    Ok(BaseImage { reference: String::new(), manifest, config, layers: vec![], diff_ids: vec![], base_name: None })
 }
 
 /// What `docker save` writes in `manifest.json`, one per image.
