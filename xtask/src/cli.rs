@@ -38,6 +38,13 @@ pub enum Command {
   cargo xtask images --json                the same facts for CI")]
     Images(ImagesArgs),
 
+    /// Check or render the Kubernetes manifests in k8s/
+    #[command(after_help = "Examples:
+  cargo xtask manifests check                     typed check of every document in k8s/airflow
+  cargo xtask manifests check --overlay remote-logging-s3
+  cargo xtask manifests render > applied.yaml     what k8s-up applies (secrets shown as <generated>)")]
+    Manifests(ManifestsArgs),
+
     /// Build the Airflow base image from docker/base/airflow.toml (debootstrap + pip)
     #[command(after_help = "Examples:
   sudo -E cargo xtask base                  build it (about 2 minutes; a second run does nothing)
@@ -49,6 +56,39 @@ pub enum Command {
   cargo xtask bench images           xtask vs docker build on a 1.1 GB base, 2,000 DAGs
   cargo xtask bench images --json    the same figures as JSON")]
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManifestsArgs {
+    #[command(subcommand)]
+    pub command: ManifestsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ManifestsCommand {
+    /// Parse every document into typed Kubernetes objects and check references, images,
+    /// resources and RBAC; exits non-zero on any problem
+    Check {
+        /// Also check k8s/overlays/NAME (repeatable)
+        #[arg(long)]
+        overlay: Vec<String>,
+        /// Print the problems as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print what k8s-up would apply: placeholders resolved to the last built digests,
+    /// namespace set, pod templates as ConfigMaps, secrets shown as <generated>
+    Render {
+        /// Also apply k8s/overlays/NAME (repeatable)
+        #[arg(long)]
+        overlay: Vec<String>,
+        /// Namespace [env: XTASK_NAMESPACE; default: k8s/settings.toml, else airflow]
+        #[arg(long, env = "XTASK_NAMESPACE")]
+        namespace: Option<String>,
+        /// Use IMAGE for placeholder NAME instead of the last build (NAME=IMAGE, repeatable)
+        #[arg(long, value_name = "NAME=IMAGE")]
+        image: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]

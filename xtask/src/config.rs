@@ -247,9 +247,6 @@ pub fn parse_images(text: &str, project: &Project, overrides: &ImageOverrides) -
             }
             layers.push(LayerDef { name: l.name, source: l.source, target: target.to_string() });
         }
-        if layers.is_empty() {
-            bail!("{}: no [[image.layer]]; an image needs at least one layer of its own", at("layer"));
-        }
         out.push(ImageDef {
             base: overrides.base.clone().unwrap_or(img.base),
             registry: overrides
@@ -353,4 +350,55 @@ target = "/opt/airflow/dags"
         let bad = GOOD.replace("\"files/dags\"", "\"files/../secrets\"");
         assert!(parse_images(&bad, &project(), &ImageOverrides::default()).unwrap_err().to_string().contains("outside"));
     }
+}
+
+/// `k8s/settings.toml` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct K8sFile {
+    #[serde(default)]
+    cluster: ClusterFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterFile {
+    name: Option<String>,
+    kubernetes_version: Option<String>,
+    namespace: Option<String>,
+    python_version: Option<String>,
+}
+
+/// Cluster settings with defaults applied.
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    /// The kind cluster's name.
+    pub name: String,
+    pub kubernetes_version: String,
+    pub namespace: String,
+}
+
+pub const K8S_SETTINGS_FILE: &str = "k8s/settings.toml";
+pub const DEFAULT_NAMESPACE: &str = "airflow";
+
+/// Reads `k8s/settings.toml` (absent means defaults). `namespace` is the flag's value,
+/// already merged with XTASK_NAMESPACE by clap.
+pub fn load_cluster(project: &Project, namespace: Option<&str>, name: Option<&str>) -> Result<ClusterSettings> {
+    let path = project.root.join(K8S_SETTINGS_FILE);
+    let file: K8sFile = match fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| anyhow!("{K8S_SETTINGS_FILE}: {e}"))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => K8sFile::default(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {K8S_SETTINGS_FILE}")),
+    };
+    let c = file.cluster;
+    let kubernetes_version = c.kubernetes_version.unwrap_or_else(|| "v1.35.4".into());
+    let python = c.python_version.unwrap_or_else(|| "3.11".into());
+    Ok(ClusterSettings {
+        name: name
+            .map(String::from)
+            .or(c.name)
+            .unwrap_or_else(|| format!("airflow-python-{python}-{kubernetes_version}").replace('.', "-")),
+        namespace: namespace.map(String::from).or(c.namespace).unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+        kubernetes_version,
+    })
 }

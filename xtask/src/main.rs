@@ -5,8 +5,10 @@ mod base;
 mod bench;
 mod cli;
 mod config;
+mod deploy;
 mod fsutil;
 mod images;
+mod manifests;
 mod oci;
 mod process;
 mod ui;
@@ -46,6 +48,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Images(args) => images::run(&project, args),
         Command::Base(args) => base::run(&project, args),
+        Command::Manifests(args) => manifests::run(&project, args),
         Command::Bench(args) => bench::run(&project, args),
     }
 }

@@ -32,7 +32,10 @@ const RECIPE_FORMAT: &str = "xtask-base-v1";
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
     pub debian: Debian,
-    pub python: Python,
+    /// Shell commands run in the root filesystem after debootstrap, in order.
+    #[serde(default)]
+    pub step: Vec<Step>,
+    pub python: Option<Python>,
     pub image: ImageSettings,
 }
 
@@ -53,7 +56,15 @@ fn default_variant() -> String {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct Step {
+    pub run: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Python {
+    /// Where the virtualenv goes; it becomes a layer of its own.
+    pub venv: String,
     /// What pip installs: Airflow and providers, pinned.
     pub requirements: Vec<String>,
     /// A pip constraints file (relative to docker/base/) pinning everything else.
@@ -63,14 +74,54 @@ pub struct Python {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageSettings {
-    pub uid: u32,
-    pub gid: u32,
-    pub airflow_home: String,
-    pub venv: String,
+    /// `UID:GID` the container runs as.
+    pub user: String,
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    #[serde(default)]
+    pub cmd: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub dir: Vec<DirSpec>,
+    #[serde(default)]
+    pub file: Vec<FileSpec>,
+}
+
+/// A directory the image must have, with its owner and mode.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirSpec {
+    pub path: String,
+    pub owner: String,
+    pub mode: String,
+}
+
+/// A file written into the image (an entrypoint script, say).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    pub path: String,
+    pub mode: String,
+    pub content: String,
+}
+
+fn parse_mode(s: &str, what: &str) -> Result<u32> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| anyhow!("{what}: `{s}` is not an octal mode like \"0755\""))
+}
+
+fn parse_owner(s: &str, what: &str) -> Result<(u32, u32)> {
+    let (u, g) = s.split_once(':').ok_or_else(|| anyhow!("{what}: `{s}` is not UID:GID"))?;
+    Ok((
+        u.parse().map_err(|_| anyhow!("{what}: `{u}` is not a numeric uid"))?,
+        g.parse().map_err(|_| anyhow!("{what}: `{g}` is not a numeric gid"))?,
+    ))
 }
 
 pub struct LoadedRecipe {
@@ -91,10 +142,20 @@ pub fn load(project: &Project, name: &str, mtime: u64) -> Result<LoadedRecipe> {
     let text = fs::read_to_string(&path)
         .with_context(|| format!("cannot read the base recipe {rel}; `xtask-base:{name}` names docker/base/{name}.toml"))?;
     let recipe: Recipe = toml::from_str(&text).map_err(|e| anyhow!("{rel}: {e}"))?;
-    if recipe.python.requirements.is_empty() {
-        bail!("{rel}: [python] requirements is empty; list apache-airflow==VERSION at least");
+    if let Some(py) = &recipe.python
+        && py.requirements.is_empty()
+    {
+        bail!("{rel}: [python] requirements is empty; list what pip installs (apache-airflow==VERSION, ...)");
     }
-    let constraints = match &recipe.python.constraints {
+    parse_owner(&recipe.image.user, &format!("{rel}: [image] user"))?;
+    for d in &recipe.image.dir {
+        parse_owner(&d.owner, &format!("{rel}: [[image.dir]] {}", d.path))?;
+        parse_mode(&d.mode, &format!("{rel}: [[image.dir]] {}", d.path))?;
+    }
+    for f in &recipe.image.file {
+        parse_mode(&f.mode, &format!("{rel}: [[image.file]] {}", f.path))?;
+    }
+    let constraints = match recipe.python.as_ref().and_then(|p| p.constraints.as_ref()) {
         Some(c) => {
             let p = path.parent().unwrap_or(Path::new(".")).join(c);
             let text = fs::read_to_string(&p).with_context(|| {
@@ -271,41 +332,47 @@ fn build(project: &Project, store: &Store, loaded: &LoadedRecipe, mtime: u64, op
             args.extend(cmd.iter().map(|s| s.to_string()));
             process::run_logged(duct::cmd("chroot", &args), &log, what)
         };
-        let img = &r.image;
-        in_chroot(
-            "useradd",
-            &["useradd", "--uid", &img.uid.to_string(), "--gid", &img.gid.to_string(), "--create-home", "--home-dir", "/home/airflow", "--shell", "/bin/bash", "airflow"],
-        )?;
-        in_chroot("python3 -m venv", &["python3", "-m", "venv", &img.venv])?;
-        let pip = format!("{}/bin/pip", img.venv);
-        let mut install: Vec<String> = vec![pip.clone(), "install".into()];
-        if let Some((path, _)) = &loaded.constraints {
-            fs::copy(path, rootfs.join("tmp/constraints.txt"))?;
-            install.push("--constraint".into());
-            install.push("/tmp/constraints.txt".into());
+        // Package scripts must not try to start services in the chroot.
+        let policy = rootfs.join("usr/sbin/policy-rc.d");
+        fs::write(&policy, "#!/bin/sh\nexit 101\n")?;
+        fs::set_permissions(&policy, fs::Permissions::from_mode(0o755))?;
+        for (i, st) in r.step.iter().enumerate() {
+            step(opts, &format!("step {}: {}", i + 1, st.run));
+            in_chroot(&format!("step {} of {rel} (`{}`)", i + 1, st.run), &["/bin/sh", "-euc", &st.run])?;
         }
-        install.extend(r.python.requirements.iter().cloned());
-        step(opts, &format!("pip install {}", r.python.requirements.join(" ")));
-        let t = Instant::now();
-        let install_refs: Vec<&str> = install.iter().map(String::as_str).collect();
-        in_chroot("pip install", &install_refs).map_err(|e| shorten_pip_error(e, &log))?;
-        step(opts, &format!("pip install done in {:.0} s", t.elapsed().as_secs_f64()));
-        if opts.update_lock {
-            let target = loaded
-                .constraints
-                .as_ref()
-                .map(|(p, _)| p.clone())
-                .unwrap_or_else(|| loaded.path.with_extension("lock"));
-            let freeze = duct::cmd("chroot", [rootfs.display().to_string(), pip.clone(), "freeze".into(), "--all".into()])
-                .read()
-                .context("pip freeze failed")?;
-            let header = format!("# Every package of the {} base, as `cargo xtask base --update-lock` resolved it.\n", loaded.name);
-            crate::fsutil::write_atomic(&target, format!("{header}{freeze}\n").as_bytes())?;
-            step(opts, &format!("wrote {}", project.rel(&target)));
+        fs::remove_file(&policy)?;
+        if let Some(py) = &r.python {
+            in_chroot("python3 -m venv", &["python3", "-m", "venv", &py.venv])?;
+            let pip = format!("{}/bin/pip", py.venv);
+            let mut install: Vec<String> = vec![pip.clone(), "install".into()];
+            if let Some((path, _)) = &loaded.constraints {
+                fs::copy(path, rootfs.join("tmp/constraints.txt"))?;
+                install.push("--constraint".into());
+                install.push("/tmp/constraints.txt".into());
+            }
+            install.extend(py.requirements.iter().cloned());
+            step(opts, &format!("pip install {}", py.requirements.join(" ")));
+            let t = Instant::now();
+            let install_refs: Vec<&str> = install.iter().map(String::as_str).collect();
+            in_chroot("pip install", &install_refs).map_err(|e| shorten_pip_error(e, &log))?;
+            step(opts, &format!("pip install done in {:.0} s", t.elapsed().as_secs_f64()));
+            if opts.update_lock {
+                let target = loaded
+                    .constraints
+                    .as_ref()
+                    .map(|(p, _)| p.clone())
+                    .unwrap_or_else(|| loaded.path.with_extension("lock"));
+                let freeze = duct::cmd("chroot", [rootfs.display().to_string(), pip.clone(), "freeze".into(), "--all".into()])
+                    .read()
+                    .context("pip freeze failed")?;
+                let header = format!("# Every package of the {} base, as `cargo xtask base --update-lock` resolved it.\n", loaded.name);
+                crate::fsutil::write_atomic(&target, format!("{header}{freeze}\n").as_bytes())?;
+                step(opts, &format!("wrote {}", project.rel(&target)));
+            }
         }
         drop(_proc);
 
-        lay_out_airflow(&rootfs, img)?;
+        lay_out(&rootfs, &r.image, &rel)?;
         for junk in ["var/cache/apt/archives", "var/lib/apt/lists", "tmp", "root/.cache", "var/log"] {
             let dir = rootfs.join(junk);
             if let Ok(entries) = fs::read_dir(&dir) {
@@ -365,30 +432,31 @@ fn unmount_all_under(root: &Path) {
     }
 }
 
-/// The official image's layout: AIRFLOW_HOME with dags, logs, plugins owned by the Airflow
-/// user (group 0, group-writable, so any uid in group 0 works), and an entrypoint.
-fn lay_out_airflow(rootfs: &Path, img: &ImageSettings) -> Result<()> {
-    let home = rootfs.join(img.airflow_home.trim_start_matches('/'));
-    for d in ["", "dags", "logs", "plugins", "include", "config"] {
-        let p = home.join(d);
-        fs::create_dir_all(&p)?;
-        std::os::unix::fs::chown(&p, Some(img.uid), Some(img.gid))?;
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o775))?;
+/// The directories and files the recipe declares, with their owners and modes.
+fn lay_out(rootfs: &Path, img: &ImageSettings, rel: &str) -> Result<()> {
+    for d in &img.dir {
+        let p = rootfs.join(d.path.trim_start_matches('/'));
+        fs::create_dir_all(&p).with_context(|| format!("cannot create {} in the image", d.path))?;
+        let (uid, gid) = parse_owner(&d.owner, rel)?;
+        std::os::unix::fs::chown(&p, Some(uid), Some(gid))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(parse_mode(&d.mode, rel)?))?;
     }
-    let entrypoint = rootfs.join("usr/local/bin/airflow-entrypoint");
-    fs::write(
-        &entrypoint,
-        "#!/bin/sh\n# Runs ARGS when ARGS[0] is a program (as the KubernetesExecutor's workers do),\n# else `airflow ARGS` (so `docker run IMAGE dags list` works).\nif [ $# -eq 0 ]; then exec airflow --help; fi\nif command -v \"$1\" >/dev/null 2>&1; then exec \"$@\"; fi\nexec airflow \"$@\"\n",
-    )?;
-    fs::set_permissions(&entrypoint, fs::Permissions::from_mode(0o755))?;
+    for f in &img.file {
+        let p = rootfs.join(f.path.trim_start_matches('/'));
+        if let Some(dir) = p.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::write(&p, &f.content).with_context(|| format!("cannot write {} in the image", f.path))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(parse_mode(&f.mode, rel)?))?;
+    }
     Ok(())
 }
 
 fn write_image(store: &Store, loaded: &LoadedRecipe, rootfs: &Path, mtime: u64) -> Result<BaseImage> {
     let img = &loaded.recipe.image;
-    let venv_rel = img.venv.trim_start_matches('/').to_string();
+    let venv_rel = loaded.recipe.python.as_ref().map(|p| p.venv.trim_start_matches('/').to_string());
     let plan = |source: PathBuf, target: String, parents: Vec<(String, Meta)>, prune: Vec<String>| LayerPlan {
-        name: if target.is_empty() { "os".into() } else { "airflow".into() },
+        name: if target.is_empty() { "os".into() } else { "python".into() },
         source_label: source.display().to_string(),
         source,
         context: rootfs.to_path_buf(),
@@ -405,39 +473,32 @@ fn write_image(store: &Store, loaded: &LoadedRecipe, rootfs: &Path, mtime: u64) 
         rootfs: true,
         prune,
     };
-    // Layer 1: the operating system and Airflow's layout; layer 2: the virtualenv, which
-    // changes with every Airflow upgrade while the OS layer stays.
-    let os = plan(
-        rootfs.to_path_buf(),
-        String::new(),
-        vec![],
-        vec!["proc".into(), "sys".into(), "dev".into(), "run".into(), "tmp".into(), venv_rel.clone()],
-    );
-    let mut parents = Vec::new();
-    let mut acc = String::new();
-    for part in venv_rel.split('/') {
-        if !acc.is_empty() {
-            acc.push('/');
+    // Layer 1: the operating system and the declared layout; layer 2 (with [python]): the
+    // virtualenv, which changes with every Airflow upgrade while the OS layer stays.
+    let mut prune: Vec<String> = ["proc", "sys", "dev", "run", "tmp"].map(String::from).to_vec();
+    prune.extend(venv_rel.clone());
+    let mut plans = vec![plan(rootfs.to_path_buf(), String::new(), vec![], prune)];
+    if let Some(venv_rel) = &venv_rel {
+        let mut parents = Vec::new();
+        let mut acc = String::new();
+        for part in venv_rel.split('/') {
+            if !acc.is_empty() {
+                acc.push('/');
+            }
+            acc.push_str(part);
+            let md = fs::symlink_metadata(rootfs.join(&acc))?;
+            use std::os::unix::fs::MetadataExt;
+            parents.push((acc.clone(), Meta { uid: md.uid().into(), gid: md.gid().into(), mode: md.mode() & 0o7777, mtime }));
         }
-        acc.push_str(part);
-        let md = fs::symlink_metadata(rootfs.join(&acc))?;
-        use std::os::unix::fs::MetadataExt;
-        parents.push((acc.clone(), Meta { uid: md.uid().into(), gid: md.gid().into(), mode: md.mode() & 0o7777, mtime }));
+        plans.push(plan(rootfs.join(venv_rel), venv_rel.clone(), parents, vec![]));
     }
-    let venv = plan(rootfs.join(&venv_rel), venv_rel.clone(), parents, vec![]);
     let mut blobs: Vec<LayerBlob> = Vec::new();
-    for p in [&os, &venv] {
+    for p in &plans {
         let inputs = layer::scan(p)?;
         blobs.push(layer::write(p, &inputs, store, &mut |_| {})?);
     }
     let created = rfc3339(mtime);
-    let mut env: Vec<String> = vec![
-        format!("PATH={}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", img.venv),
-        format!("AIRFLOW_HOME={}", img.airflow_home),
-        "AIRFLOW_USER_HOME_DIR=/home/airflow".into(),
-        "LANG=C.UTF-8".into(),
-        "PYTHONUNBUFFERED=1".into(),
-    ];
+    let mut env: Vec<String> = vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(), "LANG=C.UTF-8".into()];
     for (k, v) in &img.env {
         env.retain(|e| !e.starts_with(&format!("{k}=")));
         env.push(format!("{k}={v}"));
@@ -445,23 +506,31 @@ fn write_image(store: &Store, loaded: &LoadedRecipe, rootfs: &Path, mtime: u64) 
     let mut labels = img.labels.clone();
     labels.insert("io.xtask.base.recipe".into(), format!("docker/base/{}.toml", loaded.name));
     labels.insert("io.xtask.base.recipe-key".into(), loaded.key[..16].to_string());
+    let mut cfg = serde_json::json!({
+        "User": img.user,
+        "Env": env,
+        "Labels": labels,
+    });
+    if !img.entrypoint.is_empty() {
+        cfg["Entrypoint"] = serde_json::json!(img.entrypoint);
+    }
+    if !img.cmd.is_empty() {
+        cfg["Cmd"] = serde_json::json!(img.cmd);
+    }
+    if let Some(w) = &img.workdir {
+        cfg["WorkingDir"] = serde_json::json!(w);
+    }
+    let mut history = vec![serde_json::json!({"created": created, "created_by": format!("debootstrap {} + {} steps", loaded.recipe.debian.suite, loaded.recipe.step.len())})];
+    if let Some(py) = &loaded.recipe.python {
+        history.push(serde_json::json!({"created": created, "created_by": format!("pip install {}", py.requirements.join(" "))}));
+    }
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
         "created": created,
-        "config": {
-            "User": format!("{}:{}", img.uid, img.gid),
-            "Env": env,
-            "Entrypoint": ["/usr/local/bin/airflow-entrypoint"],
-            "Cmd": ["--help"],
-            "WorkingDir": img.airflow_home,
-            "Labels": labels,
-        },
+        "config": cfg,
         "rootfs": {"type": "layers", "diff_ids": blobs.iter().map(|b| b.diff_id.to_string()).collect::<Vec<_>>()},
-        "history": [
-            {"created": created, "created_by": format!("debootstrap {} + Airflow layout", loaded.recipe.debian.suite)},
-            {"created": created, "created_by": format!("pip install {}", loaded.recipe.python.requirements.join(" "))},
-        ],
+        "history": history,
     });
     let config_desc = store.put_json(MEDIA_OCI_CONFIG, &config)?;
     let layers: Vec<Descriptor> = blobs.iter().map(|b| Descriptor::new(&b.media_type, b.digest.clone(), b.size)).collect();

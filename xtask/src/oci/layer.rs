@@ -406,6 +406,9 @@ struct LayerDirFacts {
 /// all its layers in order. Every entry of every layer is checked for paths that escape
 /// the root. Results are cached per layer digest.
 pub fn base_dirs(store: &Store, layers: &[(Digest, String)], wanted: &BTreeSet<String>) -> Result<BTreeMap<String, DirInfo>> {
+    if wanted.is_empty() {
+        return Ok(BTreeMap::new());
+    }
     let wanted_key = {
         let mut h = Sha256::new();
         for w in wanted {

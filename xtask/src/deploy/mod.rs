@@ -1,0 +1,5 @@
+//! Getting k8s/ into a cluster: the manifests, generated secrets, server-side apply and
+//! waiting with diagnosis.
+
+pub mod manifests;
+pub mod secrets;
