@@ -26,6 +26,8 @@ use crate::config::Project;
 pub struct Reported(pub u8);
 
 fn main() -> ExitCode {
+    // One TLS crypto provider for every client (kube, registries).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     match run(cli) {

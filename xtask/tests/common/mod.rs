@@ -244,3 +244,61 @@ pub fn require_docker() {
         "the Docker engine is not running; start it with `dockerd &` (bash .ci/run does) and run the tests again"
     );
 }
+
+/// The kubeconfig of the local test cluster (`.ci/local-cluster up`); panics with the fix
+/// when it is not up. XTASK_TEST_KUBECONFIG points at another cluster.
+pub fn test_kubeconfig() -> PathBuf {
+    let p = std::env::var_os("XTASK_TEST_KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/xtask-local-cluster/admin.kubeconfig"));
+    assert!(
+        p.is_file(),
+        "no test cluster: {} is missing; start one with `.ci/local-cluster up` (bash .ci/test does)",
+        p.display()
+    );
+    p
+}
+
+/// The local test cluster's containerd socket, through which images reach its node.
+pub const CLUSTER_CONTAINERD: &str = "/run/xtask-local-cluster/containerd.sock";
+
+pub async fn kube_client() -> kube::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kubeconfig = kube::config::Kubeconfig::read_from(test_kubeconfig()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+/// A namespace for one test, deleted (with everything in it) when dropped.
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    pub async fn new(client: &kube::Client, prefix: &str) -> TestNamespace {
+        use k8s_openapi::api::core::v1::Namespace;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let name = format!("{prefix}-{}-{}", std::process::id(), nanos % 100_000);
+        let api: kube::Api<Namespace> = kube::Api::all(client.clone());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        api.create(&Default::default(), &ns).await.unwrap();
+        TestNamespace { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // On a runtime and client of its own: the test's runtime may be unwinding.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new().unwrap().block_on(async move {
+                let client = kube_client().await;
+                let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), api.delete(&name, &Default::default())).await;
+            })
+        })
+        .join();
+    }
+}
