@@ -35,7 +35,9 @@ pub enum Command {
   cargo xtask images                       build every image in docker/images.toml
   cargo xtask images --archive             also write target/xtask/images.tar
   docker load -i target/xtask/images.tar   (or kind load image-archive, ctr images import)
-  cargo xtask images --json                the same facts for CI")]
+  cargo xtask images --json                the same facts for CI
+  cargo xtask images --push localhost:5000 push, uploading only missing blobs
+  cargo xtask images --load docker         load into the local Docker engine")]
     Images(ImagesArgs),
 
     /// Check or render the Kubernetes manifests in k8s/
@@ -169,7 +171,30 @@ pub struct ImagesArgs {
     #[arg(long)]
     pub no_cache: bool,
 
+    /// Push each image to REGISTRY[/PREFIX] (as REGISTRY/PREFIX/NAME:TAG), uploading only
+    /// the blobs the registry lacks
+    #[arg(long, value_name = "REGISTRY[/PREFIX]")]
+    pub push: Option<String>,
+
+    /// Load the images into a local engine: `docker` (skipped when it has the same image id)
+    #[arg(long, value_name = "docker")]
+    pub load: Option<LoadTarget>,
+
+    /// Registry that may be reached over plain HTTP (repeatable; loopback always may)
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]", env = "XTASK_INSECURE_REGISTRIES", value_delimiter = ',')]
+    pub insecure_registry: Vec<String>,
+
+    /// Platform to take from a multi-platform base [default: linux/amd64]
+    #[arg(long, value_name = "OS/ARCH")]
+    pub platform: Option<String>,
+
     /// Print the report as JSON on stdout (progress and notes stay on stderr)
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LoadTarget {
+    /// The local Docker engine, through its API
+    Docker,
 }

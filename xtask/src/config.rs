@@ -76,6 +76,7 @@ struct DefaultsFile {
     mtime: Option<u64>,
     context: Option<String>,
     exclude: Option<Vec<String>>,
+    insecure_registries: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +139,8 @@ pub struct ImageDef {
     pub platform: String,
     pub compression: CompressionChoice,
     pub mtime: u64,
+    /// Registries that may be spoken to over plain HTTP (besides loopback ones).
+    pub insecure: Vec<String>,
     pub context: PathBuf,
     pub exclude: Vec<String>,
     pub uid: u64,
@@ -178,6 +181,8 @@ pub struct ImageOverrides {
     pub registry: Option<String>,
     pub compression: Option<CompressionChoice>,
     pub mtime: Option<u64>,
+    pub platform: Option<String>,
+    pub insecure: Vec<String>,
 }
 
 pub const IMAGES_FILE: &str = "docker/images.toml";
@@ -258,7 +263,8 @@ pub fn parse_images(text: &str, project: &Project, overrides: &ImageOverrides) -
                 .trim_end_matches('/')
                 .to_string(),
             tag: overrides.tag.clone().or(img.tag).or(d.tag.clone()).unwrap_or_else(|| "dev".into()),
-            platform: d.platform.clone().unwrap_or_else(|| "linux/amd64".into()),
+            platform: overrides.platform.clone().or(d.platform.clone()).unwrap_or_else(|| "linux/amd64".into()),
+            insecure: overrides.insecure.iter().cloned().chain(d.insecure_registries.clone().unwrap_or_default()).collect(),
             compression,
             mtime: overrides.mtime.or(d.mtime).unwrap_or(DEFAULT_MTIME),
             context,

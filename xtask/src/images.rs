@@ -9,10 +9,12 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::airflow::recipe;
-use crate::cli::ImagesArgs;
+use crate::cli::{ImagesArgs, LoadTarget};
 use crate::config::{self, CompressionChoice, ImageDef, ImageOverrides, Project};
 use crate::fsutil::human_bytes;
 use crate::oci::archive::{self, ArchiveImage, ArchiveStats};
+use crate::oci::docker;
+use crate::oci::registry::{self, ImageRef, PushReport};
 use crate::oci::image::{self, ConfigChanges, NewLayer};
 use crate::oci::layer::{self, Compression, LayerPlan};
 use crate::oci::source::{self, BaseImage, ImportProgress};
@@ -92,6 +94,10 @@ impl ImageReport {
 #[derive(Serialize)]
 struct JsonReport<'a> {
     images: &'a [ImageReport],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pushes: Vec<PushReport>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    loads: Vec<docker::LoadResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     archive: Option<ArchiveReport>,
     store: String,
@@ -114,6 +120,8 @@ pub fn run(project: &Project, args: &ImagesArgs) -> Result<()> {
             base: args.base.clone(),
             compression: args.compression,
             mtime: source_date_epoch()?,
+            platform: args.platform.clone(),
+            insecure: args.insecure_registry.clone(),
             ..Default::default()
         },
         no_cache: args.no_cache,
@@ -124,9 +132,27 @@ pub fn run(project: &Project, args: &ImagesArgs) -> Result<()> {
         let path = if path.is_absolute() { path.clone() } else { project.root.join(path) };
         archive_report = Some(write_archive(project, &store, &reports, &path, !args.json)?);
     }
+    let mut pushes = Vec::new();
+    if let Some(dest) = &args.push {
+        for r in &reports {
+            pushes.push(push_one(&store, r, dest, &args.insecure_registry, !args.json)?);
+        }
+    }
+    let mut loads = Vec::new();
+    if let Some(LoadTarget::Docker) = args.load {
+        let images: Vec<ArchiveImage> = reports.iter().map(ImageReport::archive_image).collect();
+        loads = docker::load(&store, &images)?;
+        if !args.json {
+            for l in &loads {
+                println!("docker   {}  {}  ({})", l.name, l.status, l.image_id);
+            }
+        }
+    }
     if args.json {
         let report = JsonReport {
             images: &reports,
+            pushes,
+            loads,
             archive: archive_report,
             store: project.rel(store.root()),
             seconds: started.elapsed().as_secs_f64(),
@@ -136,6 +162,32 @@ pub fn run(project: &Project, args: &ImagesArgs) -> Result<()> {
         println!("done in {}", ui::secs(started.elapsed().as_secs_f64()));
     }
     Ok(())
+}
+
+/// Where an image goes for `--push REGISTRY[/PREFIX]`: REGISTRY/PREFIX/NAME:TAG.
+pub fn push_target(report: &ImageReport, dest: &str) -> Result<ImageRef> {
+    let tag = crate::oci::archive::tag_of(&report.reference);
+    ImageRef::parse(&format!("{}/{}:{tag}", dest.trim_end_matches('/'), report.name))
+}
+
+fn push_one(store: &Store, report: &ImageReport, dest: &str, insecure: &[String], human: bool) -> Result<PushReport> {
+    let target = push_target(report, dest)?;
+    let total: u64 = report.all_layers.iter().map(|l| l.size).sum();
+    let bar = ui::bytes_bar("push", total);
+    let r = registry::push(store, &report.manifest, &target, insecure, &mut |n| bar.inc(n))
+        .with_context(|| format!("cannot push {} to {target}", report.name))?;
+    bar.finish_and_clear();
+    if human {
+        println!(
+            "push     {}  uploaded {} in {} blobs, skipped {} in {} blobs already there",
+            r.reference,
+            human_bytes(r.uploaded_bytes),
+            r.uploaded_blobs,
+            human_bytes(r.skipped_bytes),
+            r.skipped_blobs
+        );
+    }
+    Ok(r)
 }
 
 /// `SOURCE_DATE_EPOCH`, the reproducible-builds convention for "the time of these inputs".
@@ -227,7 +279,7 @@ pub fn import_base(project: &Project, store: &Store, def: &ImageDef, human: bool
     }
     let platform = Platform::parse(&def.platform)?;
     let bar = ui::bytes_bar("base", 0);
-    let base = source::import(&def.base, &project.root, &platform, store, &mut BarProgress(bar.clone()))?;
+    let base = source::import(&def.base, &project.root, &platform, &def.insecure, store, &mut BarProgress(bar.clone()))?;
     bar.finish_and_clear();
     Ok(base)
 }

@@ -4,8 +4,10 @@
 //! store -> a destination (archive, registry, cluster). Every destination reads the store.
 
 pub mod archive;
+pub mod docker;
 pub mod image;
 pub mod layer;
+pub mod registry;
 pub mod source;
 pub mod store;
 pub mod tar;

@@ -117,6 +117,7 @@ pub fn import(
     reference: &str,
     root: &Path,
     platform: &Platform,
+    insecure: &[String],
     store: &Store,
     progress: &mut dyn ImportProgress,
 ) -> Result<BaseImage> {
@@ -142,9 +143,8 @@ pub fn import(
             import_docker_archive(&files, name.as_deref(), platform, store, progress)
         }
         BaseRef::Scratch => scratch(platform, store),
-        BaseRef::DockerDaemon { .. } | BaseRef::Registry { .. } => bail!(
-            "base `{reference}`: registry and Docker engine bases are not supported by this build; export the image with `skopeo copy {reference} oci-archive:base.tar` and use oci-archive:base.tar"
-        ),
+        BaseRef::Registry { reference: r } => super::registry::pull(r, platform, insecure, store, progress),
+        BaseRef::DockerDaemon { name } => super::docker::import_base(name, platform, store, progress),
     }
     .with_context(|| format!("cannot import base image {reference}"))?;
     base.reference = reference.to_string();
@@ -597,6 +597,13 @@ fn import_docker_archive(
             (None, MEDIA_OCI_LAYER) => Some(diff_ids[i].clone()),
             (None, _) => None,
         };
+        if let Some(d) = &expected
+            && store.blob_size(d) == Some(size)
+        {
+            progress.advance(size);
+            layers.push(Descriptor::new(media_type, d.clone(), size));
+            continue;
+        }
         let mut w = store.blob_writer()?;
         super::store::copy_with_progress(&mut r, &mut w, &mut |n| progress.advance(n))
             .with_context(|| format!("{what}: cannot read layer {path}"))?;
@@ -626,6 +633,88 @@ fn import_docker_archive(
         diff_ids,
         base_name: None,
     })
+}
+
+/// Files of a `docker save` stream seen once in order: small ones kept in memory, large
+/// ones already written into the store as blobs.
+struct StoredFiles<'a> {
+    label: String,
+    store: &'a Store,
+    small: HashMap<String, Vec<u8>>,
+    blobs: HashMap<String, (Digest, u64)>,
+    links: HashMap<String, String>,
+}
+
+impl LayoutFiles for StoredFiles<'_> {
+    fn describe(&self) -> &str {
+        &self.label
+    }
+
+    fn open(&self, path: &str) -> Result<Option<(Box<dyn Read + '_>, u64)>> {
+        let mut name = normalize_within(path).unwrap_or_default();
+        for _ in 0..16 {
+            if let Some(target) = self.links.get(&name) {
+                name = target.clone();
+                continue;
+            }
+            if let Some(bytes) = self.small.get(&name) {
+                return Ok(Some((Box::new(&bytes[..]), bytes.len() as u64)));
+            }
+            if let Some((digest, size)) = self.blobs.get(&name) {
+                return Ok(Some((Box::new(BufReader::with_capacity(1 << 20, self.store.open_blob(digest)?)), *size)));
+            }
+            return Ok(None);
+        }
+        Ok(None)
+    }
+}
+
+/// Imports what `docker save` writes, read once from a stream (the Docker engine's export):
+/// every file larger than 1 MiB goes straight into the store as a blob.
+pub fn import_docker_save_stream(
+    reader: impl Read,
+    name: Option<&str>,
+    platform: &Platform,
+    store: &Store,
+    progress: &mut dyn ImportProgress,
+) -> Result<BaseImage> {
+    let label = format!("docker-daemon:{}", name.unwrap_or("?"));
+    let mut files = StoredFiles { label: label.clone(), store, small: HashMap::new(), blobs: HashMap::new(), links: HashMap::new() };
+    let mut archive = ::tar::Archive::new(reader);
+    let broken = |e: std::io::Error| anyhow!("{label}: the export stream broke off or is not a tar ({e})");
+    for entry in archive.entries().map_err(broken)? {
+        let mut entry = entry.map_err(broken)?;
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let path = safe_entry_path(&raw).map_err(|e| anyhow!("{label}: {e}; refusing to read it"))?;
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() || kind.is_hard_link() {
+            let link = entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            let target = if kind.is_symlink() {
+                format!("{}/{link}", path.rsplit_once('/').map(|(d, _)| d).unwrap_or(""))
+            } else {
+                link
+            };
+            files.links.insert(path, normalize_within(&target).unwrap_or_default());
+            continue;
+        }
+        if !kind.is_file() {
+            continue;
+        }
+        let size = entry.size();
+        if size <= 1 << 20 {
+            let mut bytes = Vec::with_capacity(size as usize);
+            entry.read_to_end(&mut bytes).map_err(broken)?;
+            files.small.insert(path, bytes);
+        } else {
+            let mut w = store.blob_writer()?;
+            super::store::copy_with_progress(&mut entry, &mut w, &mut |n| progress.advance(n)).map_err(broken)?;
+            let expected = path.strip_prefix("blobs/sha256/").and_then(|h| Digest::parse(&format!("sha256:{h}")).ok());
+            let (digest, written) = w.commit(expected.as_ref(), &format!("{label} {path}"))?;
+            files.blobs.insert(path, (digest, written));
+        }
+    }
+    let mut counted = NoProgress;
+    import_docker_archive(&files, name, platform, store, &mut counted)
 }
 
 /// `busybox:1` and `docker.io/library/busybox:1` name the same image.

@@ -78,6 +78,13 @@ impl Store {
         Ok(store)
     }
 
+    /// A second handle on a store this process has already opened (and locked), for a
+    /// reader on another thread. It takes no lock and cleans nothing.
+    pub fn open_view(root: &Path) -> Result<Store> {
+        let lock = File::open(root.join("lock")).with_context(|| format!("{} is not an image store", root.display()))?;
+        Ok(Store { root: root.to_path_buf(), _lock: lock })
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -302,3 +302,72 @@ impl Drop for TestNamespace {
         .join();
     }
 }
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Debian's docker-registry on 127.0.0.1, with its own storage, stopped on drop.
+pub struct Registry {
+    pub dir: tempfile::TempDir,
+    pub host: String,
+    child: std::process::Child,
+}
+
+impl Registry {
+    /// `htpasswd`: Some((user, password)) to require basic auth.
+    pub fn start(htpasswd: Option<(&str, &str)>) -> Registry {
+        require("docker-registry");
+        let dir = tempfile::Builder::new().prefix("xtask-registry-").tempdir().unwrap();
+        let port = free_port();
+        let mut config = format!(
+            "version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}/data}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
+            dir.path().display()
+        );
+        if let Some((user, password)) = htpasswd {
+            require("htpasswd");
+            let out = sh(Command::new("htpasswd").args(["-Bbn", user, password]));
+            fs::write(dir.path().join("htpasswd"), out.stdout).unwrap();
+            config.push_str(&format!("auth: {{htpasswd: {{realm: xtask-test, path: {}/htpasswd}}}}\n", dir.path().display()));
+        }
+        fs::write(dir.path().join("config.yml"), config).unwrap();
+        let log = fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let host = format!("127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&host).is_ok() {
+                return Registry { dir, host, child };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("docker-registry did not start: {}", fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default());
+    }
+
+    /// Every blob the registry stores: digest -> size.
+    pub fn stored_blobs(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        let root = self.dir.path().join("data/docker/registry/v2/blobs/sha256");
+        for prefix in fs::read_dir(&root).into_iter().flatten().flatten() {
+            for blob in fs::read_dir(prefix.path()).into_iter().flatten().flatten() {
+                if let Ok(md) = fs::metadata(blob.path().join("data")) {
+                    out.insert(format!("sha256:{}", blob.file_name().to_string_lossy()), md.len());
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
