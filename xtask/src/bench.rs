@@ -23,6 +23,7 @@ use crate::ui::secs;
 pub fn run(project: &Project, args: &BenchArgs) -> Result<()> {
     match &args.command {
         BenchCommand::Images(a) => images(project, a),
+        BenchCommand::Push(a) => push(project, a),
     }
 }
 
@@ -107,19 +108,28 @@ fn bench_dir(project: &Project) -> PathBuf {
     project.work_dir().join("bench/images")
 }
 
-fn images(project: &Project, args: &BenchImagesArgs) -> Result<()> {
+/// The scenario's files, generated once and reused while the parameters stay the same.
+struct Scenario {
+    dir: PathBuf,
+    repo: PathBuf,
+    base_store: PathBuf,
+    description: String,
+    base_bytes: u64,
+}
+
+fn scenario(project: &Project, args: &BenchImagesArgs) -> Result<Scenario> {
     let dir = bench_dir(project);
     let repo = dir.join("repo");
-    let scenario = format!(
+    let description = format!(
         "base {} MB in 3 layers, {} DAG files of {} kB, include {} MB (10% binary)",
         args.base_mb, args.dags, args.dag_kb, args.include_mb
     );
-    eprintln!("scenario: {scenario} (in {})", project.rel(&dir));
+    eprintln!("scenario: {description} (in {})", project.rel(&dir));
     let marker = dir.join("scenario.txt");
-    if fs::read_to_string(&marker).ok().as_deref() != Some(scenario.as_str()) {
+    if fs::read_to_string(&marker).ok().as_deref() != Some(description.as_str()) {
         let _ = fs::remove_dir_all(&dir);
         generate(&dir, args)?;
-        fs::write(&marker, &scenario)?;
+        fs::write(&marker, &description)?;
     }
     let base_store = dir.join("base");
     let base_bytes: u64 = {
@@ -128,6 +138,11 @@ fn images(project: &Project, args: &BenchImagesArgs) -> Result<()> {
         let m: Manifest = store.read_json(&desc.digest)?;
         m.layers.iter().map(|l| l.size).sum()
     };
+    Ok(Scenario { dir, repo, base_store, description, base_bytes })
+}
+
+fn images(project: &Project, args: &BenchImagesArgs) -> Result<()> {
+    let Scenario { dir, repo, base_store, description: scenario, base_bytes } = self::scenario(project, args)?;
     let (dags_files, dags_bytes) = dir_size(&repo.join("files/dags"))?;
     let (_, include_bytes) = dir_size(&repo.join("files/include"))?;
     let exe = std::env::current_exe()?;
@@ -568,4 +583,248 @@ fn compression_choice(repo: &Path) -> Result<Vec<(String, f64, u64)>> {
         out.push(("gunzip at the destination".into(), t.elapsed().as_secs_f64(), n));
     }
     Ok(out)
+}
+
+/// A private containerd (its own root, state and socket), stopped on drop: the
+/// destination of `ctr import` measurements.
+pub struct PrivateContainerd {
+    pub dir: PathBuf,
+    child: std::process::Child,
+}
+
+impl PrivateContainerd {
+    pub fn start(dir: &Path) -> Result<PrivateContainerd> {
+        crate::process::require("containerd", "sudo apt-get install containerd (or run .ci/setup)")?;
+        let _ = fs::remove_dir_all(dir);
+        fs::create_dir_all(dir)?;
+        let config = format!(
+            "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n[grpc]\n  address = \"{0}/containerd.sock\"\n",
+            dir.display()
+        );
+        fs::write(dir.join("config.toml"), config)?;
+        let log = fs::File::create(dir.join("containerd.log"))?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start containerd")?;
+        let c = PrivateContainerd { dir: dir.to_path_buf(), child };
+        for _ in 0..100 {
+            if c.ctr().arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success()) {
+                return Ok(c);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        bail!("containerd did not start; see {}", dir.join("containerd.log").display())
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("containerd.sock")
+    }
+
+    pub fn ctr(&self) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address").arg(self.socket()).args(["--namespace", "k8s.io"]);
+        c
+    }
+}
+
+impl Drop for PrivateContainerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("umount").arg("-R").arg(self.dir.join("root")).output();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A docker-registry on a free loopback port with throwaway storage, stopped on drop.
+struct BenchRegistry {
+    host: String,
+    storage: PathBuf,
+    child: std::process::Child,
+}
+
+impl BenchRegistry {
+    fn start(dir: &Path) -> Result<BenchRegistry> {
+        crate::process::require("docker-registry", "sudo apt-get install docker-registry (or run .ci/setup)")?;
+        let _ = fs::remove_dir_all(dir);
+        fs::create_dir_all(dir)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let storage = dir.join("data");
+        fs::write(
+            dir.join("config.yml"),
+            format!("version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n", storage.display()),
+        )?;
+        let child = Command::new("docker-registry").arg("serve").arg(dir.join("config.yml")).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        let host = format!("127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&host).is_ok() {
+                return Ok(BenchRegistry { host, storage, child });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        bail!("docker-registry did not start")
+    }
+
+    /// Bytes of every blob the registry stores.
+    fn stored_bytes(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            let mut n = 0;
+            for e in fs::read_dir(p).into_iter().flatten().flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    n += walk(&path);
+                } else if e.file_name() == "data" {
+                    n += e.metadata().map(|m| m.len()).unwrap_or(0);
+                }
+            }
+            n
+        }
+        walk(&self.storage.join("docker/registry/v2/blobs"))
+    }
+}
+
+impl Drop for BenchRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn push(project: &Project, args: &BenchImagesArgs) -> Result<()> {
+    let sc = scenario(project, args)?;
+    let registry = BenchRegistry::start(&sc.dir.join("registry"))?;
+    let exe = std::env::current_exe()?;
+    let xtask = |extra: &[&str]| -> Result<Run> {
+        let mut c = Command::new(&exe);
+        c.arg("--root").arg(&sc.repo).arg("images").arg("--json").args(extra).env_remove("SOURCE_DATE_EPOCH");
+        timed(c)
+    };
+    eprintln!("measuring: first push of the whole image (peak memory of pushing the base)");
+    xtask(&[])?;
+    let first_push = xtask(&["--push", &registry.host])?;
+    edit_one_dag(&sc.repo, 3)?;
+    let rebuilt: serde_json::Value = serde_json::from_slice(&xtask(&[])?.stdout)?;
+    let dag_layer = rebuilt["images"][0]["layers"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["name"] == "dags"))
+        .and_then(|l| l["size"].as_u64())
+        .unwrap_or(0);
+    let before = registry.stored_bytes();
+    eprintln!("measuring: xtask push after one DAG changed");
+    let ours = xtask(&["--push", &registry.host])?;
+    let ours_report: serde_json::Value = serde_json::from_slice(&ours.stdout)?;
+    let ours_bytes = ours_report["pushes"][0]["uploaded_bytes"].as_u64().unwrap_or(0);
+    let ours_stored = registry.stored_bytes() - before;
+
+    // Pulling the whole image back as a base, into a clean store.
+    let pull_repo = sc.dir.join("pull-repo");
+    let _ = fs::remove_dir_all(&pull_repo);
+    fs::create_dir_all(pull_repo.join("docker"))?;
+    fs::create_dir_all(pull_repo.join("files/dags"))?;
+    fs::write(
+        pull_repo.join("docker/images.toml"),
+        format!(
+            "[[image]]\nname = \"pulled\"\nbase = \"docker://{}/bench-worker:dev\"\n[[image.layer]]\nname = \"dags\"\nsource = \"files/dags\"\ntarget = \"/opt/airflow/dags\"\n",
+            registry.host
+        ),
+    )?;
+    eprintln!("measuring: pull of the whole image as a base (peak memory)");
+    let mut c = Command::new(&exe);
+    c.arg("--root").arg(&pull_repo).args(["images", "--json"]);
+    let pull = timed(c)?;
+
+    let docker = if args.no_docker || !docker_ok() {
+        None
+    } else {
+        Some(docker_push_peer(&sc, &registry)?)
+    };
+
+    println!("\nscenario: {}", sc.description);
+    println!("after one DAG changed (the new DAG layer is {} compressed):", human_bytes(dag_layer));
+    println!("\n{:<44} {:>10} {:>12}   note", "", "time", "bytes moved");
+    println!(
+        "{:<44} {:>10} {:>12}   {:.2}x the DAG layer (target <= 1.1x); the registry stored {}",
+        "xtask images --push",
+        secs(ours.seconds),
+        human_bytes(ours_bytes),
+        ours_bytes as f64 / dag_layer.max(1) as f64,
+        human_bytes(ours_stored)
+    );
+    if let Some(d) = &docker {
+        println!("{:<44} {:>10} {:>12}   the registry stored it", "docker build + docker push (push only)", secs(d.push_seconds), human_bytes(d.push_bytes));
+        println!(
+            "{:<44} {:>10} {:>12}   what kind load does; xtask push takes {:.3} of its time (target <= 0.1)",
+            "docker save | ctr import",
+            secs(d.save_import_seconds),
+            human_bytes(d.save_bytes),
+            ours.seconds / d.save_import_seconds
+        );
+    }
+    println!(
+        "\npeak memory: pushing the whole image ({} base) {:.0} MB; pulling it into a clean store {:.0} MB in {} (target < 150 MB)",
+        human_bytes(sc.base_bytes),
+        first_push.max_rss_kb as f64 / 1024.0,
+        pull.max_rss_kb as f64 / 1024.0,
+        secs(pull.seconds)
+    );
+    Ok(())
+}
+
+struct DockerPush {
+    push_seconds: f64,
+    push_bytes: u64,
+    save_import_seconds: f64,
+    save_bytes: u64,
+}
+
+fn docker_push_peer(sc: &Scenario, registry: &BenchRegistry) -> Result<DockerPush> {
+    // The base must be in the engine: the images bench loads it.
+    let have_base = Command::new("docker")
+        .args(["image", "inspect", &format!("{BASE_TAG}:latest")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?
+        .success();
+    if !have_base {
+        bail!("the bench base is not in the Docker engine; run `cargo xtask bench images` first (it loads it)");
+    }
+    let image = format!("{}/bench-docker:latest", registry.host);
+    let build = || -> Result<f64> {
+        let mut c = Command::new("docker");
+        c.env("DOCKER_BUILDKIT", "0").args(["build", "-q", "-t", &image, "-f"]).arg(sc.repo.join("files/Dockerfile")).arg(sc.repo.join("files"));
+        Ok(timed(c)?.seconds)
+    };
+    let push = || -> Result<f64> {
+        let mut c = Command::new("docker");
+        c.args(["push", &image]);
+        Ok(timed(c)?.seconds)
+    };
+    eprintln!("measuring: docker push (first, whole image)");
+    build()?;
+    push()?;
+    edit_one_dag(&sc.repo, 4)?;
+    build()?;
+    let before = registry.stored_bytes();
+    eprintln!("measuring: docker push after one DAG changed");
+    let push_seconds = push()?;
+    let push_bytes = registry.stored_bytes() - before;
+
+    eprintln!("measuring: docker save | ctr import (what kind load does)");
+    let containerd = PrivateContainerd::start(&sc.dir.join("containerd"))?;
+    let tar = sc.dir.join("save.tar");
+    let started = Instant::now();
+    let mut save = Command::new("docker");
+    save.args(["save", "-o"]).arg(&tar).arg(&image);
+    timed(save)?;
+    let mut import = containerd.ctr();
+    import.args(["images", "import"]).arg(&tar);
+    timed(import)?;
+    let save_import_seconds = started.elapsed().as_secs_f64();
+    let save_bytes = fs::metadata(&tar)?.len();
+    fs::remove_file(&tar)?;
+    Ok(DockerPush { push_seconds, push_bytes, save_import_seconds, save_bytes })
 }

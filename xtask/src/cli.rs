@@ -56,7 +56,8 @@ pub enum Command {
     /// Measure xtask next to its peers (docker build, ...) on the same inputs
     #[command(after_help = "Examples:
   cargo xtask bench images           xtask vs docker build on a 1.1 GB base, 2,000 DAGs
-  cargo xtask bench images --json    the same figures as JSON")]
+  cargo xtask bench images --json    the same figures as JSON
+  cargo xtask bench push             push after one DAG change vs docker push vs docker save | ctr import")]
     Bench(BenchArgs),
 }
 
@@ -119,6 +120,9 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Image builds: cold, one DAG changed, no-op; throughput; memory of a base import
     Images(BenchImagesArgs),
+    /// Shipping one DAG change: xtask push vs docker push vs docker save + ctr import;
+    /// memory of pulling and pushing the 1 GB base
+    Push(BenchImagesArgs),
 }
 
 #[derive(Debug, Args)]
