@@ -15,6 +15,9 @@ use crate::ui;
 struct Report<'a> {
     recipe: String,
     reference: String,
+    /// Read it from elsewhere as oci:STORE:NAME.
+    store: String,
+    store_name: String,
     manifest_digest: &'a crate::oci::Digest,
     layers: Vec<(&'a crate::oci::Digest, u64)>,
     built: bool,
@@ -34,6 +37,8 @@ pub fn run(project: &Project, args: &BaseArgs) -> Result<()> {
         let report = Report {
             recipe: format!("docker/base/{}.toml", args.name),
             reference: format!("xtask-base:{}", args.name),
+            store: store.root().display().to_string(),
+            store_name: outcome.store_name.clone(),
             manifest_digest: &base.manifest.digest,
             layers: base.layers.iter().map(|l| (&l.digest, l.size)).collect(),
             built: outcome.built,

@@ -47,6 +47,18 @@ pub enum Command {
   cargo xtask manifests render > applied.yaml     what k8s-up applies (secrets shown as <generated>)")]
     Manifests(ManifestsArgs),
 
+    /// Check the DAGs: parse every file the way the DAG processor does, in the worker image
+    #[command(after_help = "Examples:
+  cargo xtask dags check            in the built worker image (Docker engine)
+  cargo xtask dags check --local    in a local virtualenv (target/xtask/venv, made on first use)")]
+    Dags(DagsArgs),
+
+    /// Run the smoke DAGs (files/dags/smoke_*.py)
+    #[command(after_help = "Examples:
+  cargo xtask smoke --local                 airflow dags test in the worker image
+  cargo xtask smoke --local --dag smoke_xcom")]
+    Smoke(SmokeArgs),
+
     /// Build the Airflow base image from docker/base/airflow.toml (debootstrap + pip)
     #[command(after_help = "Examples:
   sudo -E cargo xtask base                  build it (about 2 minutes; a second run does nothing)
@@ -92,6 +104,58 @@ pub enum ManifestsCommand {
         #[arg(long, value_name = "NAME=IMAGE")]
         image: Vec<String>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct DagsArgs {
+    #[command(subcommand)]
+    pub command: DagsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DagsCommand {
+    /// Import every DAG file like the scheduler's DAG processor; report OK, import errors
+    /// (with the traceback's last frames) and parse time per file; exit non-zero on errors
+    Check(DagsCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DagsCheckArgs {
+    /// Check in a local virtualenv instead of the worker image
+    #[arg(long)]
+    pub local: bool,
+    /// The virtualenv for --local [default: target/xtask/venv, made from docker/base/airflow.toml]
+    #[arg(long, value_name = "DIR")]
+    pub venv: Option<PathBuf>,
+    /// The image (of docker/images.toml) whose DAGs to check
+    #[arg(long, default_value = "airflow-worker")]
+    pub image: String,
+    /// Seconds a file may take to import (Airflow's dagbag_import_timeout)
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+    /// Print the results as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SmokeArgs {
+    /// Run with `airflow dags test` in the worker image on the Docker engine (or in a
+    /// virtualenv with --venv) instead of on the cluster
+    #[arg(long)]
+    pub local: bool,
+    /// With --local: run in this virtualenv instead of the image
+    #[arg(long, value_name = "DIR")]
+    pub venv: Option<PathBuf>,
+    /// Only this smoke DAG (repeatable) [default: every files/dags/smoke_*.py]
+    #[arg(long)]
+    pub dag: Vec<String>,
+    /// The image (of docker/images.toml) to run in
+    #[arg(long, default_value = "airflow-worker")]
+    pub image: String,
+    /// Print the results as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

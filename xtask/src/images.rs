@@ -2,7 +2,6 @@
 //! (-> an archive). [`build`] is also what `k8s-up` and `watch` call.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -413,11 +412,6 @@ fn build_one(project: &Project, store: &Store, def: &ImageDef, opts: &BuildOptio
         manifest: assembled.manifest,
         all_layers: assembled.layers,
     })
-}
-
-/// Path of the default archive under the repository.
-pub fn default_archive(project: &Project) -> PathBuf {
-    project.work_dir().join("images.tar")
 }
 
 #[cfg(test)]

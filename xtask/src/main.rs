@@ -5,12 +5,15 @@ mod base;
 mod bench;
 mod cli;
 mod config;
+mod dags;
 mod deploy;
 mod fsutil;
 mod images;
 mod manifests;
 mod oci;
 mod process;
+mod report;
+mod smoke;
 mod ui;
 
 use std::process::ExitCode;
@@ -50,6 +53,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Images(args) => images::run(&project, args),
         Command::Base(args) => base::run(&project, args),
+        Command::Dags(args) => dags::run(&project, args),
+        Command::Smoke(args) => smoke::run(&project, args),
         Command::Manifests(args) => manifests::run(&project, args),
         Command::Bench(args) => bench::run(&project, args),
     }

@@ -2,7 +2,6 @@
 //! Machine output (`--json`) replaces the human lines; progress never goes to stdout.
 
 use std::io::IsTerminal;
-use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -19,23 +18,6 @@ pub fn bytes_bar(label: &str, total: u64) -> ProgressBar {
     );
     bar.set_prefix(label.to_string());
     bar
-}
-
-/// A spinner for work of unknown length, drawn only when stderr is a terminal.
-pub fn spinner(label: &str) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(10));
-    bar.set_style(ProgressStyle::with_template("{spinner} {prefix} {msg} ({elapsed})").expect("valid template"));
-    bar.set_prefix(label.to_string());
-    bar.enable_steady_tick(Duration::from_millis(120));
-    bar
-}
-
-/// Whether colour may be used on stdout (a terminal, and NO_COLOR unset).
-pub fn color() -> bool {
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
 /// Seconds with a precision that suits the magnitude.

@@ -1,3 +1,4 @@
 //! Airflow itself: the base image recipe, DAG checks, and the API client for smoke runs.
 
 pub mod recipe;
+pub mod runner;

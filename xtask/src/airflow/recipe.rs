@@ -185,6 +185,12 @@ pub struct Outcome {
     pub base: BaseImage,
     pub built: bool,
     pub seconds: f64,
+    /// The name the image has in the store's index (`oci:target/xtask/oci:NAME` reads it).
+    pub store_name: String,
+}
+
+fn store_name(loaded: &LoadedRecipe) -> String {
+    format!("xtask-base/{}:{}", loaded.name, &loaded.key[..16])
 }
 
 /// The base named `name`: from the store when its recipe is unchanged, else built now.
@@ -195,12 +201,12 @@ pub fn ensure(project: &Project, store: &Store, name: &str, mtime: u64, opts: &B
         && let Some(done) = store.cache_get::<Built>("base-recipes", &loaded.key)
         && [&done.base.manifest, &done.base.config].into_iter().chain(done.base.layers.iter()).all(|d| store.blob_size(&d.digest) == Some(d.size))
     {
-        return Ok(Outcome { base: done.base, built: false, seconds: started.elapsed().as_secs_f64() });
+        return Ok(Outcome { base: done.base, built: false, seconds: started.elapsed().as_secs_f64(), store_name: store_name(&loaded) });
     }
     let base = build(project, store, &loaded, mtime, opts)?;
     let seconds = started.elapsed().as_secs_f64();
     store.cache_put("base-recipes", &loaded.key, &Built { base: base.clone(), seconds })?;
-    Ok(Outcome { base, built: true, seconds })
+    Ok(Outcome { base, built: true, seconds, store_name: store_name(&loaded) })
 }
 
 #[derive(Clone, Debug, Default)]
@@ -301,17 +307,7 @@ fn build(project: &Project, store: &Store, loaded: &LoadedRecipe, mtime: u64, op
     }
     fs::create_dir_all(&work)?;
     let result = (|| -> Result<BaseImage> {
-        step(opts, &format!("debootstrap {} ({}) -> {}", r.debian.suite, r.debian.variant, project.rel(&rootfs)));
-        let mut args: Vec<String> = vec![format!("--variant={}", r.debian.variant)];
-        if !r.debian.packages.is_empty() {
-            args.push(format!("--include={}", r.debian.packages.join(",")));
-        }
-        args.push(r.debian.suite.clone());
-        args.push(rootfs.display().to_string());
-        args.push(r.debian.mirror.clone());
-        let t = Instant::now();
-        process::run_logged(duct::cmd(&debootstrap, &args), &log, "debootstrap")?;
-        step(opts, &format!("debootstrap done in {:.0} s", t.elapsed().as_secs_f64()));
+        debootstrap_cached(&debootstrap, &r.debian, &rootfs, &log, opts)?;
 
         let _proc = Mount::proc(&rootfs.join("proc"))?;
         if Path::new("/etc/resolv.conf").exists() {
@@ -398,6 +394,54 @@ fn build(project: &Project, store: &Store, loaded: &LoadedRecipe, mtime: u64, op
         }
     }
     result
+}
+
+/// Where debootstrap's output is kept between builds: outside the repository (it is the
+/// same for every checkout), keyed by the [debian] section.
+fn debootstrap_cache_dir() -> PathBuf {
+    std::env::var_os("XTASK_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("xtask")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/xtask")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache/xtask"))
+        .join("debootstrap")
+}
+
+/// A fresh root filesystem from debootstrap, or a copy of the one an earlier build made
+/// from the same [debian] section (debootstrap takes most of a minute; a copy seconds).
+fn debootstrap_cached(debootstrap: &Path, d: &Debian, rootfs: &Path, log: &Path, opts: &BuildOpts) -> Result<()> {
+    let key = {
+        let mut h = Sha256::new();
+        h.update(format!("{}\n{}\n{}\n{}\n", d.suite, d.mirror, d.variant, d.packages.join(",")));
+        hex::encode(&h.finalize()[..12])
+    };
+    let cached = debootstrap_cache_dir().join(&key);
+    if cached.join("etc/debian_version").is_file() {
+        step(opts, &format!("debootstrap {} ({}): from the cache {}", d.suite, d.variant, cached.display()));
+        return process::run_logged(duct::cmd("cp", ["-a".as_ref(), cached.as_os_str(), rootfs.as_os_str()]), log, "copying the cached root filesystem");
+    }
+    step(opts, &format!("debootstrap {} ({})", d.suite, d.variant));
+    let mut args: Vec<String> = vec![format!("--variant={}", d.variant)];
+    if !d.packages.is_empty() {
+        args.push(format!("--include={}", d.packages.join(",")));
+    }
+    args.push(d.suite.clone());
+    args.push(rootfs.display().to_string());
+    args.push(d.mirror.clone());
+    let t = Instant::now();
+    process::run_logged(duct::cmd(debootstrap, &args), log, "debootstrap")?;
+    step(opts, &format!("debootstrap done in {:.0} s", t.elapsed().as_secs_f64()));
+    // Keep a copy for the next build: written aside, renamed when complete.
+    let parent = debootstrap_cache_dir();
+    if fs::create_dir_all(&parent).is_ok() {
+        let tmp = parent.join(format!(".{key}.{}.partial", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        if process::run_logged(duct::cmd("cp", ["-a".as_ref(), rootfs.as_os_str(), tmp.as_os_str()]), log, "caching the root filesystem").is_ok() {
+            let _ = fs::rename(&tmp, &cached);
+        }
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    Ok(())
 }
 
 /// pip prints pages; the lines that say what went wrong start with "ERROR:".
@@ -543,7 +587,7 @@ fn write_image(store: &Store, loaded: &LoadedRecipe, rootfs: &Path, mtime: u64) 
         extra: Default::default(),
     };
     let manifest_desc = store.put_json(MEDIA_OCI_MANIFEST, &manifest)?;
-    store.tag(&format!("xtask-base/{}:{}", loaded.name, &loaded.key[..16]), &manifest_desc)?;
+    store.tag(&store_name(loaded), &manifest_desc)?;
     Ok(BaseImage {
         reference: format!("xtask-base:{}", loaded.name),
         manifest: manifest_desc,

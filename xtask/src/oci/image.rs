@@ -9,7 +9,7 @@ use super::layer::LayerBlob;
 use super::source::BaseImage;
 use super::store::Store;
 use super::{
-    ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME, Descriptor, Digest, MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST,
+    ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME, Descriptor, MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST,
     Manifest,
 };
 
@@ -121,11 +121,6 @@ pub fn assemble(store: &Store, base: &BaseImage, layers: &[NewLayer<'_>], change
     };
     let manifest_desc = store.put_json(MEDIA_OCI_MANIFEST, &manifest)?;
     Ok(Assembled { manifest: manifest_desc, config: config_desc, layers: all_layers })
-}
-
-/// Reads an image's manifest back from the store.
-pub fn read_manifest(store: &Store, digest: &Digest) -> Result<Manifest> {
-    store.read_json(digest)
 }
 
 /// RFC 3339 (UTC) for seconds since the epoch; the `created` time of new content.

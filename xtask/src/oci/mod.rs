@@ -28,7 +28,6 @@ pub const MEDIA_OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+z
 pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const MEDIA_DOCKER_MANIFEST_LIST: &str =
     "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const MEDIA_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const MEDIA_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 pub const MEDIA_DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
 
@@ -73,11 +72,6 @@ impl Digest {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    /// The first 12 hex digits, the way docker shows image ids.
-    pub fn short(&self) -> &str {
-        &self.hex()[..12]
-    }
 }
 
 impl fmt::Display for Digest {
@@ -114,10 +108,6 @@ pub struct Platform {
 }
 
 impl Platform {
-    pub fn linux_amd64() -> Platform {
-        Platform { architecture: "amd64".into(), os: "linux".into(), variant: None }
-    }
-
     /// Parses `os/arch[/variant]`, the form `--platform` takes in docker and skopeo.
     pub fn parse(s: &str) -> anyhow::Result<Platform> {
         let parts: Vec<&str> = s.split('/').collect();
@@ -283,10 +273,6 @@ impl<W: Write> HashingWriter<W> {
 
     pub fn finish(self) -> (W, Digest, u64) {
         (self.inner, Digest::from_sha256(self.hasher), self.count)
-    }
-
-    pub fn get_mut(&mut self) -> &mut W {
-        &mut self.inner
     }
 }
 

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sha2::{Digest as _, Sha256};
 
 use super::{
     ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, Descriptor, Digest, HashingWriter, Index,
@@ -305,21 +304,6 @@ pub fn copy_with_progress(
         writer.write_all(&buf[..n])?;
         total += n as u64;
         on_bytes(n as u64);
-    }
-}
-
-/// The sha256 of a reader's whole content, streamed.
-pub fn sha256_reader(reader: &mut dyn Read) -> io::Result<(Digest, u64)> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0;
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            return Ok((Digest::from_sha256(h), total));
-        }
-        h.update(&buf[..n]);
-        total += n as u64;
     }
 }
 

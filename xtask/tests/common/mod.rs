@@ -371,3 +371,37 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// This repository's root (the workspace the tests are built from).
+pub fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+/// The real Airflow base, built from docker/base/airflow.toml into this workspace's store
+/// by `cargo xtask base` (so it is built once per machine and recipe), as an `oci:`
+/// reference a test repository can use.
+pub fn airflow_base() -> &'static str {
+    static BASE: OnceLock<String> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let out = sh(Command::new(XTASK).arg("--root").arg(workspace()).args(["base", "--json"]));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        format!("oci:{}:{}", v["store"].as_str().unwrap(), v["store_name"].as_str().unwrap())
+    })
+}
+
+/// A repository with this repository's DAGs, include package, k8s/ and base recipes, on
+/// the real Airflow base.
+pub fn airflow_repo() -> Repo {
+    let repo = Repo::with_base(airflow_base());
+    fs::remove_dir_all(repo.path("files")).unwrap();
+    for dir in ["files", "k8s"] {
+        sh(Command::new("cp").arg("-r").arg(workspace().join(dir)).arg(repo.root()));
+    }
+    fs::create_dir_all(repo.path("docker")).unwrap();
+    sh(Command::new("cp").arg("-r").arg(workspace().join("docker/base")).arg(repo.path("docker")));
+    let images = fs::read_to_string(workspace().join("docker/images.toml")).unwrap();
+    assert!(images.contains("base = \"xtask-base:airflow\""));
+    repo.write("docker/images.toml", &images.replace("base = \"xtask-base:airflow\"", &format!("base = \"{}\"", airflow_base())));
+    let _ = fs::remove_dir_all(repo.path("files/dags/__pycache__"));
+    repo
+}
