@@ -40,6 +40,27 @@ pub enum Command {
   cargo xtask images --load docker         load into the local Docker engine")]
     Images(ImagesArgs),
 
+    /// Create (or reuse) the cluster, ship the images, apply k8s/ and wait until healthy
+    #[command(name = "k8s-up", after_help = "Examples:
+  cargo xtask k8s-up                            the kind cluster of k8s/kind.yaml (created if missing)
+  cargo xtask k8s-up --recreate                 start from a fresh kind cluster
+  cargo xtask k8s-up --kubeconfig ~/.kube/config --context staging --registry registry.example.com/team
+                                                any cluster, images through a registry
+  cargo xtask k8s-up --json --no-wait           for CI: apply and report, do not wait")]
+    K8sUp(K8sUpArgs),
+
+    /// Delete the kind cluster (or, with --keep-cluster, only what xtask applied)
+    #[command(name = "k8s-down", after_help = "Examples:
+  cargo xtask k8s-down                    delete the kind cluster
+  cargo xtask k8s-down --keep-cluster     remove only the objects and secrets xtask made")]
+    K8sDown(K8sDownArgs),
+
+    /// Show the cluster, nodes, images on nodes vs the last build, components, failing pods
+    #[command(after_help = "Examples:
+  cargo xtask status
+  cargo xtask status --json")]
+    Status(StatusArgs),
+
     /// Check or render the Kubernetes manifests in k8s/
     #[command(after_help = "Examples:
   cargo xtask manifests check                     typed check of every document in k8s/airflow
@@ -71,6 +92,81 @@ pub enum Command {
   cargo xtask bench images --json    the same figures as JSON
   cargo xtask bench push             push after one DAG change vs docker push vs docker save | ctr import")]
     Bench(BenchArgs),
+}
+
+/// Which cluster, for every command that talks to one.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ClusterArgs {
+    /// Use this kubeconfig's cluster instead of the kind cluster
+    #[arg(long, env = "XTASK_KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context [default: its current context]
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Namespace [env: XTASK_NAMESPACE; default: k8s/settings.toml, else airflow]
+    #[arg(long, env = "XTASK_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Name of the kind cluster [default: k8s/settings.toml, else airflow-python-<py>-<k8s version>]
+    #[arg(long, env = "XTASK_CLUSTER", value_name = "NAME")]
+    pub cluster_name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct K8sUpArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Delete the kind cluster first and create it again
+    #[arg(long)]
+    pub recreate: bool,
+    /// Use the images as last built instead of building
+    #[arg(long)]
+    pub no_build: bool,
+    /// Apply and return without waiting for Airflow to be healthy
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Ship images through this registry (pods pull REGISTRY/PREFIX/NAME@digest) instead of
+    /// importing them into the nodes
+    #[arg(long, value_name = "HOST[:PORT][/PREFIX]")]
+    pub registry: Option<String>,
+    /// Registry that may be reached over plain HTTP (repeatable; loopback always may)
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]", env = "XTASK_INSECURE_REGISTRIES", value_delimiter = ',')]
+    pub insecure_registry: Vec<String>,
+    /// Import images into this containerd socket (a node whose runtime is on this machine)
+    #[arg(long, value_name = "SOCKET", env = "XTASK_NODE_CONTAINERD")]
+    pub node_containerd: Option<PathBuf>,
+    /// kind node image [default: kindest/node:<kubernetes_version of k8s/settings.toml>]
+    #[arg(long, value_name = "IMAGE")]
+    pub node_image: Option<String>,
+    /// Also merge the kind cluster's kubeconfig into ~/.kube/config
+    #[arg(long)]
+    pub export_kubeconfig: bool,
+    /// Also apply k8s/overlays/NAME (repeatable)
+    #[arg(long)]
+    pub overlay: Vec<String>,
+    /// Seconds each wait step may take before its failure is diagnosed
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Print a JSON report on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct K8sDownArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Keep the cluster; remove only the objects and generated secrets xtask made
+    #[arg(long)]
+    pub keep_cluster: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Print the status as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

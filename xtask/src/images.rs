@@ -76,18 +76,49 @@ pub struct ImageReport {
 }
 
 impl ImageReport {
+    pub fn built(&self) -> BuiltImage {
+        BuiltImage { name: self.name.clone(), reference: self.reference.clone(), manifest: self.manifest.clone() }
+    }
+
+    pub fn archive_image(&self) -> ArchiveImage {
+        self.built().archive_image()
+    }
+}
+
+/// An image the store holds: what delivery and apply need of it.
+#[derive(Clone, Debug)]
+pub struct BuiltImage {
+    /// The name in docker/images.toml, which k8s/ uses as the placeholder.
+    pub name: String,
+    /// Fully qualified name with tag.
+    pub reference: String,
+    pub manifest: Descriptor,
+}
+
+impl BuiltImage {
     /// `name@sha256:...`: how a pod refers to exactly this image.
     pub fn pinned_reference(&self) -> String {
-        let repo = match self.reference.rsplit_once(':') {
-            Some((r, t)) if !t.contains('/') => r,
-            _ => self.reference.as_str(),
-        };
-        format!("{repo}@{}", self.manifest_digest)
+        crate::oci::digest_reference(&self.reference, &self.manifest.digest)
     }
 
     pub fn archive_image(&self) -> ArchiveImage {
         ArchiveImage { name: self.reference.clone(), manifest: self.manifest.clone() }
     }
+}
+
+/// The images of docker/images.toml as last built, from the store, without building.
+pub fn last_built(project: &Project) -> Result<Vec<BuiltImage>> {
+    let defs = config::load_images(project, &ImageOverrides::default())?;
+    let store = Store::open(&project.store_dir())?;
+    let mut out = Vec::new();
+    for def in defs {
+        let reference = def.full_name();
+        match store.lookup(&reference)? {
+            Some(manifest) => out.push(BuiltImage { name: def.name.clone(), reference, manifest }),
+            None => bail!("image `{}` has not been built yet; run `cargo xtask images` (or drop --no-build)", def.name),
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Serialize)]
@@ -164,13 +195,13 @@ pub fn run(project: &Project, args: &ImagesArgs) -> Result<()> {
 }
 
 /// Where an image goes for `--push REGISTRY[/PREFIX]`: REGISTRY/PREFIX/NAME:TAG.
-pub fn push_target(report: &ImageReport, dest: &str) -> Result<ImageRef> {
-    let tag = crate::oci::archive::tag_of(&report.reference);
-    ImageRef::parse(&format!("{}/{}:{tag}", dest.trim_end_matches('/'), report.name))
+pub fn push_target(reference: &str, name: &str, dest: &str) -> Result<ImageRef> {
+    let tag = crate::oci::tag_of(reference);
+    ImageRef::parse(&format!("{}/{name}:{tag}", dest.trim_end_matches('/')))
 }
 
 fn push_one(store: &Store, report: &ImageReport, dest: &str, insecure: &[String], human: bool) -> Result<PushReport> {
-    let target = push_target(report, dest)?;
+    let target = push_target(&report.reference, &report.name, dest)?;
     let total: u64 = report.all_layers.iter().map(|l| l.size).sum();
     let bar = ui::bytes_bar("push", total);
     let r = registry::push(store, &report.manifest, &target, insecure, &mut |n| bar.inc(n))

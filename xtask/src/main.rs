@@ -4,16 +4,21 @@ mod airflow;
 mod base;
 mod bench;
 mod cli;
+mod cluster;
 mod config;
 mod dags;
 mod deploy;
 mod fsutil;
+mod encoding;
 mod images;
+mod k8s_down;
+mod k8s_up;
 mod manifests;
 mod oci;
 mod process;
 mod report;
 mod smoke;
+mod status;
 mod ui;
 
 use std::process::ExitCode;
@@ -56,6 +61,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dags(args) => dags::run(&project, args),
         Command::Smoke(args) => smoke::run(&project, args),
         Command::Manifests(args) => manifests::run(&project, args),
+        Command::K8sUp(args) => k8s_up::run(&project, args),
+        Command::K8sDown(args) => k8s_down::run(&project, args),
+        Command::Status(args) => status::run(&project, args),
         Command::Bench(args) => bench::run(&project, args),
     }
 }

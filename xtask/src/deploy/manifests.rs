@@ -59,10 +59,6 @@ impl Doc {
     pub fn name(&self) -> &str {
         self.str_at("/metadata/name")
     }
-    /// Where the document is: `k8s/airflow/scheduler.yaml:5: document 1 (Deployment airflow-scheduler)`.
-    pub fn label(&self) -> String {
-        format!("{}:{}: document {} ({} {})", self.file, self.line, self.index, self.kind(), self.name())
-    }
     /// The line of a field given by its path (`spec.template.spec.containers[0].image`):
     /// each key is looked for after the line of the key before it.
     fn line_of(&self, path: &str) -> usize {

@@ -7,7 +7,9 @@ pub struct GeneratedSecret {
     pub keys: &'static [&'static str],
 }
 
+/// In the order they are made (the DB connection needs the DB password).
 pub const GENERATED: &[GeneratedSecret] = &[
+    GeneratedSecret { name: "airflow-postgres", keys: &["password"] },
     GeneratedSecret {
         name: "airflow-secrets",
         keys: &[
@@ -17,6 +19,63 @@ pub const GENERATED: &[GeneratedSecret] = &[
             "AIRFLOW__API__SECRET_KEY",
         ],
     },
-    GeneratedSecret { name: "airflow-postgres", keys: &["password"] },
     GeneratedSecret { name: "airflow-admin", keys: &["passwords.json", "username", "password"] },
 ];
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+
+use crate::encoding::{base64_url, random_alnum, random_bytes};
+
+/// Fresh values for a generated Secret. `existing` holds the values already in the
+/// cluster (other secrets may be derived from them: the DB connection from the password).
+pub fn generate(name: &str, existing: &BTreeMap<String, BTreeMap<String, String>>) -> Result<BTreeMap<String, String>> {
+    let hex32 = || -> Result<String> { Ok(hex::encode(random_bytes(32)?)) };
+    let mut v = BTreeMap::new();
+    match name {
+        "airflow-postgres" => {
+            v.insert("password".into(), random_alnum(24)?);
+        }
+        "airflow-secrets" => {
+            let pw = existing
+                .get("airflow-postgres")
+                .and_then(|s| s.get("password"))
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("the airflow-postgres secret must exist before airflow-secrets"))?;
+            v.insert("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN".into(), format!("postgresql+psycopg2://airflow:{pw}@airflow-postgres:5432/airflow"));
+            v.insert("AIRFLOW__CORE__FERNET_KEY".into(), base64_url(&random_bytes(32)?));
+            v.insert("AIRFLOW__API_AUTH__JWT_SECRET".into(), hex32()?);
+            v.insert("AIRFLOW__API__SECRET_KEY".into(), hex32()?);
+        }
+        "airflow-admin" => {
+            let pw = random_alnum(20)?;
+            v.insert("username".into(), "admin".into());
+            v.insert("passwords.json".into(), serde_json::json!({"admin": pw}).to_string());
+            v.insert("password".into(), pw);
+        }
+        other => anyhow::bail!("no generator for secret {other}"),
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_secrets_hold_every_declared_key() {
+        let mut existing = BTreeMap::new();
+        for g in GENERATED {
+            let values = generate(g.name, &existing).unwrap();
+            for k in g.keys {
+                assert!(values.contains_key(*k), "{} lacks {k}", g.name);
+            }
+            existing.insert(g.name.to_string(), values);
+        }
+        let conn = &existing["airflow-secrets"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"];
+        assert!(conn.contains(&existing["airflow-postgres"]["password"]));
+        // A Fernet key is 32 bytes, URL-safe base64.
+        assert_eq!(crate::encoding::unbase64(&existing["airflow-secrets"]["AIRFLOW__CORE__FERNET_KEY"]).unwrap().len(), 32);
+    }
+}

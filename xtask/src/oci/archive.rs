@@ -45,23 +45,25 @@ struct DockerManifestEntry {
     layers: Vec<String>,
 }
 
-/// The tag part of a fully qualified name (`...:dev` -> `dev`).
-pub fn tag_of(name: &str) -> &str {
-    match name.rsplit_once(':') {
-        Some((_, t)) if !t.contains('/') => t,
-        _ => "latest",
-    }
+/// What goes into an archive besides the images.
+#[derive(Clone, Debug, Default)]
+pub struct ArchiveOptions {
+    /// Layer blobs the destination already has: left out (manifests and configs never are).
+    pub omit: BTreeSet<Digest>,
+    /// Also name each image `REPO@sha256:...` for containerd, whose CRI finds an image a
+    /// pod names by digest only under that exact name.
+    pub digest_names: bool,
 }
 
-/// Streams the archive into `out`. Layer blobs listed in `omit` are left out (for a
-/// destination that already has them); manifests and configs are always included.
+/// Streams the archive into `out`.
 pub fn write_archive(
     store: &Store,
     images: &[ArchiveImage],
-    omit: &BTreeSet<Digest>,
+    opts: &ArchiveOptions,
     out: &mut dyn Write,
     on_bytes: &mut dyn FnMut(u64),
 ) -> Result<ArchiveStats> {
+    let omit = &opts.omit;
     let mut index = Index { schema_version: 2, ..Default::default() };
     let mut docker = Vec::new();
     let mut blobs: BTreeMap<Digest, u64> = BTreeMap::new();
@@ -71,9 +73,17 @@ pub fn write_archive(
         let mut desc = image.manifest.clone();
         desc.annotations = Some(BTreeMap::from([
             (ANNOTATION_CONTAINERD_NAME.to_string(), image.name.clone()),
-            (ANNOTATION_REF_NAME.to_string(), tag_of(&image.name).to_string()),
+            (ANNOTATION_REF_NAME.to_string(), super::tag_of(&image.name).to_string()),
         ]));
         index.manifests.push(desc);
+        if opts.digest_names {
+            let mut by_digest = image.manifest.clone();
+            by_digest.annotations = Some(BTreeMap::from([(
+                ANNOTATION_CONTAINERD_NAME.to_string(),
+                super::digest_reference(&image.name, &image.manifest.digest),
+            )]));
+            index.manifests.push(by_digest);
+        }
         docker.push(DockerManifestEntry {
             config: format!("blobs/sha256/{}", manifest.config.digest.hex()),
             repo_tags: vec![image.name.clone()],
@@ -128,7 +138,7 @@ pub fn write_archive_file(
     on_bytes: &mut dyn FnMut(u64),
 ) -> Result<ArchiveStats> {
     let mut file = AtomicFile::create(path)?;
-    let stats = write_archive(store, images, &BTreeSet::new(), file.file(), on_bytes)
+    let stats = write_archive(store, images, &ArchiveOptions::default(), file.file(), on_bytes)
         .with_context(|| format!("cannot write archive {}", path.display()))?;
     file.commit()?;
     Ok(stats)
@@ -153,7 +163,8 @@ mod tests {
 
     #[test]
     fn tag_is_the_part_after_the_last_colon_of_the_name() {
-        assert_eq!(tag_of("docker.io/library/airflow-worker:dev"), "dev");
-        assert_eq!(tag_of("localhost:5000/airflow-worker"), "latest");
+        assert_eq!(crate::oci::tag_of("docker.io/library/airflow-worker:dev"), "dev");
+        assert_eq!(crate::oci::tag_of("localhost:5000/airflow-worker"), "latest");
+        assert_eq!(crate::oci::repository_of("localhost:5000/airflow-worker"), "localhost:5000/airflow-worker");
     }
 }

@@ -1,7 +1,6 @@
 //! The local Docker engine, through its API (bollard): bases exported from it
 //! (`docker-daemon:NAME:TAG`), and images loaded into it (`images --load docker`).
 
-use std::collections::BTreeSet;
 use std::io::{self, Read};
 use std::sync::mpsc;
 
@@ -118,7 +117,7 @@ pub fn load(store: &Store, images: &[ArchiveImage]) -> Result<Vec<LoadResult>> {
                 // The store is locked by this process already; a read-only view suffices.
                 let view = Store::open_view(&store_root)?;
                 let mut sink = ChannelWriter { tx };
-                let stats = archive::write_archive(&view, &one, &BTreeSet::new(), &mut sink, &mut |_| {})?;
+                let stats = archive::write_archive(&view, &one, &archive::ArchiveOptions::default(), &mut sink, &mut |_| {})?;
                 Ok(stats.bytes)
             });
             let body = async_stream(rx);

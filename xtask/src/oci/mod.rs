@@ -200,6 +200,26 @@ pub struct Index {
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
+/// The repository part of `REPO:TAG` (`docker.io/library/x:dev` -> `docker.io/library/x`);
+/// a port in the host is not a tag.
+pub fn repository_of(name: &str) -> &str {
+    match name.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => r,
+        _ => name,
+    }
+}
+
+/// The tag of `REPO:TAG`, `latest` when there is none.
+pub fn tag_of(name: &str) -> &str {
+    let repo = repository_of(name);
+    if repo.len() < name.len() { &name[repo.len() + 1..] } else { "latest" }
+}
+
+/// `REPO@sha256:...`: an image named by its manifest digest.
+pub fn digest_reference(name: &str, digest: &Digest) -> String {
+    format!("{}@{digest}", repository_of(name))
+}
+
 /// Which kind of JSON document a blob holds, judged by its media type or, when a layout
 /// leaves the media type out, by its fields.
 pub fn is_index_media_type(media_type: &str) -> bool {

@@ -719,10 +719,7 @@ pub fn import_docker_save_stream(
 
 /// `busybox:1` and `docker.io/library/busybox:1` name the same image.
 pub fn normalize_docker_name(name: &str) -> String {
-    let (repo, tag) = match name.rsplit_once(':') {
-        Some((r, t)) if !t.contains('/') => (r, t),
-        _ => (name, "latest"),
-    };
+    let (repo, tag) = (super::repository_of(name), super::tag_of(name));
     let first = repo.split('/').next().unwrap_or("");
     let has_host = repo.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
     let repo = if has_host {

@@ -1,0 +1,266 @@
+//! Getting images onto nodes the way kind does it (`ctr -n k8s.io images import`), but
+//! shipping only what a node lacks: nothing when it has the image already, a thin archive
+//! without the blobs its content store holds, the full archive if containerd refuses the
+//! thin one.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::oci::archive::{self, ArchiveImage};
+use crate::oci::store::Store;
+use crate::oci::{Digest, Manifest};
+
+/// A node's containerd, as far as delivery needs it: run `ctr -n k8s.io ARGS` there,
+/// optionally feeding it standard input.
+pub trait Node {
+    fn name(&self) -> String;
+    fn ctr(&self, args: &[&str], stdin: Option<&mut dyn FnMut(&mut dyn Write) -> Result<u64>>) -> Result<CtrOutput>;
+}
+
+pub struct CtrOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+    /// Bytes written to standard input.
+    pub sent: u64,
+}
+
+/// A containerd on this machine, by socket: a node whose runtime is local (the test
+/// cluster, a single-node kubeadm or k3s machine).
+pub struct LocalContainerd {
+    pub socket: PathBuf,
+}
+
+impl Node for LocalContainerd {
+    fn name(&self) -> String {
+        format!("containerd at {}", self.socket.display())
+    }
+
+    fn ctr(&self, args: &[&str], stdin: Option<&mut dyn FnMut(&mut dyn Write) -> Result<u64>>) -> Result<CtrOutput> {
+        crate::process::require("ctr", "sudo apt-get install containerd")?;
+        let mut child = Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", "k8s.io"])
+            .args(args)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run ctr")?;
+        let mut sent = 0;
+        if let Some(feed) = stdin {
+            let mut pipe = child.stdin.take().expect("piped");
+            let fed = feed(&mut pipe);
+            drop(pipe);
+            match fed {
+                Ok(n) => sent = n,
+                Err(e) => {
+                    let out = child.wait_with_output()?;
+                    return Err(e.context(format!("ctr stopped reading: {}", String::from_utf8_lossy(&out.stderr).trim())));
+                }
+            }
+        }
+        let out = child.wait_with_output()?;
+        Ok(CtrOutput {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            sent,
+        })
+    }
+}
+
+/// A kind node: a container on the Docker engine, reached through the engine's exec API.
+pub struct KindNode {
+    pub container: String,
+}
+
+impl Node for KindNode {
+    fn name(&self) -> String {
+        format!("kind node {}", self.container)
+    }
+
+    fn ctr(&self, args: &[&str], stdin: Option<&mut dyn FnMut(&mut dyn Write) -> Result<u64>>) -> Result<CtrOutput> {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let container = self.container.clone();
+        let mut cmd: Vec<String> = vec!["ctr".into(), "--namespace".into(), "k8s.io".into()];
+        cmd.extend(args.iter().map(|s| s.to_string()));
+        let has_stdin = stdin.is_some();
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+        let exec = rt.spawn(async move { exec_in(&container, cmd, has_stdin.then_some(rx)).await });
+        let mut sent = 0;
+        if let Some(feed) = stdin {
+            let mut w = ChannelWriter { tx };
+            sent = feed(&mut w)?;
+        } else {
+            drop(tx);
+        }
+        let (success, stdout, stderr) = rt.block_on(exec).map_err(|e| anyhow!("exec task failed: {e}"))??;
+        Ok(CtrOutput { success, stdout, stderr, sent })
+    }
+}
+
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tx
+            .blocking_send(bytes::Bytes::copy_from_slice(buf))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the node stopped reading"))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+async fn exec_in(container: &str, cmd: Vec<String>, stdin: Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>) -> Result<(bool, String, String)> {
+    use bollard::exec::{CreateExecOptions, StartExecResults};
+    use tokio::io::AsyncWriteExt;
+    let (docker, _) = crate::oci::docker::connect().await?;
+    let exec = docker
+        .create_exec(
+            container,
+            CreateExecOptions {
+                cmd: Some(cmd),
+                attach_stdin: Some(stdin.is_some()),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .with_context(|| format!("cannot exec in node container {container}"))?;
+    let StartExecResults::Attached { mut output, mut input } = docker.start_exec(&exec.id, None).await? else {
+        bail!("exec in {container} did not attach");
+    };
+    let feeder = async move {
+        if let Some(mut rx) = stdin {
+            while let Some(chunk) = rx.recv().await {
+                input.write_all(&chunk).await?;
+            }
+        }
+        input.shutdown().await?;
+        Ok::<(), std::io::Error>(())
+    };
+    let reader = async move {
+        let (mut out, mut err) = (String::new(), String::new());
+        while let Some(msg) = output.next().await {
+            match msg? {
+                bollard::container::LogOutput::StdErr { message } => err.push_str(&String::from_utf8_lossy(&message)),
+                other => out.push_str(&String::from_utf8_lossy(&other.into_bytes())),
+            }
+        }
+        Ok::<(String, String), anyhow::Error>((out, err))
+    };
+    let (fed, read) = tokio::join!(feeder, reader);
+    fed.context("cannot send the archive to the node")?;
+    let (stdout, stderr) = read?;
+    let code = docker.inspect_exec(&exec.id).await?.exit_code.unwrap_or(-1);
+    Ok((code == 0, stdout, stderr))
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Delivered {
+    pub node: String,
+    pub image: String,
+    /// "present" (nothing sent), "thin" (only missing blobs), or "full".
+    pub status: &'static str,
+    pub bytes: u64,
+    pub omitted_bytes: u64,
+    pub seconds: f64,
+}
+
+/// The manifest digest of `name` on the node, if it has the image (under its tag and under
+/// its digest name, which is what pods use).
+pub fn image_digest(node: &dyn Node, name: &str) -> Result<Option<Digest>> {
+    let filter = format!("name=={name}");
+    let out = node.ctr(&["images", "ls", &filter], None)?;
+    if !out.success {
+        bail!("cannot list images on {}: {}", node.name(), out.stderr.trim());
+    }
+    Ok(out.stdout.lines().skip(1).find_map(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        (cols.first() == Some(&name)).then(|| cols.iter().find_map(|c| Digest::parse(c).ok())).flatten()
+    }))
+}
+
+/// Every blob digest in the node's content store.
+pub fn content(node: &dyn Node) -> Result<BTreeSet<Digest>> {
+    let out = node.ctr(&["content", "ls", "--quiet"], None)?;
+    if !out.success {
+        bail!("cannot list content on {}: {}", node.name(), out.stderr.trim());
+    }
+    Ok(out.stdout.lines().filter_map(|l| Digest::parse(l.trim()).ok()).collect())
+}
+
+fn import(node: &dyn Node, store: &Store, image: &ArchiveImage, omit: &BTreeSet<Digest>) -> Result<(CtrOutput, u64)> {
+    let root = store.root().to_path_buf();
+    let image = image.clone();
+    let omit = omit.clone();
+    let mut omitted = 0;
+    let mut feed = |w: &mut dyn Write| -> Result<u64> {
+        let view = Store::open_view(&root)?;
+        let opts = archive::ArchiveOptions { omit: omit.clone(), digest_names: true };
+        let stats = archive::write_archive(&view, std::slice::from_ref(&image), &opts, w, &mut |_| {})?;
+        omitted = stats.omitted_bytes;
+        Ok(stats.bytes)
+    };
+    let out = node.ctr(&["images", "import", "--digests", "-"], Some(&mut feed))?;
+    Ok((out, omitted))
+}
+
+/// Delivers each image to each node, shipping only what is missing.
+pub fn deliver(store: &Store, images: &[ArchiveImage], nodes: &[Box<dyn Node>], on_step: &mut dyn FnMut(&Delivered)) -> Result<Vec<Delivered>> {
+    let mut out = Vec::new();
+    for node in nodes {
+        for image in images {
+            let started = Instant::now();
+            if image_digest(node.as_ref(), &image.name)? == Some(image.manifest.digest.clone())
+                && image_digest(node.as_ref(), &crate::oci::digest_reference(&image.name, &image.manifest.digest))?.is_some()
+            {
+                let d = Delivered { node: node.name(), image: image.name.clone(), status: "present", bytes: 0, omitted_bytes: 0, seconds: started.elapsed().as_secs_f64() };
+                on_step(&d);
+                out.push(d);
+                continue;
+            }
+            let manifest: Manifest = store.read_json(&image.manifest.digest)?;
+            let have = content(node.as_ref())?;
+            let omit: BTreeSet<Digest> = manifest.layers.iter().map(|l| l.digest.clone()).filter(|d| have.contains(d)).collect();
+            let (mut result, mut omitted) = import(node.as_ref(), store, image, &omit)?;
+            let mut status = if omit.is_empty() { "full" } else { "thin" };
+            if !result.success && !omit.is_empty() {
+                // containerd would not take the thin archive: send everything.
+                (result, omitted) = import(node.as_ref(), store, image, &BTreeSet::new())?;
+                status = "full";
+            }
+            if !result.success {
+                bail!("ctr images import of {} on {} failed: {}", image.name, node.name(), result.stderr.trim());
+            }
+            if image_digest(node.as_ref(), &image.name)? != Some(image.manifest.digest.clone()) {
+                bail!("{} reported success but does not list {} at {}", node.name(), image.name, image.manifest.digest);
+            }
+            let d = Delivered {
+                node: node.name(),
+                image: image.name.clone(),
+                status,
+                bytes: result.sent,
+                omitted_bytes: omitted,
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            on_step(&d);
+            out.push(d);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,151 @@
+//! Clusters: the local kind cluster xtask creates, or any cluster reached by kubeconfig;
+//! a kube-rs client for it, with errors that say what to check.
+
+pub mod delivery;
+pub mod kind;
+pub mod portforward;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::cli::ClusterArgs;
+use crate::config::{self, ClusterSettings, Project};
+
+/// Where the cluster is.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// The kind cluster of this name; its kubeconfig is kept under target/xtask.
+    Kind { name: String, kubeconfig: PathBuf },
+    /// Any cluster, by kubeconfig and context.
+    Existing { kubeconfig: PathBuf, context: Option<String> },
+}
+
+impl Target {
+    pub fn from_args(project: &Project, args: &ClusterArgs) -> Result<(Target, ClusterSettings)> {
+        let settings = config::load_cluster(project, args.namespace.as_deref(), args.cluster_name.as_deref())?;
+        let target = match &args.kubeconfig {
+            Some(k) => Target::Existing {
+                kubeconfig: if k.is_absolute() { k.clone() } else { std::env::current_dir()?.join(k) },
+                context: args.context.clone(),
+            },
+            None => Target::Kind { kubeconfig: kind_kubeconfig(project, &settings.name), name: settings.name.clone() },
+        };
+        Ok((target, settings))
+    }
+
+    pub fn kubeconfig(&self) -> &Path {
+        match self {
+            Target::Kind { kubeconfig, .. } | Target::Existing { kubeconfig, .. } => kubeconfig,
+        }
+    }
+
+    pub fn context(&self) -> Option<&str> {
+        match self {
+            // The kubeconfig xtask writes for kind holds one context, the current one.
+            Target::Kind { .. } => None,
+            Target::Existing { context, .. } => context.as_deref(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Kind { name, .. } => format!("kind cluster {name}"),
+            Target::Existing { kubeconfig, context } => match context {
+                Some(c) => format!("context {c} of {}", kubeconfig.display()),
+                None => format!("the current context of {}", kubeconfig.display()),
+            },
+        }
+    }
+}
+
+/// Where the kubeconfig of a kind cluster is kept (the user's ~/.kube/config is left alone
+/// unless asked).
+pub fn kind_kubeconfig(project: &Project, name: &str) -> PathBuf {
+    project.work_dir().join(format!("kubeconfig-{name}"))
+}
+
+/// A connected cluster: the client, the API server's address, the namespace.
+pub struct Cluster {
+    pub client: kube::Client,
+    pub url: String,
+    pub namespace: String,
+    pub target: Target,
+}
+
+/// Connects to the target and checks the API server answers.
+pub async fn connect(target: &Target, namespace: &str) -> Result<Cluster> {
+    let path = target.kubeconfig();
+    if !path.is_file() {
+        match target {
+            Target::Kind { name, .. } => bail!("the kind cluster {name} is not up (no {}); create it with `cargo xtask k8s-up`", path.display()),
+            Target::Existing { .. } => bail!("kubeconfig {} does not exist; pass the right --kubeconfig", path.display()),
+        }
+    }
+    let kubeconfig = Kubeconfig::read_from(path).with_context(|| format!("{} is not a valid kubeconfig", path.display()))?;
+    if let Some(ctx) = target.context()
+        && !kubeconfig.contexts.iter().any(|c| c.name == ctx)
+    {
+        let names: Vec<&str> = kubeconfig.contexts.iter().map(|c| c.name.as_str()).collect();
+        bail!("kubeconfig {} has no context `{ctx}`; it has: {}", path.display(), names.join(", "));
+    }
+    let opts = KubeConfigOptions { context: target.context().map(String::from), ..Default::default() };
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &opts)
+        .await
+        .with_context(|| format!("cannot use kubeconfig {}", path.display()))?;
+    let url = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config).context("cannot set up a Kubernetes client")?;
+    let cluster = Cluster { client, url, namespace: namespace.to_string(), target: target.clone() };
+    cluster.version().await?;
+    Ok(cluster)
+}
+
+impl Cluster {
+    /// The API server's version; the first call that proves it answers.
+    pub async fn version(&self) -> Result<String> {
+        let v = self.client.apiserver_version().await.map_err(|e| self.unreachable(e))?;
+        Ok(v.git_version)
+    }
+
+    fn unreachable(&self, e: kube::Error) -> anyhow::Error {
+        let what = match &self.target {
+            Target::Kind { name, .. } => format!("is the kind cluster running? `kind get clusters`; `docker ps --filter name={name}`"),
+            Target::Existing { kubeconfig, .. } => {
+                format!("check that the cluster runs and that {} points at it (server, certificates, VPN)", kubeconfig.display())
+            }
+        };
+        anyhow!("cannot reach the Kubernetes API server at {} ({e}); {what}", self.url)
+    }
+
+    /// Turns an API error into one that says what was refused and how to confirm it.
+    pub fn explain(&self, e: kube::Error, verb: &str, resource: &str) -> anyhow::Error {
+        match &e {
+            kube::Error::Api(s) if s.code == 403 => anyhow!(
+                "Forbidden: your credentials may not `{verb}` {resource} in namespace {} ({}); confirm with `kubectl auth can-i {verb} {resource} -n {}`",
+                self.namespace,
+                s.message,
+                self.namespace
+            ),
+            kube::Error::Api(s) if s.code == 401 => {
+                anyhow!("Unauthorized at {}: the credentials in {} were refused ({})", self.url, self.target.kubeconfig().display(), s.message)
+            }
+            kube::Error::Api(_) => anyhow!("{verb} {resource} in namespace {} failed: {e}", self.namespace),
+            _ => self.unreachable(e),
+        }
+    }
+}
+
+/// Runs async cluster work from the synchronous commands, on one runtime for the whole
+/// process: a kube client keeps a worker on the runtime that made it.
+pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    let rt = match RUNTIME.get() {
+        Some(rt) => rt,
+        None => {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("cannot start an async runtime")?;
+            RUNTIME.get_or_init(|| rt)
+        }
+    };
+    Ok(rt.block_on(f))
+}

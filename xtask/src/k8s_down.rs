@@ -1,0 +1,36 @@
+//! `cargo xtask k8s-down`: delete the kind cluster, or only what xtask applied.
+
+use anyhow::Result;
+
+use crate::cli::K8sDownArgs;
+use crate::cluster::{self, Target, kind};
+use crate::config::Project;
+use crate::deploy::apply;
+
+pub fn run(project: &Project, args: &K8sDownArgs) -> Result<()> {
+    let (target, settings) = Target::from_args(project, &args.cluster)?;
+    match &target {
+        Target::Kind { name, kubeconfig } if !args.keep_cluster => {
+            kind::require()?;
+            if kind::clusters()?.contains(name) {
+                kind::delete(name)?;
+                println!("deleted kind cluster {name}");
+            } else {
+                println!("no kind cluster {name}: nothing to delete");
+            }
+            let _ = std::fs::remove_file(kubeconfig);
+        }
+        _ => {
+            if matches!(target, Target::Existing { .. }) && !args.keep_cluster {
+                println!("{} was not made by xtask, so it stays; removing what xtask applied", target.describe());
+            }
+            let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
+            let removed = cluster::block_on(apply::delete_everything(&cluster))??;
+            for r in &removed {
+                println!("deleted {} {}", r.kind, r.name);
+            }
+            println!("removed {} objects from namespace {}", removed.len(), settings.namespace);
+        }
+    }
+    Ok(())
+}

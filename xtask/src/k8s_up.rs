@@ -1,0 +1,226 @@
+//! `cargo xtask k8s-up`: from nothing to a healthy Airflow on Kubernetes running the
+//! images just built. Preflight, cluster, images (built, then shipped only where missing),
+//! server-side apply of k8s/, waits with diagnosis, and how to reach it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::cli::K8sUpArgs;
+use crate::cluster::delivery::{self, Delivered, KindNode, LocalContainerd, Node};
+use crate::cluster::{self, Target, kind};
+use crate::config::Project;
+use crate::deploy::apply::{self, ApplyReport};
+use crate::deploy::manifests::{self, CheckContext, RenderOptions};
+use crate::deploy::wait;
+use crate::fsutil::human_bytes;
+use crate::images::{self, BuildOptions, BuiltImage, ImageReport};
+use crate::oci::registry::{self, PushReport};
+use crate::ui;
+
+/// What k8s-up did, for `--json` and for `status` (written to target/xtask/k8s-up.json).
+#[derive(Serialize, serde::Deserialize, Default)]
+pub struct UpReport {
+    pub target: String,
+    pub namespace: String,
+    /// Placeholder -> the image reference pods use.
+    pub images: BTreeMap<String, String>,
+    pub built: Vec<String>,
+    #[serde(skip_deserializing)]
+    pub deliveries: Vec<Delivered>,
+    #[serde(skip_deserializing)]
+    pub pushes: Vec<PushReport>,
+    #[serde(skip_deserializing)]
+    pub apply: ApplyReport,
+    pub steps: Vec<(String, f64)>,
+    pub changed: bool,
+}
+
+pub const REPORT_FILE: &str = "k8s-up.json";
+
+struct Steps {
+    human: bool,
+    times: Vec<(String, f64)>,
+    started: Instant,
+}
+
+impl Steps {
+    fn line(&self, s: &str) {
+        if self.human {
+            println!("{s}");
+        }
+    }
+    fn done(&mut self, name: &str) {
+        self.times.push((name.into(), self.started.elapsed().as_secs_f64()));
+        self.started = Instant::now();
+    }
+}
+
+pub fn run(project: &Project, args: &K8sUpArgs) -> Result<()> {
+    let human = !args.json;
+    let (target, settings) = Target::from_args(project, &args.cluster)?;
+    let mut steps = Steps { human, times: Vec::new(), started: Instant::now() };
+    let mut report = UpReport { target: target.describe(), namespace: settings.namespace.clone(), ..Default::default() };
+
+    // 1. Preflight: what this path needs, with versions, or how to get it.
+    match &target {
+        Target::Kind { .. } => {
+            let docker = cluster::block_on(crate::oci::docker::connect())??.1;
+            let (_, kind_version) = kind::require()?;
+            steps.line(&format!("preflight  Docker engine {docker}, {kind_version}"));
+        }
+        Target::Existing { .. } => {
+            if args.registry.is_none() && args.node_containerd.is_none() {
+                bail!(
+                    "images reach a cluster given by --kubeconfig through a registry: pass --registry HOST[:PORT][/PREFIX] (a registry its nodes pull from), or --node-containerd SOCKET when its node's containerd runs on this machine"
+                );
+            }
+            steps.line(&format!("preflight  {}", target.describe()));
+        }
+    }
+    steps.done("preflight");
+
+    // 2. The cluster.
+    if let Target::Kind { name, kubeconfig } = &target {
+        kind::check_name(name)?;
+        let exists = kind::clusters()?.contains(name);
+        if exists && args.recreate {
+            steps.line(&format!("cluster    deleting {name} (--recreate)"));
+            kind::delete(name)?;
+        }
+        if !exists || args.recreate {
+            let node_image = args.node_image.clone().unwrap_or_else(|| kind::node_image(&settings.kubernetes_version));
+            let log = project.work_dir().join("kind-create.log");
+            std::fs::create_dir_all(project.work_dir())?;
+            kind::create(name, &project.root.join("k8s/kind.yaml"), &node_image, 3, &log, &mut |attempt, previous| {
+                if let Some(err) = previous {
+                    steps.line(&format!("cluster    attempt {} failed: {}", attempt - 1, err.lines().last().unwrap_or("")));
+                }
+                steps.line(&format!("cluster    creating kind cluster {name} ({node_image}), attempt {attempt} of 3"));
+            })?;
+        } else {
+            steps.line(&format!("cluster    reusing kind cluster {name}"));
+        }
+        kind::write_kubeconfig(name, kubeconfig)?;
+        if args.export_kubeconfig {
+            kind::export_kubeconfig(name)?;
+        }
+    }
+    let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
+    let version = cluster::block_on(cluster.version())??;
+    steps.line(&format!("cluster    {} at {} (Kubernetes {version}), kubeconfig {}", target.describe(), cluster.url, project.rel(target.kubeconfig())));
+    steps.done("cluster");
+
+    // 3. Images: built (unless --no-build), then shipped where missing.
+    let built: Vec<BuiltImage> = if args.no_build {
+        images::last_built(project)?
+    } else {
+        let opts = BuildOptions { overrides: crate::config::ImageOverrides { mtime: images::source_date_epoch()?, ..Default::default() }, ..Default::default() };
+        let (_, reports) = images::build(project, &opts, false)?;
+        for r in &reports {
+            let rebuilt: Vec<&str> = r.layers.iter().filter(|l| l.status == "rebuilt").map(|l| l.name.as_str()).collect();
+            if r.changed || !rebuilt.is_empty() {
+                report.built.push(r.name.clone());
+            }
+            steps.line(&format!(
+                "images     {}  {}{}",
+                r.name,
+                r.manifest_digest,
+                if rebuilt.is_empty() { "  (unchanged)".to_string() } else { format!("  rebuilt: {}", rebuilt.join(", ")) }
+            ));
+        }
+        reports.iter().map(ImageReport::built).collect()
+    };
+    steps.done("build");
+
+    let store = crate::oci::store::Store::open(&project.store_dir())?;
+    let archive_images: Vec<_> = built.iter().map(BuiltImage::archive_image).collect();
+    if let Some(dest) = &args.registry {
+        for r in &built {
+            let target_ref = images::push_target(&r.reference, &r.name, dest)?;
+            let p = registry::push(&store, &r.manifest, &target_ref, &args.insecure_registry, &mut |_| {})
+                .with_context(|| format!("cannot push {} to {target_ref}", r.name))?;
+            steps.line(&format!("deliver    {} -> {}: uploaded {}, skipped {} already there", r.name, p.reference, human_bytes(p.uploaded_bytes), human_bytes(p.skipped_bytes)));
+            let mut pinned = target_ref.clone();
+            pinned.tag = None;
+            pinned.digest = Some(r.manifest.digest.clone());
+            report.images.insert(r.name.clone(), pinned.to_string());
+            report.pushes.push(p);
+        }
+    } else {
+        let nodes: Vec<Box<dyn Node>> = match (&target, &args.node_containerd) {
+            (_, Some(socket)) => vec![Box::new(LocalContainerd { socket: socket.clone() })],
+            (Target::Kind { name, .. }, None) => kind::nodes(name)?.into_iter().map(|c| Box::new(KindNode { container: c }) as Box<dyn Node>).collect(),
+            (Target::Existing { .. }, None) => unreachable!("checked in preflight"),
+        };
+        report.deliveries = delivery::deliver(&store, &archive_images, &nodes, &mut |d| {
+            steps.line(&format!(
+                "deliver    {} -> {}: {}",
+                d.image,
+                d.node,
+                match d.status {
+                    "present" => "already there".to_string(),
+                    s => format!("{s} archive, {} sent ({} the node had left out) in {}", human_bytes(d.bytes), human_bytes(d.omitted_bytes), ui::secs(d.seconds)),
+                }
+            ))
+        })?;
+        for r in &built {
+            report.images.insert(r.name.clone(), r.pinned_reference());
+        }
+    }
+    drop(store);
+    steps.done("deliver");
+
+    // 4. Apply k8s/ (checked first), pruning what xtask applied before and k8s/ dropped.
+    let docs = crate::manifests::load_docs(project, &args.overlay)?;
+    let placeholders = crate::manifests::placeholders(project)?;
+    let problems = manifests::check(&docs, &CheckContext { placeholders: &placeholders });
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+        bail!("k8s/ has {} problem(s); nothing was applied:\n{}", problems.len(), list.join("\n"));
+    }
+    let objects = manifests::render(&docs, &RenderOptions { namespace: &settings.namespace, images: &report.images })?;
+    let applied = cluster::block_on(apply::apply(&cluster, &objects, true, &mut |o| {
+        if o.action != "unchanged" {
+            steps.line(&format!("apply      {} {} {}", o.kind, o.name, o.action));
+        }
+    }))??;
+    steps.line(&format!("apply      {} in namespace {}", applied.summary(), settings.namespace));
+    report.apply = applied;
+    steps.done("apply");
+
+    // 5. Wait until healthy.
+    if !args.no_wait {
+        let timeout = Duration::from_secs(args.timeout);
+        cluster::block_on(wait::wait(&cluster, &wait::airflow_steps(timeout), &mut |line| steps.line(&format!("wait       {line}"))))??;
+        steps.done("wait");
+    }
+
+    report.changed = !report.built.is_empty()
+        || report.deliveries.iter().any(|d| d.status != "present")
+        || report.pushes.iter().any(|p| p.uploaded_blobs > 0)
+        || report.apply.changed();
+    report.steps = steps.times.clone();
+    crate::report::write_json(&project.work_dir().join(REPORT_FILE), &report)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    if !report.changed {
+        println!("nothing changed: no image rebuilt, nothing shipped, every object already as in k8s/");
+    }
+    let ns = &settings.namespace;
+    match &target {
+        Target::Kind { .. } => println!("Airflow UI and API: http://127.0.0.1:8080 (kind maps the api-server's nodePort 30080)"),
+        Target::Existing { .. } => println!("Airflow UI and API: kubectl -n {ns} port-forward svc/airflow-api-server 8080:8080, then http://127.0.0.1:8080"),
+    }
+    println!("login: admin; password: kubectl -n {ns} get secret airflow-admin -o jsonpath='{{.data.password}}' | base64 -d");
+    println!(
+        "took {} ({})",
+        ui::secs(report.steps.iter().map(|(_, s)| s).sum()),
+        report.steps.iter().map(|(n, s)| format!("{n} {}", ui::secs(*s))).collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! `cargo xtask status`: the cluster and its nodes, whether each node has the images as
+//! last built (stale?), each component's state, and failing pods with their reasons.
+
+use anyhow::Result;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
+use kube::api::ListParams;
+use serde::Serialize;
+
+use crate::Reported;
+use crate::cli::StatusArgs;
+use crate::cluster::{self, Cluster, Target};
+use crate::config::Project;
+use crate::deploy::diagnose::{self, PodState};
+use crate::images::{self, BuiltImage};
+
+#[derive(Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub ready: bool,
+    pub kubelet: String,
+    /// Image placeholder -> whether this node has the image as last built.
+    pub images: Vec<(String, bool)>,
+}
+
+#[derive(Serialize)]
+pub struct Component {
+    pub kind: String,
+    pub name: String,
+    pub ready: i32,
+    pub desired: i32,
+    /// The images its pods run; `stale` when one is not the last build.
+    pub images: Vec<String>,
+    pub stale: bool,
+}
+
+#[derive(Serialize)]
+pub struct Status {
+    pub cluster: String,
+    pub server: String,
+    pub version: String,
+    pub namespace: String,
+    pub nodes: Vec<NodeStatus>,
+    pub built: Vec<(String, String)>,
+    pub components: Vec<Component>,
+    pub failing_pods: Vec<PodState>,
+}
+
+impl Status {
+    pub fn healthy(&self) -> bool {
+        self.failing_pods.is_empty() && self.components.iter().all(|c| c.ready >= c.desired && !c.stale) && self.nodes.iter().all(|n| n.ready)
+    }
+}
+
+pub fn run(project: &Project, args: &StatusArgs) -> Result<()> {
+    let (target, settings) = Target::from_args(project, &args.cluster)?;
+    let built = images::last_built(project).unwrap_or_default();
+    let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
+    let status = cluster::block_on(collect(&cluster, &built))??;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print(&status);
+    }
+    if !status.healthy() {
+        return Err(Reported(1).into());
+    }
+    Ok(())
+}
+
+fn node_has(node: &Node, image: &BuiltImage) -> bool {
+    let digest = format!("@{}", image.manifest.digest);
+    node.status.iter().flat_map(|s| s.images.iter().flatten()).flat_map(|i| i.names.iter().flatten()).any(|n| n.ends_with(&digest))
+}
+
+pub async fn collect(cluster: &Cluster, built: &[BuiltImage]) -> Result<Status> {
+    let version = cluster.version().await?;
+    let nodes: Vec<Node> = Api::<Node>::all(cluster.client.clone()).list(&ListParams::default()).await.map_err(|e| cluster.explain(e, "list", "nodes"))?.items;
+    let node_status = nodes
+        .iter()
+        .map(|n| NodeStatus {
+            name: n.metadata.name.clone().unwrap_or_default(),
+            ready: n.status.iter().flat_map(|s| s.conditions.iter().flatten()).any(|c| c.type_ == "Ready" && c.status == "True"),
+            kubelet: n.status.as_ref().and_then(|s| s.node_info.as_ref()).map(|i| i.kubelet_version.clone()).unwrap_or_default(),
+            images: built.iter().map(|b| (b.name.clone(), node_has(n, b))).collect(),
+        })
+        .collect();
+    let ns = &cluster.namespace;
+    let pinned: Vec<String> = built.iter().map(|b| b.manifest.digest.to_string()).collect();
+    let selector = "app.kubernetes.io/name=airflow";
+    let mut components = Vec::new();
+    let images_of = |spec: Option<&k8s_openapi::api::core::v1::PodSpec>| -> Vec<String> {
+        spec.map(|s| s.containers.iter().filter_map(|c| c.image.clone()).collect()).unwrap_or_default()
+    };
+    // An image is stale when it is one of ours (placeholder name) at another digest.
+    let stale = |imgs: &[String]| {
+        imgs.iter().any(|i| built.iter().any(|b| i.contains(&format!("/{}@", b.name))) && !pinned.iter().any(|p| i.ends_with(p.as_str())))
+    };
+    for d in Api::<Deployment>::namespaced(cluster.client.clone(), ns).list(&ListParams::default().labels(selector)).await.map_err(|e| cluster.explain(e, "list", "deployments"))?.items {
+        let imgs = images_of(d.spec.as_ref().and_then(|s| s.template.spec.as_ref()));
+        components.push(Component {
+            kind: "Deployment".into(),
+            name: d.metadata.name.clone().unwrap_or_default(),
+            ready: d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
+            desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+            stale: stale(&imgs),
+            images: imgs,
+        });
+    }
+    for s in Api::<StatefulSet>::namespaced(cluster.client.clone(), ns).list(&ListParams::default().labels(selector)).await.map_err(|e| cluster.explain(e, "list", "statefulsets"))?.items {
+        let imgs = images_of(s.spec.as_ref().and_then(|s| s.template.spec.as_ref()));
+        components.push(Component {
+            kind: "StatefulSet".into(),
+            name: s.metadata.name.clone().unwrap_or_default(),
+            ready: s.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
+            desired: s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+            stale: stale(&imgs),
+            images: imgs,
+        });
+    }
+    let mut failing = Vec::new();
+    for p in Api::<Pod>::namespaced(cluster.client.clone(), ns).list(&ListParams::default()).await.map_err(|e| cluster.explain(e, "list", "pods"))?.items {
+        let st = diagnose::pod_state(&cluster.client, ns, &p).await?;
+        if st.phase != "Succeeded" && (!st.ready || !st.problems.is_empty()) {
+            failing.push(st);
+        }
+    }
+    Ok(Status {
+        cluster: cluster.target.describe(),
+        server: cluster.url.clone(),
+        version,
+        namespace: ns.clone(),
+        nodes: node_status,
+        built: built.iter().map(|b| (b.name.clone(), b.manifest.digest.to_string())).collect(),
+        components,
+        failing_pods: failing,
+    })
+}
+
+fn print(s: &Status) {
+    println!("cluster    {} at {} (Kubernetes {})", s.cluster, s.server, s.version);
+    for n in &s.nodes {
+        let imgs: Vec<String> = n.images.iter().map(|(name, has)| format!("{name} {}", if *has { "current" } else { "STALE or missing" })).collect();
+        println!("node       {} {} kubelet {}  {}", n.name, if n.ready { "Ready" } else { "NOT READY" }, n.kubelet, imgs.join(", "));
+    }
+    for (name, digest) in &s.built {
+        println!("built      {name} {digest}");
+    }
+    if s.components.is_empty() {
+        println!("components none in namespace {} (run `cargo xtask k8s-up`)", s.namespace);
+    }
+    for c in &s.components {
+        println!(
+            "component  {:<24} {}/{} ready{}",
+            c.name,
+            c.ready,
+            c.desired,
+            if c.stale { "  runs an image older than the last build (run `cargo xtask k8s-up`)" } else { "" }
+        );
+    }
+    for p in &s.failing_pods {
+        println!("failing    {}", p.explain(&s.namespace).replace('\n', "\n           "));
+    }
+    println!("{}", if s.healthy() { "healthy" } else { "NOT healthy" });
+}
