@@ -74,10 +74,11 @@ pub enum Command {
   cargo xtask dags check --local    in a local virtualenv (target/xtask/venv, made on first use)")]
     Dags(DagsArgs),
 
-    /// Run the smoke DAGs (files/dags/smoke_*.py)
+    /// Run the smoke DAGs (files/dags/smoke_*.py) on the cluster, or locally
     #[command(after_help = "Examples:
-  cargo xtask smoke --local                 airflow dags test in the worker image
-  cargo xtask smoke --local --dag smoke_xcom")]
+  cargo xtask smoke                         trigger them on the cluster k8s-up made, follow the worker pods
+  cargo xtask smoke --dag smoke_xcom --timeout 300
+  cargo xtask smoke --local                 airflow dags test in the worker image")]
     Smoke(SmokeArgs),
 
     /// Build the Airflow base image from docker/base/airflow.toml (debootstrap + pip)
@@ -236,6 +237,11 @@ pub struct DagsCheckArgs {
 
 #[derive(Debug, Args)]
 pub struct SmokeArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Seconds the smoke run may take, from the first parse check to the last DAG's end
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
     /// Run with `airflow dags test` in the worker image on the Docker engine (or in a
     /// virtualenv with --venv) instead of on the cluster
     #[arg(long)]
@@ -340,9 +346,14 @@ pub struct ImagesArgs {
     #[arg(long, value_name = "REGISTRY[/PREFIX]")]
     pub push: Option<String>,
 
-    /// Load the images into a local engine: `docker` (skipped when it has the same image id)
-    #[arg(long, value_name = "docker")]
+    /// Load the images into a local engine: `docker` (skipped when it has the same image
+    /// id), or `containerd` (at --containerd-socket; only the blobs it lacks are sent)
+    #[arg(long, value_name = "docker|containerd")]
     pub load: Option<LoadTarget>,
+
+    /// The containerd socket for --load containerd
+    #[arg(long, value_name = "SOCKET", default_value = "/run/containerd/containerd.sock", env = "XTASK_CONTAINERD_SOCKET")]
+    pub containerd_socket: PathBuf,
 
     /// Registry that may be reached over plain HTTP (repeatable; loopback always may)
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]", env = "XTASK_INSECURE_REGISTRIES", value_delimiter = ',')]
@@ -361,4 +372,6 @@ pub struct ImagesArgs {
 pub enum LoadTarget {
     /// The local Docker engine, through its API
     Docker,
+    /// A containerd (namespace k8s.io, where the kubelet looks), like `ctr images import`
+    Containerd,
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::airflow::recipe;
 use crate::cli::{ImagesArgs, LoadTarget};
+use crate::cluster::delivery::{self, LocalContainerd, Node};
 use crate::config::{self, CompressionChoice, ImageDef, ImageOverrides, Project};
 use crate::fsutil::human_bytes;
 use crate::oci::archive::{self, ArchiveImage, ArchiveStats};
@@ -128,6 +129,8 @@ struct JsonReport<'a> {
     pushes: Vec<PushReport>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     loads: Vec<docker::LoadResult>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    deliveries: Vec<delivery::Delivered>,
     #[serde(skip_serializing_if = "Option::is_none")]
     archive: Option<ArchiveReport>,
     store: String,
@@ -169,20 +172,33 @@ pub fn run(project: &Project, args: &ImagesArgs) -> Result<()> {
         }
     }
     let mut loads = Vec::new();
-    if let Some(LoadTarget::Docker) = args.load {
-        let images: Vec<ArchiveImage> = reports.iter().map(ImageReport::archive_image).collect();
-        loads = docker::load(&store, &images)?;
-        if !args.json {
-            for l in &loads {
-                println!("docker   {}  {}  ({})", l.name, l.status, l.image_id);
+    let mut deliveries = Vec::new();
+    let images: Vec<ArchiveImage> = reports.iter().map(ImageReport::archive_image).collect();
+    match args.load {
+        Some(LoadTarget::Docker) => {
+            loads = docker::load(&store, &images)?;
+            if !args.json {
+                for l in &loads {
+                    println!("docker   {}  {}  ({})", l.name, l.status, l.image_id);
+                }
             }
         }
+        Some(LoadTarget::Containerd) => {
+            let node: Box<dyn Node> = Box::new(LocalContainerd { socket: args.containerd_socket.clone() });
+            deliveries = delivery::deliver(&store, &images, std::slice::from_ref(&node), &mut |d| {
+                if !args.json {
+                    println!("ctr      {}  {}  {} sent, {} left out", d.image, d.status, human_bytes(d.bytes), human_bytes(d.omitted_bytes));
+                }
+            })?;
+        }
+        None => {}
     }
     if args.json {
         let report = JsonReport {
             images: &reports,
             pushes,
             loads,
+            deliveries,
             archive: archive_report,
             store: project.rel(store.root()),
             seconds: started.elapsed().as_secs_f64(),

@@ -64,6 +64,14 @@ pub fn run(project: &Project, args: &K8sUpArgs) -> Result<()> {
     let mut steps = Steps { human, times: Vec::new(), started: Instant::now() };
     let mut report = UpReport { target: target.describe(), namespace: settings.namespace.clone(), ..Default::default() };
 
+    // k8s/ is checked before anything is built, shipped or created.
+    let docs = crate::manifests::load_docs(project, &args.overlay)?;
+    let placeholders = crate::manifests::placeholders(project)?;
+    let problems = manifests::check(&docs, &CheckContext { placeholders: &placeholders });
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+        bail!("k8s/ has {} problem(s); nothing was applied:\n{}", problems.len(), list.join("\n"));
+    }
     // 1. Preflight: what this path needs, with versions, or how to get it.
     match &target {
         Target::Kind { .. } => {
@@ -173,14 +181,7 @@ pub fn run(project: &Project, args: &K8sUpArgs) -> Result<()> {
     drop(store);
     steps.done("deliver");
 
-    // 4. Apply k8s/ (checked first), pruning what xtask applied before and k8s/ dropped.
-    let docs = crate::manifests::load_docs(project, &args.overlay)?;
-    let placeholders = crate::manifests::placeholders(project)?;
-    let problems = manifests::check(&docs, &CheckContext { placeholders: &placeholders });
-    if !problems.is_empty() {
-        let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
-        bail!("k8s/ has {} problem(s); nothing was applied:\n{}", problems.len(), list.join("\n"));
-    }
+    // 4. Apply k8s/, pruning what xtask applied before and k8s/ dropped.
     let objects = manifests::render(&docs, &RenderOptions { namespace: &settings.namespace, images: &report.images })?;
     let applied = cluster::block_on(apply::apply(&cluster, &objects, true, &mut |o| {
         if o.action != "unchanged" {

@@ -13,6 +13,8 @@ use crate::cli::SmokeArgs;
 use crate::config::Project;
 use crate::deploy::manifests;
 use crate::report::{self, Case, Suite};
+
+mod cluster;
 use crate::ui;
 
 const LOCAL_SCRIPT: &str = include_str!("airflow/smoke_local.py");
@@ -110,10 +112,11 @@ impl DagResult {
 }
 
 pub fn run(project: &Project, args: &SmokeArgs) -> Result<()> {
-    if !args.local {
-        bail!("smoke on the cluster is not available in this build; run `cargo xtask smoke --local`");
+    if args.local || args.venv.is_some() {
+        local(project, args)
+    } else {
+        cluster::run(project, args)
     }
-    local(project, args)
 }
 
 fn local(project: &Project, args: &SmokeArgs) -> Result<()> {

@@ -421,60 +421,6 @@ fn skopeo_and_umoci_read_the_archive_and_the_dags_are_owned_by_airflow() {
     assert_eq!((dags_dir.uid(), dags_dir.mode() & 0o7777), (50000, 0o775));
 }
 
-/// A private containerd (its own root, state and socket) for one test, stopped on drop.
-struct Containerd {
-    dir: tempfile::TempDir,
-    child: std::process::Child,
-}
-
-impl Containerd {
-    fn start() -> Containerd {
-        require("containerd");
-        require("ctr");
-        let dir = tempfile::Builder::new().prefix("xtask-ctrd-").tempdir().unwrap();
-        let config = format!(
-            "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n[grpc]\n  address = \"{0}/containerd.sock\"\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_tcp_service = true\n",
-            dir.path().display()
-        );
-        fs::write(dir.path().join("config.toml"), config).unwrap();
-        let log = fs::File::create(dir.path().join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(dir.path().join("config.toml"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let c = Containerd { dir, child };
-        for _ in 0..100 {
-            if c.ctr(&["version"]).status.success() {
-                return c;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("containerd did not start: {}", fs::read_to_string(c.dir.path().join("containerd.log")).unwrap());
-    }
-
-    fn ctr(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ctr")
-            .arg("--address")
-            .arg(self.dir.path().join("containerd.sock"))
-            .args(["--namespace", "k8s.io"])
-            .args(args)
-            .output()
-            .unwrap()
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Snapshots may leave mounts behind; containerd's root is ours alone.
-        let _ = Command::new("umount").arg("-R").arg(self.dir.path().join("root")).output();
-    }
-}
-
 #[test]
 fn containerd_imports_the_archive_under_its_fully_qualified_name() {
     let repo = Repo::new();

@@ -71,7 +71,8 @@ pub fn create(name: &str, config: &Path, node_image: &str, attempts: u32, log: &
                 last = process::tail(log, 12);
                 let _ = delete(name);
                 if attempt == attempts {
-                    return Err(e).context(format!("kind could not create cluster {name} in {attempts} attempts; kind said:\n{last}"));
+                    let _ = e;
+                    bail!("kind could not create cluster {name} in {attempts} attempts (full log: {}); kind said:\n{last}", log.display());
                 }
             }
         }

@@ -377,16 +377,24 @@ pub fn workspace() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
 }
 
-/// The real Airflow base, built from docker/base/airflow.toml into this workspace's store
-/// by `cargo xtask base` (so it is built once per machine and recipe), as an `oci:`
-/// reference a test repository can use.
+/// A base of docker/base/, built into this workspace's store by `cargo xtask base` (so it
+/// is built once per machine and recipe), as an `oci:` reference a test repository can use.
+fn workspace_base(name: &str) -> String {
+    let out = sh(Command::new(XTASK).arg("--root").arg(workspace()).args(["base", name, "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    format!("oci:{}:{}", v["store"].as_str().unwrap(), v["store_name"].as_str().unwrap())
+}
+
+/// The real Airflow base (docker/base/airflow.toml).
 pub fn airflow_base() -> &'static str {
     static BASE: OnceLock<String> = OnceLock::new();
-    BASE.get_or_init(|| {
-        let out = sh(Command::new(XTASK).arg("--root").arg(workspace()).args(["base", "--json"]));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        format!("oci:{}:{}", v["store"].as_str().unwrap(), v["store_name"].as_str().unwrap())
-    })
+    BASE.get_or_init(|| workspace_base("airflow"))
+}
+
+/// The Postgres image's base (docker/base/postgres.toml).
+pub fn postgres_base() -> &'static str {
+    static BASE: OnceLock<String> = OnceLock::new();
+    BASE.get_or_init(|| workspace_base("postgres"))
 }
 
 /// A repository with this repository's DAGs, include package, k8s/ and base recipes, on
@@ -401,7 +409,71 @@ pub fn airflow_repo() -> Repo {
     sh(Command::new("cp").arg("-r").arg(workspace().join("docker/base")).arg(repo.path("docker")));
     let images = fs::read_to_string(workspace().join("docker/images.toml")).unwrap();
     assert!(images.contains("base = \"xtask-base:airflow\""));
-    repo.write("docker/images.toml", &images.replace("base = \"xtask-base:airflow\"", &format!("base = \"{}\"", airflow_base())));
+    let images = images
+        .replace("base = \"xtask-base:airflow\"", &format!("base = \"{}\"", airflow_base()))
+        .replace("base = \"xtask-base:postgres\"", &format!("base = \"{}\"", postgres_base()));
+    repo.write("docker/images.toml", &images);
     let _ = fs::remove_dir_all(repo.path("files/dags/__pycache__"));
     repo
 }
+
+/// A private containerd (its own root, state and socket) for one test, stopped on drop.
+pub struct Containerd {
+    pub dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Containerd {
+    pub fn start() -> Containerd {
+        require("containerd");
+        require("ctr");
+        let dir = tempfile::Builder::new().prefix("xtask-ctrd-").tempdir().unwrap();
+        let config = format!(
+            "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n[grpc]\n  address = \"{0}/containerd.sock\"\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_tcp_service = true\n",
+            dir.path().display()
+        );
+        fs::write(dir.path().join("config.toml"), config).unwrap();
+        let log = fs::File::create(dir.path().join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let c = Containerd { dir, child };
+        for _ in 0..100 {
+            if c.ctr(&["version"]).status.success() {
+                return c;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("containerd did not start: {}", fs::read_to_string(c.dir.path().join("containerd.log")).unwrap());
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.path().join("containerd.sock"))
+            .args(["--namespace", "k8s.io"])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Containerd {
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Snapshots may leave mounts behind; containerd's root is ours alone.
+        let _ = Command::new("umount").arg("-R").arg(self.dir.path().join("root")).output();
+    }
+}
+
