@@ -61,6 +61,13 @@ pub enum Command {
   cargo xtask status --json")]
     Status(StatusArgs),
 
+    /// The pipeline in one command: images, dags check, k8s-up, smoke, k8s-down
+    #[command(after_help = "Examples:
+  cargo xtask ci                     everything, on a fresh kind cluster, deleted at the end
+  cargo xtask ci --keep              leave the cluster up afterwards
+  cargo xtask ci --json              a JSON summary on stdout (step reports go to stderr)")]
+    Ci(CiArgs),
+
     /// Check or render the Kubernetes manifests in k8s/
     #[command(after_help = "Examples:
   cargo xtask manifests check                     typed check of every document in k8s/airflow
@@ -148,6 +155,30 @@ pub struct K8sUpArgs {
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
     /// Print a JSON report on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CiArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Leave the cluster up at the end
+    #[arg(long)]
+    pub keep: bool,
+    /// Passed to k8s-up: ship images through this registry
+    #[arg(long, value_name = "HOST[:PORT][/PREFIX]")]
+    pub registry: Option<String>,
+    /// Passed to k8s-up
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]", value_delimiter = ',')]
+    pub insecure_registry: Vec<String>,
+    /// Passed to k8s-up: import images into this containerd socket
+    #[arg(long, value_name = "SOCKET", env = "XTASK_NODE_CONTAINERD")]
+    pub node_containerd: Option<PathBuf>,
+    /// Seconds each k8s-up wait step and the smoke run may take
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Print a JSON summary on stdout
     #[arg(long)]
     pub json: bool,
 }

@@ -64,8 +64,13 @@ pub fn run(project: &Project, args: &K8sUpArgs) -> Result<()> {
     let mut steps = Steps { human, times: Vec::new(), started: Instant::now() };
     let mut report = UpReport { target: target.describe(), namespace: settings.namespace.clone(), ..Default::default() };
 
-    // k8s/ is checked before anything is built, shipped or created.
-    let docs = crate::manifests::load_docs(project, &args.overlay)?;
+    // k8s/ is checked before anything is built, shipped or created. The kind cluster also
+    // gets the kind overlay (the nodePort its port mapping reaches).
+    let mut overlays = args.overlay.clone();
+    if matches!(target, Target::Kind { .. }) && !overlays.iter().any(|o| o == "kind") {
+        overlays.push("kind".into());
+    }
+    let docs = crate::manifests::load_docs(project, &overlays)?;
     let placeholders = crate::manifests::placeholders(project)?;
     let problems = manifests::check(&docs, &CheckContext { placeholders: &placeholders });
     if !problems.is_empty() {

@@ -3,6 +3,7 @@
 mod airflow;
 mod base;
 mod bench;
+mod ci;
 mod cli;
 mod cluster;
 mod config;
@@ -62,6 +63,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Smoke(args) => smoke::run(&project, args),
         Command::Manifests(args) => manifests::run(&project, args),
         Command::K8sUp(args) => k8s_up::run(&project, args),
+        Command::Ci(args) => ci::run(&project, args),
         Command::K8sDown(args) => k8s_down::run(&project, args),
         Command::Status(args) => status::run(&project, args),
         Command::Bench(args) => bench::run(&project, args),

@@ -138,6 +138,7 @@ async fn apply_one(cluster: &Cluster, obj: &Value) -> Result<ObjectResult> {
             api.patch(&name, &pp, &Patch::Apply(&dynamic)).await.map_err(|e| cluster.explain(e, "create", "jobs"))?;
             return Ok(ObjectResult { kind, name, action: "recreated" });
         }
+        Err(kube::Error::Api(s)) if s.code == 422 && !s.message.contains("immutable") => bail!("the cluster refused {kind} {name}: {}", s.message),
         Err(kube::Error::Api(s)) if s.code == 422 => bail!(
             "the cluster refused {kind} {name}: {}; for a field that cannot change (a StatefulSet's volumeClaimTemplates, a Service's clusterIP), delete the object and run k8s-up again",
             s.message

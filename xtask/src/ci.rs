@@ -1,0 +1,188 @@
+//! `cargo xtask ci`: the pipeline in one command. images -> dags check -> k8s-up -> smoke
+//! -> k8s-down, each step timed; on a failure, diagnostics are saved under
+//! target/xtask/ci/ before the teardown. Non-interactive: no prompts, no colour or progress
+//! bars when not on a terminal, and `--json` for a summary CI can read.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::Api;
+use kube::api::{ListParams, LogParams};
+use serde::Serialize;
+
+use crate::Reported;
+use crate::cli::{CiArgs, ClusterArgs};
+use crate::cluster::{self, Target, kind};
+use crate::config::Project;
+use crate::ui;
+
+#[derive(Serialize)]
+struct Step {
+    name: String,
+    /// ok, failed, or skipped (after an earlier failure).
+    status: &'static str,
+    seconds: f64,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    steps: Vec<Step>,
+    ok: bool,
+    diagnostics: Option<String>,
+    seconds: f64,
+}
+
+fn cluster_flags(c: &ClusterArgs) -> Vec<String> {
+    let mut v = Vec::new();
+    if let Some(k) = &c.kubeconfig {
+        v.extend(["--kubeconfig".to_string(), k.display().to_string()]);
+    }
+    if let Some(x) = &c.context {
+        v.extend(["--context".into(), x.clone()]);
+    }
+    if let Some(x) = &c.namespace {
+        v.extend(["--namespace".into(), x.clone()]);
+    }
+    if let Some(x) = &c.cluster_name {
+        v.extend(["--cluster-name".into(), x.clone()]);
+    }
+    v
+}
+
+pub fn run(project: &Project, args: &CiArgs) -> Result<()> {
+    let started = Instant::now();
+    let exe = std::env::current_exe().context("cannot find the xtask binary")?;
+    let cluster_args = cluster_flags(&args.cluster);
+    let mut up_args: Vec<String> = vec!["k8s-up".into(), "--timeout".into(), args.timeout.to_string()];
+    up_args.extend(cluster_args.clone());
+    if let Some(r) = &args.registry {
+        up_args.extend(["--registry".into(), r.clone()]);
+    }
+    for r in &args.insecure_registry {
+        up_args.extend(["--insecure-registry".into(), r.clone()]);
+    }
+    if let Some(s) = &args.node_containerd {
+        up_args.extend(["--node-containerd".into(), s.display().to_string()]);
+    }
+    let mut smoke_args: Vec<String> = vec!["smoke".into(), "--timeout".into(), args.timeout.to_string()];
+    smoke_args.extend(cluster_args.clone());
+    let mut down_args: Vec<String> = vec!["k8s-down".into()];
+    down_args.extend(cluster_args);
+
+    let plan: Vec<(&str, Vec<String>)> = vec![
+        ("images", vec!["images".into()]),
+        ("dags check", vec!["dags".into(), "check".into()]),
+        ("k8s-up", up_args),
+        ("smoke", smoke_args),
+    ];
+    let mut steps = Vec::new();
+    let mut failed = false;
+    for (name, step_args) in &plan {
+        if failed {
+            steps.push(Step { name: name.to_string(), status: "skipped", seconds: 0.0 });
+            continue;
+        }
+        eprintln!("==> {name}: cargo xtask {}", step_args.join(" "));
+        let t = Instant::now();
+        // Each step's report goes to stderr, so stdout holds only the JSON summary.
+        let status = std::process::Command::new(&exe)
+            .arg("--root")
+            .arg(&project.root)
+            .args(step_args)
+            .stdout(std::io::stderr())
+            .env("NO_COLOR", "1")
+            .status()
+            .with_context(|| format!("cannot run step {name}"))?;
+        let ok = status.success();
+        steps.push(Step { name: name.to_string(), status: if ok { "ok" } else { "failed" }, seconds: t.elapsed().as_secs_f64() });
+        failed = !ok;
+    }
+
+    let mut diagnostics = None;
+    if failed {
+        let dir = project.work_dir().join("ci/diagnostics");
+        match save_diagnostics(project, &args.cluster, &dir) {
+            Ok(()) => {
+                eprintln!("==> diagnostics saved in {}", project.rel(&dir));
+                diagnostics = Some(project.rel(&dir));
+            }
+            Err(e) => eprintln!("==> could not save all diagnostics: {e:#}"),
+        }
+    }
+    if args.keep {
+        steps.push(Step { name: "k8s-down".into(), status: "skipped", seconds: 0.0 });
+        eprintln!("==> k8s-down skipped (--keep): the cluster stays up");
+    } else {
+        eprintln!("==> k8s-down: cargo xtask {}", down_args.join(" "));
+        let t = Instant::now();
+        let status = std::process::Command::new(&exe).arg("--root").arg(&project.root).args(&down_args).stdout(std::io::stderr()).status()?;
+        steps.push(Step { name: "k8s-down".into(), status: if status.success() { "ok" } else { "failed" }, seconds: t.elapsed().as_secs_f64() });
+        failed |= !status.success();
+    }
+
+    let summary = Summary { ok: !failed, steps, diagnostics, seconds: started.elapsed().as_secs_f64() };
+    crate::report::write_json(&project.work_dir().join("ci/summary.json"), &summary)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!("\n{:<12} {:<8} {:>9}", "step", "status", "time");
+        for s in &summary.steps {
+            println!("{:<12} {:<8} {:>9}", s.name, s.status, ui::secs(s.seconds));
+        }
+        println!("{:<12} {:<8} {:>9}", "total", if summary.ok { "ok" } else { "FAILED" }, ui::secs(summary.seconds));
+    }
+    if failed {
+        return Err(Reported(1).into());
+    }
+    Ok(())
+}
+
+/// Pod descriptions, events and every container's log in the namespace; with kind, also
+/// `kind export logs` (the nodes' own logs).
+fn save_diagnostics(project: &Project, args: &ClusterArgs, dir: &Path) -> Result<()> {
+    let _ = fs::remove_dir_all(dir);
+    fs::create_dir_all(dir)?;
+    let (target, settings) = Target::from_args(project, args)?;
+    if let Target::Kind { name, .. } = &target
+        && kind::clusters().unwrap_or_default().contains(name)
+    {
+        let _ = duct::cmd("kind", ["export", "logs", &dir.join("kind").display().to_string(), "--name", name]).stdout_null().stderr_null().run();
+    }
+    let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
+    let ns = settings.namespace.clone();
+    cluster::block_on(async {
+        let pods = Api::<Pod>::namespaced(cluster.client.clone(), &ns);
+        let list = pods.list(&ListParams::default()).await?;
+        fs::write(dir.join("pods.yaml"), serde_yaml_ng::to_string(&list.items)?)?;
+        let events = Api::<Event>::namespaced(cluster.client.clone(), &ns).list(&ListParams::default()).await?;
+        let mut text = String::new();
+        for e in &events.items {
+            text.push_str(&format!(
+                "{} {} {}/{}: {}\n",
+                e.type_.clone().unwrap_or_default(),
+                e.reason.clone().unwrap_or_default(),
+                e.involved_object.kind.clone().unwrap_or_default(),
+                e.involved_object.name.clone().unwrap_or_default(),
+                e.message.clone().unwrap_or_default().trim()
+            ));
+        }
+        fs::write(dir.join("events.txt"), text)?;
+        let logs: PathBuf = dir.join("logs");
+        fs::create_dir_all(&logs)?;
+        for p in &list.items {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let spec = p.spec.clone().unwrap_or_default();
+            for c in spec.init_containers.iter().flatten().chain(spec.containers.iter()) {
+                let lp = LogParams { container: Some(c.name.clone()), ..Default::default() };
+                if let Ok(text) = pods.logs(&name, &lp).await {
+                    fs::write(logs.join(format!("{name}.{}.log", c.name)), text)?;
+                }
+            }
+        }
+        Ok::<(), anyhow::Error>(())
+    })??;
+    Ok(())
+}
