@@ -200,7 +200,7 @@ pub fn run(project: &Project, args: &K8sUpArgs) -> Result<()> {
     // 5. Wait until healthy.
     if !args.no_wait {
         let timeout = Duration::from_secs(args.timeout);
-        cluster::block_on(wait::wait(&cluster, &wait::airflow_steps(timeout), &mut |line| steps.line(&format!("wait       {line}"))))??;
+        cluster::block_on(wait::wait(&cluster, &wait::steps_for(&objects, timeout), &mut |line| steps.line(&format!("wait       {line}"))))??;
         steps.done("wait");
     }
 

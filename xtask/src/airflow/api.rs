@@ -150,7 +150,24 @@ impl ApiClient {
                     Value::Object(o) => {
                         let event = o.get("event").and_then(Value::as_str).unwrap_or("");
                         let level = o.get("level").and_then(Value::as_str).unwrap_or("");
-                        if level.is_empty() { event.to_string() } else { format!("[{level}] {event}") }
+                        let mut line = if level.is_empty() { event.to_string() } else { format!("[{level}] {event}") };
+                        // Dict tracebacks (the Task SDK's error_detail, structlog's exception):
+                        // [{exc_type, exc_value, frames: [{filename, lineno, name}]}]; the last
+                        // frames are the telling ones.
+                        let details = o.get("error_detail").or(o.get("exception")).and_then(Value::as_array);
+                        for exc in details.into_iter().flatten() {
+                            let frames = exc["frames"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+                            for f in &frames[frames.len().saturating_sub(4)..] {
+                                line.push_str(&format!(
+                                    "\n  File \"{}\", line {}, in {}",
+                                    f["filename"].as_str().unwrap_or("?"),
+                                    f["lineno"],
+                                    f["name"].as_str().unwrap_or("?")
+                                ));
+                            }
+                            line.push_str(&format!("\n{}: {}", exc["exc_type"].as_str().unwrap_or("Exception"), exc["exc_value"].as_str().unwrap_or("")));
+                        }
+                        line
                     }
                     Value::String(s) => s.clone(),
                     other => other.to_string(),

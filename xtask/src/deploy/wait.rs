@@ -33,25 +33,39 @@ pub struct Step {
     pub timeout: Duration,
 }
 
-/// The steps that make "Airflow is healthy" for the manifests in k8s/.
-pub fn airflow_steps(timeout: Duration) -> Vec<Step> {
-    let component = |c: &str| format!("app.kubernetes.io/name=airflow,app.kubernetes.io/component={c}");
-    vec![
-        Step { label: "postgres".into(), checks: vec![Check::StatefulSetReady("airflow-postgres".into())], selector: component("postgres"), timeout },
-        Step { label: "db migrate".into(), checks: vec![Check::JobComplete("airflow-db-migrate".into())], selector: component("db-migrate"), timeout },
-        Step {
-            label: "components".into(),
-            checks: ["api-server", "scheduler", "dag-processor", "triggerer"].iter().map(|c| Check::DeploymentRolledOut(format!("airflow-{c}"))).collect(),
-            selector: "app.kubernetes.io/name=airflow".into(),
-            timeout,
-        },
-        Step {
+/// The steps that make "Airflow is healthy", for the objects actually applied: the
+/// StatefulSets (Postgres), then the Jobs (the migration), then the Deployments, then the
+/// api-server's health endpoint if there is an api-server.
+pub fn steps_for(objects: &[serde_json::Value], timeout: Duration) -> Vec<Step> {
+    let of = |kind: &str| -> Vec<&serde_json::Value> { objects.iter().filter(|o| o["kind"] == kind).collect() };
+    let name = |o: &serde_json::Value| o["metadata"]["name"].as_str().unwrap_or("").to_string();
+    // Pods to diagnose: those of the objects' pod templates, by their component label.
+    let selector = |objs: &[&serde_json::Value]| -> String {
+        let components: Vec<&str> = objs
+            .iter()
+            .filter_map(|o| o.pointer("/spec/template/metadata/labels/app.kubernetes.io~1component").and_then(|v| v.as_str()))
+            .collect();
+        format!("app.kubernetes.io/component in ({})", components.join(","))
+    };
+    let mut steps = Vec::new();
+    let mut add = |label: &str, objs: Vec<&serde_json::Value>, check: &dyn Fn(String) -> Check| {
+        if !objs.is_empty() {
+            steps.push(Step { label: label.into(), checks: objs.iter().map(|o| check(name(o))).collect(), selector: selector(&objs), timeout });
+        }
+    };
+    add("postgres", of("StatefulSet"), &Check::StatefulSetReady);
+    add("db migrate", of("Job"), &Check::JobComplete);
+    add("components", of("Deployment"), &Check::DeploymentRolledOut);
+    if of("Deployment").iter().any(|d| name(d) == "airflow-api-server") {
+        let component = "app.kubernetes.io/name=airflow,app.kubernetes.io/component=api-server".to_string();
+        steps.push(Step {
             label: "api-server health".into(),
-            checks: vec![Check::Http { selector: component("api-server"), port: 8080, path: "/api/v2/monitor/health".into() }],
-            selector: component("api-server"),
+            checks: vec![Check::Http { selector: component.clone(), port: 8080, path: "/api/v2/monitor/health".into() }],
+            selector: component,
             timeout,
-        },
-    ]
+        });
+    }
+    steps
 }
 
 /// What a check sees now: done, or a short description of where it is.

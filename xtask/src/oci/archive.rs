@@ -156,15 +156,3 @@ impl<R: std::io::Read> std::io::Read for ProgressReader<'_, R> {
         Ok(n)
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tag_is_the_part_after_the_last_colon_of_the_name() {
-        assert_eq!(crate::oci::tag_of("docker.io/library/airflow-worker:dev"), "dev");
-        assert_eq!(crate::oci::tag_of("localhost:5000/airflow-worker"), "latest");
-        assert_eq!(crate::oci::repository_of("localhost:5000/airflow-worker"), "localhost:5000/airflow-worker");
-    }
-}

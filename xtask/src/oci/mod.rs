@@ -314,6 +314,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tag_is_the_part_after_the_last_colon_of_the_name() {
+        assert_eq!(tag_of("docker.io/library/airflow-worker:dev"), "dev");
+        assert_eq!(tag_of("localhost:5000/airflow-worker"), "latest");
+        assert_eq!(repository_of("localhost:5000/airflow-worker"), "localhost:5000/airflow-worker");
+    }
+
+    #[test]
     fn digest_rejects_what_is_not_sha256() {
         assert!(Digest::parse("sha256:abc").is_err());
         assert!(Digest::parse(&format!("sha512:{}", "a".repeat(64))).is_err());

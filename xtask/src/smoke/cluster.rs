@@ -218,7 +218,23 @@ pub fn run(project: &Project, args: &SmokeArgs) -> Result<()> {
         }
         if done.len() < runs.len() && Instant::now() > deadline {
             for dag in runs.keys() {
-                done.entry(dag.clone()).or_insert(("timed out".into(), started.elapsed().as_secs_f64()));
+                if done.contains_key(dag) {
+                    continue;
+                }
+                // Not a bare timeout: what its worker pods are stuck on (Pending on
+                // resources, a node selector, a quota), or that none was ever made.
+                let stuck: Vec<String> = states
+                    .iter()
+                    .filter(|p| pods.lock().expect("pods lock").get(&p.name).is_some_and(|t| &t.dag == dag) && p.phase != "Succeeded")
+                    .map(|p| p.explain(&ns))
+                    .collect();
+                let why = if stuck.is_empty() {
+                    format!("no worker pod started within {} s; the scheduler may not be able to create pods: check `cargo xtask status` and the scheduler's log", args.timeout)
+                } else {
+                    stuck.join("\n")
+                };
+                broken_pods.entry(dag.clone()).or_insert(why);
+                done.insert(dag.clone(), ("timed out".into(), started.elapsed().as_secs_f64()));
             }
         }
         if done.len() < runs.len() {
