@@ -10,6 +10,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+mod deliver;
+
 use crate::cli::{BenchArgs, BenchCommand, BenchImagesArgs};
 use crate::config::Project;
 use crate::fsutil::human_bytes;
@@ -24,6 +26,7 @@ pub fn run(project: &Project, args: &BenchArgs) -> Result<()> {
     match &args.command {
         BenchCommand::Images(a) => images(project, a),
         BenchCommand::Push(a) => push(project, a),
+        BenchCommand::Deliver(a) => deliver::run(project, a),
     }
 }
 
@@ -815,16 +818,22 @@ fn docker_push_peer(sc: &Scenario, registry: &BenchRegistry) -> Result<DockerPus
 
     eprintln!("measuring: docker save | ctr import (what kind load does)");
     let containerd = PrivateContainerd::start(&sc.dir.join("containerd"))?;
-    let tar = sc.dir.join("save.tar");
+    let (save_import_seconds, save_bytes) = docker_save_import(&image, &sc.dir.join("save.tar"), containerd.ctr())?;
+    Ok(DockerPush { push_seconds, push_bytes, save_import_seconds, save_bytes })
+}
+
+/// What `kind load docker-image` does: `docker save` to a file, then `ctr images import`
+/// of it (`ctr` is the containerd command to import with). Returns seconds and the
+/// archive's size.
+fn docker_save_import(image: &str, tar: &Path, mut ctr: Command) -> Result<(f64, u64)> {
     let started = Instant::now();
     let mut save = Command::new("docker");
-    save.args(["save", "-o"]).arg(&tar).arg(&image);
+    save.args(["save", "-o"]).arg(tar).arg(image);
     timed(save)?;
-    let mut import = containerd.ctr();
-    import.args(["images", "import"]).arg(&tar);
-    timed(import)?;
-    let save_import_seconds = started.elapsed().as_secs_f64();
-    let save_bytes = fs::metadata(&tar)?.len();
-    fs::remove_file(&tar)?;
-    Ok(DockerPush { push_seconds, push_bytes, save_import_seconds, save_bytes })
+    ctr.args(["images", "import"]).arg(tar);
+    timed(ctr)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let bytes = fs::metadata(tar)?.len();
+    fs::remove_file(tar)?;
+    Ok((seconds, bytes))
 }
