@@ -94,11 +94,48 @@ pub enum Command {
   sudo -E cargo xtask base --update-lock    rebuild and re-pin every package in docker/base/airflow.lock")]
     Base(BaseArgs),
 
+    /// Run a command in a component's pod (like kubectl exec, knowing our layout)
+    #[command(after_help = "Examples:
+  cargo xtask exec scheduler -- airflow dags list
+  cargo xtask exec -it api-server -- bash          an interactive shell (window resizes follow)
+  cargo xtask exec postgres --workdir /tmp --env PGUSER=airflow -- psql -c 'select 1'
+  cargo xtask exec airflow-scheduler --namespace staging -- airflow version")]
+    Exec(ExecArgs),
+
+    /// Run a named task from k8s/settings.toml on the first executor that is available
+    #[command(after_help = "Examples:
+  cargo xtask run --list                    the tasks, their executors and which are available
+  cargo xtask run import-errors             the DAG import errors Airflow recorded
+  cargo xtask run dags-list -x container    in a container of the worker image (Docker engine)
+  cargo xtask run shell                     an interactive shell where Airflow runs")]
+    Run(RunArgs),
+
+    /// Logs of a component, or of a task's worker pod (from the API when the pod is gone)
+    #[command(after_help = "Examples:
+  cargo xtask logs scheduler -f                    follow the scheduler
+  cargo xtask logs smoke_xcom                      the newest worker pod of any task of the DAG
+  cargo xtask logs smoke_xcom.pull                 that task's worker pod, else its log from the API")]
+    Logs(LogsArgs),
+
+    /// Check the chain from tools to DAGs, in order, and stop at the first broken link
+    #[command(after_help = "Examples:
+  cargo xtask doctor
+  cargo xtask doctor --kubeconfig ~/.kube/config --context staging")]
+    Doctor(DoctorArgs),
+
+    /// Rebuild, ship and roll on every change to files/dags or files/include
+    #[command(after_help = "Examples:
+  cargo xtask watch                 after `cargo xtask k8s-up`; Ctrl+C stops it
+  cargo xtask watch --check local   check DAGs in the local virtualenv instead of the image")]
+    Watch(WatchArgs),
+
     /// Measure xtask next to its peers (docker build, ...) on the same inputs
     #[command(after_help = "Examples:
   cargo xtask bench images           xtask vs docker build on a 1.1 GB base, 2,000 DAGs
   cargo xtask bench images --json    the same figures as JSON
-  cargo xtask bench push             push after one DAG change vs docker push vs docker save | ctr import")]
+  cargo xtask bench push             push after one DAG change vs docker push vs docker save | ctr import
+  cargo xtask bench deliver          k8s-up --no-wait after one DAG change vs docker save + ctr import
+  cargo xtask bench watch            watch's save-to-parsed vs docker build + save | ctr import + rollout")]
     Bench(BenchArgs),
 }
 
@@ -120,6 +157,109 @@ pub struct ClusterArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The component: a short name from k8s/settings.toml [components], or a Deployment or
+    /// StatefulSet name
+    pub component: String,
+    /// The command and its arguments (after `--`)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+    /// The container, when the pod has several
+    #[arg(short, long)]
+    pub container: Option<String>,
+    /// Pass stdin to the command
+    #[arg(short = 'i', long = "stdin")]
+    pub stdin: bool,
+    /// Allocate a TTY (with a terminal on stdin)
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Run in this directory
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Set an environment variable (repeatable)
+    #[arg(short, long, value_name = "K=V", value_parser = parse_env_pair)]
+    pub env: Vec<String>,
+    /// Do not print which pod and container run the command
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+fn parse_env_pair(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((k, _)) if !k.is_empty() => Ok(s.to_string()),
+        _ => Err(format!("`{s}` is not K=V")),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The task's name in k8s/settings.toml [tasks]
+    #[arg(required_unless_present = "list")]
+    pub task: Option<String>,
+    /// Run on this executor instead of the first available one
+    #[arg(short = 'x', long, value_enum)]
+    pub executor: Option<crate::config::Executor>,
+    /// List the tasks and which executors are available
+    #[arg(long)]
+    pub list: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// A component, or DAG_ID or DAG_ID.TASK_ID for a task's worker pod
+    pub what: String,
+    /// Keep following the log
+    #[arg(short, long)]
+    pub follow: bool,
+    /// The container, when the pod has several [default: all of them]
+    #[arg(short, long)]
+    pub container: Option<String>,
+    /// Only the last N lines
+    #[arg(long, value_name = "N")]
+    pub tail: Option<i64>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Print the checks as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Where changed DAGs are checked before they ship: `image` (the worker image on the
+    /// Docker engine) or `local` (the virtualenv of `dags check --local`)
+    #[arg(long, default_value = "image")]
+    pub check: String,
+    /// Passed to the delivery: import images into this containerd socket
+    #[arg(long, value_name = "SOCKET", env = "XTASK_NODE_CONTAINERD")]
+    pub node_containerd: Option<PathBuf>,
+    /// Passed to the delivery: ship images through this registry
+    #[arg(long, value_name = "HOST[:PORT][/PREFIX]")]
+    pub registry: Option<String>,
+    /// Quiet period after the last change before a rebuild, in milliseconds
+    #[arg(long, default_value_t = 300)]
+    pub debounce_ms: u64,
+    /// Stop after this many changes were handled (for scripts and benchmarks)
+    #[arg(long, value_name = "N")]
+    pub max_changes: Option<usize>,
+    /// One JSON line per change on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Default)]
 pub struct K8sUpArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -320,6 +460,29 @@ pub enum BenchCommand {
     /// Shipping one DAG change: xtask push vs docker push vs docker save + ctr import;
     /// memory of pulling and pushing the 1 GB base
     Push(BenchImagesArgs),
+    /// One DAG change to the node: `k8s-up --no-wait` vs `docker save` + `ctr import`,
+    /// on the local test cluster (.ci/local-cluster up)
+    Deliver(BenchClusterArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchClusterArgs {
+    /// The cluster's kubeconfig
+    #[arg(long, env = "XTASK_KUBECONFIG", value_name = "FILE", default_value = "/var/lib/xtask-local-cluster/admin.kubeconfig")]
+    pub kubeconfig: PathBuf,
+    /// The node's containerd socket
+    #[arg(long, env = "XTASK_NODE_CONTAINERD", value_name = "SOCKET", default_value = "/run/xtask-local-cluster/containerd.sock")]
+    pub node_containerd: PathBuf,
+    /// Namespace the benchmark deploys into (removed at the end)
+    #[arg(long, default_value = "xtask-bench")]
+    pub namespace: String,
+    /// Files of DAG-side data (SQL templates, 25 kB each) added to files/dags, so the DAG
+    /// layer has a realistic size (deliver only)
+    #[arg(long, default_value_t = 2000)]
+    pub dag_files: usize,
+    /// Leave out the docker columns
+    #[arg(long)]
+    pub no_docker: bool,
 }
 
 #[derive(Debug, Args)]

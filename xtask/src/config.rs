@@ -364,6 +364,56 @@ target = "/opt/airflow/dags"
 struct K8sFile {
     #[serde(default)]
     cluster: ClusterFile,
+    #[serde(default)]
+    components: BTreeMap<String, String>,
+    #[serde(default)]
+    tasks: BTreeMap<String, TaskDef>,
+}
+
+/// Where a named task may run, in `k8s/settings.toml`'s `executors` lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Executor {
+    /// On this machine.
+    Local,
+    /// In a container of the worker image on the local Docker engine.
+    Container,
+    /// In a component's pod on the cluster.
+    Kubernetes,
+}
+
+impl std::fmt::Display for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Executor::Local => "local",
+            Executor::Container => "container",
+            Executor::Kubernetes => "kubernetes",
+        })
+    }
+}
+
+/// A named task (`cargo xtask run NAME`): a shell script and where it may run.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskDef {
+    pub description: String,
+    /// Run with `sh -c`.
+    pub script: String,
+    /// Tried in this order; the first available one runs the script.
+    pub executors: Vec<Executor>,
+    /// The component whose pod the `kubernetes` executor uses.
+    #[serde(default = "default_task_component")]
+    pub component: String,
+    /// Programs the `local` executor needs on PATH.
+    #[serde(default)]
+    pub requires: Vec<String>,
+    /// Interactive: stdin and, with a terminal, a TTY.
+    #[serde(default)]
+    pub interactive: bool,
+}
+
+fn default_task_component() -> String {
+    "scheduler".into()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -382,6 +432,16 @@ pub struct ClusterSettings {
     pub name: String,
     pub kubernetes_version: String,
     pub namespace: String,
+    /// Short component names -> Deployment or StatefulSet names.
+    pub components: BTreeMap<String, String>,
+    pub tasks: BTreeMap<String, TaskDef>,
+}
+
+impl ClusterSettings {
+    /// The workload name of a component: its entry in `[components]`, else the name itself.
+    pub fn workload_of<'a>(&'a self, component: &'a str) -> &'a str {
+        self.components.get(component).map(String::as_str).unwrap_or(component)
+    }
 }
 
 pub const K8S_SETTINGS_FILE: &str = "k8s/settings.toml";
@@ -406,5 +466,7 @@ pub fn load_cluster(project: &Project, namespace: Option<&str>, name: Option<&st
             .unwrap_or_else(|| format!("airflow-python-{python}-{kubernetes_version}").replace('.', "-")),
         namespace: namespace.map(String::from).or(c.namespace).unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
         kubernetes_version,
+        components: file.components,
+        tasks: file.tasks,
     })
 }

@@ -12,7 +12,7 @@ use crate::cli::{DagsArgs, DagsCommand, DagsCheckArgs};
 use crate::config::Project;
 use crate::ui;
 
-const CHECK_SCRIPT: &str = include_str!("airflow/dag_check.py");
+pub const CHECK_SCRIPT: &str = include_str!("airflow/dag_check.py");
 pub const EXCEPTIONS_FILE: &str = "files/dags_check_exceptions.txt";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -41,7 +41,7 @@ pub fn run(project: &Project, args: &DagsArgs) -> Result<()> {
 }
 
 /// Paths (relative to files/dags) listed in the exceptions file.
-fn exceptions(project: &Project) -> Vec<String> {
+pub fn exceptions(project: &Project) -> Vec<String> {
     std::fs::read_to_string(project.root.join(EXCEPTIONS_FILE))
         .unwrap_or_default()
         .lines()
@@ -100,7 +100,7 @@ pub fn check(project: &Project, a: &DagsCheckArgs) -> Result<Vec<FileResult>> {
     Ok(results)
 }
 
-fn print_result(r: &FileResult) {
+pub fn print_result(r: &FileResult) {
     match r.status.as_str() {
         "ok" => println!("  OK     {:<40} {:<32} {}", r.file, r.dags.join(", "), ui::secs(r.seconds)),
         "skipped" => println!("  SKIP   {:<40} listed in {EXCEPTIONS_FILE}", r.file),

@@ -59,6 +59,32 @@ impl Steps {
 }
 
 pub fn run(project: &Project, args: &K8sUpArgs) -> Result<()> {
+    let report = up(project, args)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    if !report.changed {
+        println!("nothing changed: no image rebuilt, nothing shipped, every object already as in k8s/");
+    }
+    let ns = &report.namespace;
+    if args.cluster.kubeconfig.is_none() {
+        println!("Airflow UI and API: http://127.0.0.1:8080 (kind maps the api-server's nodePort 30080)");
+    } else {
+        println!("Airflow UI and API: kubectl -n {ns} port-forward svc/airflow-api-server 8080:8080, then http://127.0.0.1:8080");
+    }
+    println!("login: admin; password: kubectl -n {ns} get secret airflow-admin -o jsonpath='{{.data.password}}' | base64 -d");
+    println!(
+        "took {} ({})",
+        ui::secs(report.steps.iter().map(|(_, s)| s).sum()),
+        report.steps.iter().map(|(n, s)| format!("{n} {}", ui::secs(*s))).collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}
+
+/// Everything k8s-up does, reporting progress lines unless `args.json`; the report is also
+/// written to target/xtask/k8s-up.json.
+pub fn up(project: &Project, args: &K8sUpArgs) -> Result<UpReport> {
     let human = !args.json;
     let (target, settings) = Target::from_args(project, &args.cluster)?;
     let mut steps = Steps { human, times: Vec::new(), started: Instant::now() };
@@ -210,23 +236,5 @@ pub fn run(project: &Project, args: &K8sUpArgs) -> Result<()> {
         || report.apply.changed();
     report.steps = steps.times.clone();
     crate::report::write_json(&project.work_dir().join(REPORT_FILE), &report)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
-    }
-    if !report.changed {
-        println!("nothing changed: no image rebuilt, nothing shipped, every object already as in k8s/");
-    }
-    let ns = &settings.namespace;
-    match &target {
-        Target::Kind { .. } => println!("Airflow UI and API: http://127.0.0.1:8080 (kind maps the api-server's nodePort 30080)"),
-        Target::Existing { .. } => println!("Airflow UI and API: kubectl -n {ns} port-forward svc/airflow-api-server 8080:8080, then http://127.0.0.1:8080"),
-    }
-    println!("login: admin; password: kubectl -n {ns} get secret airflow-admin -o jsonpath='{{.data.password}}' | base64 -d");
-    println!(
-        "took {} ({})",
-        ui::secs(report.steps.iter().map(|(_, s)| s).sum()),
-        report.steps.iter().map(|(n, s)| format!("{n} {}", ui::secs(*s))).collect::<Vec<_>>().join(", ")
-    );
-    Ok(())
+    Ok(report)
 }

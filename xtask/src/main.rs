@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod config;
 mod dags;
+mod day2;
 mod deploy;
 mod fsutil;
 mod encoding;
@@ -67,7 +68,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::K8sDown(args) => k8s_down::run(&project, args),
         Command::Status(args) => status::run(&project, args),
         Command::Bench(args) => bench::run(&project, args),
+        Command::Exec(args) => exit_with(day2::exec::run(&project, args)?),
+        Command::Run(args) => exit_with(day2::run::run(&project, args)?),
+        Command::Logs(args) => day2::logs::run(&project, args),
+        Command::Doctor(args) => day2::doctor::run(&project, args),
+        Command::Watch(args) => day2::watch::run(&project, args),
     }
+}
+
+/// A remote command's exit code becomes ours.
+fn exit_with(code: i32) -> anyhow::Result<()> {
+    if code == 0 { Ok(()) } else { Err(Reported(code.clamp(1, 255) as u8).into()) }
 }
 
 fn init_tracing(verbose: u8) {

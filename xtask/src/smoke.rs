@@ -14,7 +14,7 @@ use crate::config::Project;
 use crate::deploy::manifests;
 use crate::report::{self, Case, Suite};
 
-mod cluster;
+pub mod cluster;
 use crate::ui;
 
 const LOCAL_SCRIPT: &str = include_str!("airflow/smoke_local.py");

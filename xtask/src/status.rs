@@ -69,7 +69,7 @@ pub fn run(project: &Project, args: &StatusArgs) -> Result<()> {
     Ok(())
 }
 
-fn node_has(node: &Node, image: &BuiltImage) -> bool {
+pub fn node_has(node: &Node, image: &BuiltImage) -> bool {
     let digest = format!("@{}", image.manifest.digest);
     node.status.iter().flat_map(|s| s.images.iter().flatten()).flat_map(|i| i.names.iter().flatten()).any(|n| n.ends_with(&digest))
 }

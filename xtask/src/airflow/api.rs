@@ -108,6 +108,28 @@ impl ApiClient {
             .collect())
     }
 
+    /// The DAG's details (file_token, last_parsed_time, ...); None until it is stored.
+    pub fn dag_details(&self, dag_id: &str) -> Result<Option<Value>> {
+        match self.call("GET", &format!("/dags/{}/details", encode(dag_id)), None)? {
+            (404, _) => Ok(None),
+            (s, v) if (200..300).contains(&s) => Ok(Some(v)),
+            (s, v) => bail!("GET dag details {dag_id} answered {s}: {v}"),
+        }
+    }
+
+    /// The newest run of the DAG, if any.
+    pub fn latest_run(&self, dag_id: &str) -> Result<Option<String>> {
+        let v = self.ok("GET", &format!("/dags/{}/dagRuns?order_by=-run_after&limit=1", encode(dag_id)), None)?;
+        Ok(v["dag_runs"].as_array().and_then(|r| r.first()).and_then(|r| r["dag_run_id"].as_str()).map(String::from))
+    }
+
+    /// Asks the DAG processor to parse the DAG's file again now (instead of at its next
+    /// interval). `file_token` comes from the DAG's details.
+    pub fn reparse(&self, file_token: &str) -> Result<()> {
+        self.ok("PUT", &format!("/parseDagFile/{}", encode(file_token)), None)?;
+        Ok(())
+    }
+
     pub fn unpause(&self, dag_id: &str) -> Result<()> {
         self.ok("PATCH", &format!("/dags/{}", encode(dag_id)), Some(json!({"is_paused": false})))?;
         Ok(())

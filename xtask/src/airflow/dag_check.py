@@ -6,7 +6,12 @@ Variables, connections and os.getenv are answered by stand-ins, so a DAG that re
 at parse time does not fail for want of a database or a secret.
 
 Input (environment): XTASK_DAGS_DIR, XTASK_SKIP (JSON list of paths relative to it),
-XTASK_TIMEOUT (seconds per file).
+XTASK_TIMEOUT (seconds per file), XTASK_INCLUDE_DIR (the include tree, for --serve).
+
+With --serve (for `cargo xtask watch`) it imports Airflow once, prints {"ready": true},
+then reads one JSON list of paths (relative to the DAGs folder) per line on stdin and
+answers with one result line per path and {"done": true}; the include tree's modules are
+imported afresh for every request.
 """
 
 import json
@@ -15,6 +20,7 @@ import sys
 import time
 
 DAGS = os.environ.get("XTASK_DAGS_DIR", "/opt/airflow/dags")
+INCLUDE = os.environ.get("XTASK_INCLUDE_DIR", "/opt/airflow/include")
 SKIP = set(json.loads(os.environ.get("XTASK_SKIP", "[]")))
 os.environ["AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT"] = os.environ.get("XTASK_TIMEOUT", "30")
 os.environ["AIRFLOW__CORE__DAGBAG_IMPORT_ERROR_TRACEBACK_DEPTH"] = "3"
@@ -72,7 +78,7 @@ def _files():
     return sorted(p for p in paths if "__pycache__" not in p)
 
 
-def main():
+def _dagbag_class():
     import logging
 
     logging.disable(logging.WARNING)
@@ -81,32 +87,69 @@ def main():
     except ImportError:
         from airflow.models.dagbag import DagBag
     _install_stand_ins()
+    return DagBag
+
+
+def _emit(obj):
+    print("@@xtask " + json.dumps(obj), flush=True)
+
+
+def _check(DagBag, path):
+    """The result of parsing one file, as the JSON object the caller reads."""
+    rel = os.path.relpath(path, DAGS)
+    if rel in SKIP:
+        return {"file": rel, "status": "skipped", "dags": [], "seconds": 0.0, "error": None}
+    if not os.path.exists(path):
+        return {"file": rel, "status": "removed", "dags": [], "seconds": 0.0, "error": None}
+    started = time.monotonic()
+    if "include_examples" in DagBag.__init__.__code__.co_varnames:
+        bag = DagBag(dag_folder=path, include_examples=False)
+    else:
+        bag = DagBag(dag_folder=path)
+    seconds = time.monotonic() - started
+    errors = getattr(bag, "import_errors", {}) or {}
+    error = "\n".join(str(e) for e in errors.values()) or None
+    return {
+        "file": rel,
+        "status": "error" if error else "ok",
+        "dags": sorted(bag.dag_ids) if not error else [],
+        "seconds": round(seconds, 3),
+        "error": error,
+    }
+
+
+def _forget_include_modules():
+    root = os.path.realpath(INCLUDE) + os.sep
+    for name, module in list(sys.modules.items()):
+        origin = getattr(module, "__file__", None) or ""
+        if origin and os.path.realpath(origin).startswith(root):
+            del sys.modules[name]
+
+
+def serve():
+    DagBag = _dagbag_class()
+    _emit({"ready": True})
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        _forget_include_modules()
+        for rel in json.loads(line):
+            _emit(_check(DagBag, os.path.join(DAGS, rel)))
+        _emit({"done": True})
+    return 0
+
+
+def main():
+    if "--serve" in sys.argv[1:]:
+        return serve()
+    DagBag = _dagbag_class()
     failed = 0
     for path in _files():
-        rel = os.path.relpath(path, DAGS)
-        if rel in SKIP:
-            print("@@xtask " + json.dumps({"file": rel, "status": "skipped", "dags": [], "seconds": 0.0, "error": None}), flush=True)
-            continue
-        started = time.monotonic()
-        bag = DagBag(dag_folder=path, include_examples=False) if "include_examples" in DagBag.__init__.__code__.co_varnames else DagBag(dag_folder=path)
-        seconds = time.monotonic() - started
-        errors = getattr(bag, "import_errors", {}) or {}
-        error = "\n".join(str(e) for e in errors.values()) or None
-        if error:
+        result = _check(DagBag, path)
+        if result["status"] == "error":
             failed += 1
-        print(
-            "@@xtask "
-            + json.dumps(
-                {
-                    "file": rel,
-                    "status": "error" if error else "ok",
-                    "dags": sorted(bag.dag_ids) if not error else [],
-                    "seconds": round(seconds, 3),
-                    "error": error,
-                }
-            ),
-            flush=True,
-        )
+        _emit(result)
     return 1 if failed else 0
 
 

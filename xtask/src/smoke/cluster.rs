@@ -19,7 +19,7 @@ use crate::Reported;
 use crate::airflow::api::ApiClient;
 use crate::cli::SmokeArgs;
 use crate::cluster::portforward::PortForward;
-use crate::cluster::{self, Target};
+use crate::cluster::{self, Cluster, Target};
 use crate::config::Project;
 use crate::deploy::diagnose;
 use crate::report;
@@ -81,20 +81,11 @@ struct Summary<'a> {
     failed: usize,
 }
 
-pub fn run(project: &Project, args: &SmokeArgs) -> Result<()> {
-    let human = !args.json;
-    let say = |s: &str| {
-        if human {
-            println!("{s}");
-        }
-    };
-    let (target, settings) = Target::from_args(project, &args.cluster)?;
-    let dags = smoke_dags(project, &args.dag)?;
-    let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
+/// Airflow's REST API on the cluster: a port-forward to a ready api-server pod, logged in
+/// with the credentials k8s-up generated. Keep the PortForward alive while using the client.
+pub fn api_session(cluster: &Cluster) -> Result<(PortForward, ApiClient, String)> {
     let ns = cluster.namespace.clone();
     let client = cluster.client.clone();
-
-    // 1. The API through a port-forward, with the credentials k8s-up generated.
     let (user, password, pod) = cluster::block_on(async {
         let secret = Api::<Secret>::namespaced(client.clone(), &ns).get_opt("airflow-admin").await?;
         let secret = secret.ok_or_else(|| anyhow!("no Secret airflow-admin in namespace {ns}: run `cargo xtask k8s-up` first"))?;
@@ -113,6 +104,24 @@ pub fn run(project: &Project, args: &SmokeArgs) -> Result<()> {
     })??;
     let pf = cluster::block_on(PortForward::start(&client, &ns, &pod, 8080))??;
     let api = ApiClient::login(&pf.base_url(), &user, &password)?;
+    Ok((pf, api, pod))
+}
+
+pub fn run(project: &Project, args: &SmokeArgs) -> Result<()> {
+    let human = !args.json;
+    let say = |s: &str| {
+        if human {
+            println!("{s}");
+        }
+    };
+    let (target, settings) = Target::from_args(project, &args.cluster)?;
+    let dags = smoke_dags(project, &args.dag)?;
+    let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
+    let ns = cluster.namespace.clone();
+    let client = cluster.client.clone();
+
+    // 1. The API through a port-forward, with the credentials k8s-up generated.
+    let (pf, api, pod) = api_session(&cluster)?;
     say(&format!("smoke      {} DAG(s) in namespace {ns} through api-server pod {pod}", dags.len()));
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout);

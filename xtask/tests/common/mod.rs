@@ -62,7 +62,7 @@ pub fn busybox_base() -> &'static Path {
             fs::create_dir_all(rootfs.join(d)).unwrap();
         }
         fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static is installed at /bin/busybox");
-        for applet in ["sh", "cat", "ls", "stat", "find", "readlink", "id"] {
+        for applet in ["sh", "cat", "ls", "stat", "find", "readlink", "id", "sleep", "env", "echo", "tar", "rm", "true", "pwd"] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
         }
         sh(Command::new("chown").args(["-R", "50000:0"]).arg(rootfs.join("opt/airflow")));

@@ -1,0 +1,289 @@
+//! `cargo xtask doctor`: the chain from tools to DAGs, checked in order; it stops at the
+//! first broken link and says how to fix it.
+
+use anyhow::Result;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use kube::api::{Api, PostParams};
+use serde::Serialize;
+
+use crate::Reported;
+use crate::cli::DoctorArgs;
+use crate::cluster::{self, Cluster, Target};
+use crate::config::Project;
+
+#[derive(Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+    /// How to repair it, when broken.
+    pub fix: Option<String>,
+}
+
+fn ok(name: &'static str, detail: impl Into<String>) -> Check {
+    Check { name, ok: true, detail: detail.into(), fix: None }
+}
+
+fn broken(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check { name, ok: false, detail: detail.into(), fix: Some(fix.into()) }
+}
+
+/// What the scheduler's service account must be allowed on pods for the
+/// KubernetesExecutor to launch, follow and clean up worker pods.
+pub const SCHEDULER_POD_VERBS: [&str; 6] = ["create", "get", "list", "watch", "patch", "delete"];
+
+/// The verbs on `resource` in `namespace` that `user` may not use (SubjectAccessReview).
+pub async fn denied_for(cluster: &Cluster, user: &str, resource: &str, subresource: Option<&str>, verbs: &[&str]) -> Result<Vec<String>> {
+    let api: Api<SubjectAccessReview> = Api::all(cluster.client.clone());
+    let mut denied = Vec::new();
+    for verb in verbs {
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(user.to_string()),
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(cluster.namespace.clone()),
+                    verb: Some(verb.to_string()),
+                    resource: Some(resource.to_string()),
+                    subresource: subresource.map(String::from),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let answer = api.create(&PostParams::default(), &review).await.map_err(|e| cluster.explain(e, "create", "subjectaccessreviews"))?;
+        if !answer.status.is_some_and(|s| s.allowed) {
+            denied.push(verb.to_string());
+        }
+    }
+    Ok(denied)
+}
+
+/// The verbs on `resource` that our own credentials may not use (SelfSubjectAccessReview).
+pub async fn self_denied(cluster: &Cluster, resource: &str, subresource: Option<&str>, verbs: &[&str]) -> Result<Vec<String>> {
+    let api: Api<SelfSubjectAccessReview> = Api::all(cluster.client.clone());
+    let mut denied = Vec::new();
+    for verb in verbs {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(cluster.namespace.clone()),
+                    verb: Some(verb.to_string()),
+                    resource: Some(resource.to_string()),
+                    subresource: subresource.map(String::from),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let answer = api.create(&PostParams::default(), &review).await.map_err(|e| cluster.explain(e, "create", "selfsubjectaccessreviews"))?;
+        if !answer.status.is_some_and(|s| s.allowed) {
+            denied.push(verb.to_string());
+        }
+    }
+    Ok(denied)
+}
+
+/// Runs the checks in order, calling `report` on each, and stops at the first broken one.
+fn checks(project: &Project, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) -> Result<bool> {
+    let mut push = |c: Check| -> bool {
+        report(&c);
+        c.ok
+    };
+    let (target, settings) = Target::from_args(project, &args.cluster)?;
+
+    // 1. Tools.
+    match &target {
+        Target::Kind { .. } => {
+            let docker = cluster::block_on(crate::oci::docker::connect())?;
+            let kind = crate::process::find("kind");
+            let c = match (docker, kind) {
+                (Err(e), _) => broken("tools", format!("Docker engine: {e}"), "start it (`sudo systemctl start docker`, or `dockerd &`)"),
+                (Ok(_), None) => broken("tools", "kind is not on PATH", "go install sigs.k8s.io/kind@v0.31.0 (or run .ci/setup)"),
+                (Ok((_, version)), Some(k)) => ok("tools", format!("Docker engine {version}, kind at {}", k.display())),
+            };
+            if !push(c) {
+                return Ok(false);
+            }
+        }
+        Target::Existing { kubeconfig, .. } => {
+            if !push(ok("tools", format!("none needed for a cluster by kubeconfig ({})", kubeconfig.display()))) {
+                return Ok(false);
+            }
+        }
+    }
+
+    // 2. The cluster answers.
+    let cluster = match cluster::block_on(cluster::connect(&target, &settings.namespace))? {
+        Ok(c) => c,
+        Err(e) => {
+            push(broken("cluster", e.to_string(), "bring it up with `cargo xtask k8s-up` (kind) or check --kubeconfig/--context"));
+            return Ok(false);
+        }
+    };
+    let version = cluster::block_on(cluster.version())??;
+    push(ok("cluster", format!("{} at {} (Kubernetes {version})", target.describe(), cluster.url)));
+
+    // 3. The namespace.
+    if let Err(e) = cluster::block_on(super::check_namespace(&cluster))? {
+        push(broken("namespace", e.to_string(), "`cargo xtask k8s-up` creates it and deploys Airflow into it"));
+        return Ok(false);
+    }
+    push(ok("namespace", cluster.namespace.clone()));
+
+    // 4. RBAC: the scheduler's service account on pods, and ours for what xtask does.
+    let rbac = cluster::block_on(async {
+        let scheduler = Api::<Deployment>::namespaced(cluster.client.clone(), &cluster.namespace)
+            .get_opt(settings.workload_of("scheduler"))
+            .await
+            .ok()
+            .flatten();
+        let sa = scheduler
+            .and_then(|d| d.spec)
+            .and_then(|s| s.template.spec)
+            .and_then(|s| s.service_account_name)
+            .unwrap_or_else(|| "airflow-scheduler".into());
+        let user = format!("system:serviceaccount:{}:{sa}", cluster.namespace);
+        let mut problems = Vec::new();
+        let pods = denied_for(&cluster, &user, "pods", None, &SCHEDULER_POD_VERBS).await?;
+        if !pods.is_empty() {
+            problems.push(format!("service account {sa} may not {} pods", pods.join("/")));
+        }
+        let logs = denied_for(&cluster, &user, "pods", Some("log"), &["get"]).await?;
+        if !logs.is_empty() {
+            problems.push(format!("service account {sa} may not get pods/log"));
+        }
+        let mine = self_denied(&cluster, "pods", Some("exec"), &["create"]).await?;
+        if !mine.is_empty() {
+            problems.push("your credentials may not create pods/exec (xtask exec, run, watch)".into());
+        }
+        Ok::<_, anyhow::Error>((sa, problems))
+    })?;
+    let c = match rbac {
+        Ok((sa, problems)) if problems.is_empty() => {
+            ok("rbac", format!("{sa} may {} pods and get pods/log; you may exec", SCHEDULER_POD_VERBS.join("/")))
+        }
+        Ok((sa, problems)) => broken(
+            "rbac",
+            problems.join("; "),
+            format!(
+                "apply k8s/airflow/rbac.yaml (`cargo xtask k8s-up`); confirm with `kubectl auth can-i create pods -n {} --as system:serviceaccount:{}:{sa}`",
+                cluster.namespace, cluster.namespace
+            ),
+        ),
+        Err(e) => broken("rbac", e.to_string(), "access reviews need `create subjectaccessreviews`; ask for it or check RBAC by hand with `kubectl auth can-i`"),
+    };
+    if !push(c) {
+        return Ok(false);
+    }
+
+    // 5-7. Images on the nodes, components, worker pods.
+    let built = crate::images::last_built(project).unwrap_or_default();
+    let status = cluster::block_on(crate::status::collect(&cluster, &built))??;
+    let stale: Vec<String> = status
+        .nodes
+        .iter()
+        .flat_map(|n| n.images.iter().filter(|(_, has)| !has).map(move |(img, _)| format!("{} lacks {img} as last built", n.name)))
+        .collect();
+    let c = if built.is_empty() {
+        ok("images", "nothing built yet on this machine; not compared")
+    } else if stale.is_empty() {
+        ok("images", format!("every node has {}", built.iter().map(|b| b.name.as_str()).collect::<Vec<_>>().join(", ")))
+    } else if status.nodes.iter().any(|n| n.images.iter().any(|(_, has)| *has)) || !status.components.is_empty() {
+        broken("images", stale.join("; "), "ship the last build with `cargo xtask k8s-up` (it sends only the missing layers)")
+    } else {
+        broken("images", stale.join("; "), "`cargo xtask k8s-up` builds, ships and deploys")
+    };
+    if !push(c) {
+        return Ok(false);
+    }
+    let unhealthy: Vec<String> = status
+        .components
+        .iter()
+        .filter(|c| c.ready < c.desired || c.stale)
+        .map(|c| format!("{} {}/{} ready{}", c.name, c.ready, c.desired, if c.stale { ", runs an older image" } else { "" }))
+        .collect();
+    let component_pods: Vec<String> = status
+        .failing_pods
+        .iter()
+        .filter(|p| !p.name.contains("-worker-") && status.components.iter().any(|c| p.name.starts_with(&c.name)))
+        .map(|p| p.explain(&cluster.namespace))
+        .collect();
+    let c = if status.components.is_empty() {
+        broken("components", format!("no Airflow components in namespace {}", cluster.namespace), "`cargo xtask k8s-up`")
+    } else if unhealthy.is_empty() {
+        ok("components", format!("{} ready", status.components.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")))
+    } else {
+        let mut detail = unhealthy.join("; ");
+        for p in component_pods {
+            detail.push_str(&format!("\n  {}", p.replace('\n', "\n  ")));
+        }
+        broken("components", detail, "the fix above, then `cargo xtask k8s-up`; `cargo xtask logs COMPONENT` shows a component's log")
+    };
+    if !push(c) {
+        return Ok(false);
+    }
+    let failing_workers: Vec<String> = status
+        .failing_pods
+        .iter()
+        .filter(|p| p.phase == "Failed" || p.reason.is_some())
+        .filter(|p| !status.components.iter().any(|c| p.name.starts_with(&c.name)))
+        .map(|p| p.explain(&cluster.namespace))
+        .collect();
+    let c = if failing_workers.is_empty() {
+        ok("workers", "no failing worker pods")
+    } else {
+        broken(
+            "workers",
+            format!("{} failing worker pod(s):\n  {}", failing_workers.len(), failing_workers.join("\n  ").replace("\n    ", "\n      ")),
+            "each pod's fix is above; `cargo xtask logs DAG_ID.TASK_ID` shows a task's log (failed worker pods are kept for this)",
+        )
+    };
+    if !push(c) {
+        return Ok(false);
+    }
+
+    // 8. DAG import errors, from the API.
+    let c = match crate::smoke::cluster::api_session(&cluster) {
+        Err(e) => broken("dags", format!("the Airflow API is not reachable: {e}"), "`cargo xtask logs api-server`"),
+        Ok((_pf, api, _)) => match api.import_errors() {
+            Err(e) => broken("dags", e.to_string(), "`cargo xtask logs api-server`"),
+            Ok(errors) if errors.is_empty() => ok("dags", "no import errors"),
+            Ok(errors) => broken(
+                "dags",
+                errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.filename, e.stack_trace.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")))
+                    .collect::<Vec<_>>()
+                    .join("\n  "),
+                "fix the files, check them with `cargo xtask dags check`, ship with `cargo xtask k8s-up` (or keep `cargo xtask watch` running)",
+            ),
+        },
+    };
+    Ok(push(c))
+}
+
+pub fn run(project: &Project, args: &DoctorArgs) -> Result<()> {
+    let mut all = Vec::new();
+    let human = !args.json;
+    let healthy = checks(project, args, &mut |c: &Check| {
+        if human {
+            let mark = if c.ok { "ok  " } else { "FAIL" };
+            println!("{mark} {:<11} {}", c.name, c.detail.replace('\n', "\n                 "));
+            if let Some(fix) = &c.fix {
+                println!("     {:<11} fix: {fix}", "");
+            }
+        }
+        all.push(serde_json::json!({"check": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix}));
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"healthy": healthy, "checks": all}))?);
+    } else if healthy {
+        println!("everything checks out");
+    }
+    if healthy { Ok(()) } else { Err(Reported(1).into()) }
+}

@@ -1,0 +1,140 @@
+//! `cargo xtask run TASK`: a named task from k8s/settings.toml on the first of its
+//! executors that is available (or the one `-x` asks for), saying which it used and why
+//! the others were passed over.
+
+use std::io::IsTerminal;
+
+use anyhow::{Result, anyhow, bail};
+
+use crate::airflow::container;
+use crate::cli::RunArgs;
+use crate::cluster::{self, Cluster, Target};
+use crate::config::{ClusterSettings, Executor, Project, TaskDef};
+use crate::day2::exec::{ExecRequest, exec_streaming};
+
+/// An executor that can run the task now, with what it runs on.
+enum Ready {
+    Local,
+    Container { image: String },
+    Kubernetes { cluster: Cluster, pod: String, container: String },
+}
+
+impl Ready {
+    fn describe(&self) -> String {
+        match self {
+            Ready::Local => "on this machine".into(),
+            Ready::Container { image } => format!("in a container of {image} (Docker engine)"),
+            Ready::Kubernetes { cluster, pod, container } => format!("in pod {}/{pod} (container {container})", cluster.namespace),
+        }
+    }
+}
+
+/// Whether `executor` can run `task` now; the error says why not.
+fn availability(project: &Project, target: &Target, settings: &ClusterSettings, task: &TaskDef, executor: Executor) -> Result<Ready> {
+    match executor {
+        Executor::Local => {
+            let missing: Vec<&String> = task.requires.iter().filter(|p| crate::process::find(p).is_none()).collect();
+            if missing.is_empty() {
+                Ok(Ready::Local)
+            } else {
+                bail!("not on PATH: {}", missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
+            }
+        }
+        Executor::Container => {
+            cluster::block_on(crate::oci::docker::connect())??;
+            let runner = crate::airflow::runner::for_project(project, false, None, "airflow-worker", false)?;
+            match runner {
+                crate::airflow::runner::Runner::Image(image) => Ok(Ready::Container { image }),
+                crate::airflow::runner::Runner::Venv { .. } => Err(anyhow!("no worker image")),
+            }
+        }
+        Executor::Kubernetes => cluster::block_on(async {
+            let cluster = cluster::connect(target, &settings.namespace).await?;
+            super::check_namespace(&cluster).await?;
+            let pod = super::ready_pod(&cluster, settings, &task.component).await?;
+            let container = super::pick_container(&pod, None)
+                .or_else(|_| pod.spec.as_ref().and_then(|s| s.containers.first()).map(|c| c.name.clone()).ok_or_else(|| anyhow!("pod without containers")))?;
+            let pod = pod.metadata.name.clone().unwrap_or_default();
+            Ok(Ready::Kubernetes { cluster, pod, container })
+        })?,
+    }
+}
+
+fn execute(project: &Project, task: &TaskDef, ready: Ready) -> Result<i32> {
+    let tty = task.interactive && std::io::stdin().is_terminal();
+    let argv = vec!["sh".to_string(), "-c".to_string(), task.script.clone()];
+    match ready {
+        Ready::Local => {
+            let status = std::process::Command::new(&argv[0]).args(&argv[1..]).current_dir(&project.root).status()?;
+            Ok(status.code().unwrap_or(1))
+        }
+        Ready::Container { image } => {
+            let spec = container::Spec { image, cmd: argv, env: vec![], binds: vec![], tty, auto_remove: false };
+            Ok(cluster::block_on(container::run_with_stdio(&spec, task.interactive))?? as i32)
+        }
+        Ready::Kubernetes { cluster, pod, container } => {
+            let req = ExecRequest { command: argv, container, stdin: task.interactive, tty, workdir: None, env: vec![] };
+            cluster::block_on(exec_streaming(&cluster, &pod, &req))?
+        }
+    }
+}
+
+fn list(project: &Project, target: &Target, settings: &ClusterSettings) -> Result<()> {
+    if settings.tasks.is_empty() {
+        println!("no tasks: add [tasks.NAME] sections to k8s/settings.toml");
+        return Ok(());
+    }
+    for (name, task) in &settings.tasks {
+        println!("{name:<16} {}", task.description);
+        for x in &task.executors {
+            let state = match availability(project, target, settings, task, *x) {
+                Ok(r) => format!("available, {}", r.describe()),
+                Err(e) => format!("unavailable: {}", first_line(&e)),
+            };
+            println!("  {:<12} {state}", x.to_string());
+        }
+    }
+    Ok(())
+}
+
+fn first_line(e: &anyhow::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
+pub fn run(project: &Project, args: &RunArgs) -> Result<i32> {
+    let (target, settings) = Target::from_args(project, &args.cluster)?;
+    if args.list {
+        list(project, &target, &settings)?;
+        return Ok(0);
+    }
+    let name = args.task.as_deref().unwrap_or_default();
+    let task = settings.tasks.get(name).ok_or_else(|| {
+        let names: Vec<&String> = settings.tasks.keys().collect();
+        anyhow!(
+            "no task `{name}` in k8s/settings.toml; the tasks are: {} (see `cargo xtask run --list`)",
+            if names.is_empty() { "none".into() } else { names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ") }
+        )
+    })?;
+    let order = match args.executor {
+        Some(x) if !task.executors.contains(&x) => bail!(
+            "task {name} does not run on `{x}`; k8s/settings.toml allows: {} (add `{x}` to its executors to allow it)",
+            task.executors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")
+        ),
+        Some(x) => vec![x],
+        None => task.executors.clone(),
+    };
+    let mut passed_over = Vec::new();
+    for x in order {
+        match availability(project, &target, &settings, task, x) {
+            Ok(ready) => {
+                eprintln!("run {name}: executor {x}, {}", ready.describe());
+                return execute(project, task, ready);
+            }
+            Err(e) => {
+                eprintln!("run {name}: executor {x} is unavailable: {}", first_line(&e));
+                passed_over.push(format!("  {x}: {e}"));
+            }
+        }
+    }
+    bail!("no executor can run task {name}:\n{}", passed_over.join("\n"))
+}

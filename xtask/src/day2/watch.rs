@@ -1,0 +1,447 @@
+//! `cargo xtask watch`: on every (debounced) change under files/dags or files/include,
+//! check the changed DAGs with a long-lived Airflow parser, then rebuild only the changed
+//! layer, ship it, and roll the components and the pod template to the new digest
+//! (k8s-up without the waits). The changed files are also copied into the running DAG
+//! processor and a reparse is requested through the API, so the new version is parsed
+//! in seconds instead of after the roll; the time from save to "parsed in the cluster" is
+//! printed for each change. A DAG that fails the check is reported and not shipped.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+use crate::airflow::{container, runner};
+use crate::cli::{K8sUpArgs, WatchArgs};
+use crate::cluster::{self, Cluster, Target};
+use crate::config::{self, ImageOverrides, Project};
+use crate::dags::{self, FileResult};
+use crate::ui;
+
+/// Where the DAG and include trees sit in the worker image.
+const DAGS_IN_IMAGE: &str = "/opt/airflow/dags";
+const INCLUDE_IN_IMAGE: &str = "/opt/airflow/include";
+
+/// A file's identity for change detection: modification time and size.
+type Snapshot = BTreeMap<PathBuf, (SystemTime, u64)>;
+
+fn scan(root: &Path, dir: &str, out: &mut Snapshot) {
+    fn walk(base: &Path, p: &Path, out: &mut Snapshot) {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            let path = e.path();
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name == "__pycache__" || name.ends_with(".pyc") || name.starts_with(".#") || name.ends_with('~') || name.ends_with(".swp") {
+                continue;
+            }
+            let Ok(md) = e.metadata() else { continue };
+            if md.is_dir() {
+                walk(base, &path, out);
+            } else if let Ok(rel) = path.strip_prefix(base) {
+                out.insert(rel.to_path_buf(), (md.modified().unwrap_or(SystemTime::UNIX_EPOCH), md.len()));
+            }
+        }
+    }
+    walk(root, &root.join(dir), out);
+}
+
+fn snapshot(root: &Path) -> Snapshot {
+    let mut s = Snapshot::new();
+    scan(root, "files/dags", &mut s);
+    scan(root, "files/include", &mut s);
+    s
+}
+
+/// Paths (relative to the repository) that were added, changed or removed.
+fn diff(old: &Snapshot, new: &Snapshot) -> Vec<PathBuf> {
+    let mut changed: Vec<PathBuf> = new.iter().filter(|(p, v)| old.get(*p) != Some(*v)).map(|(p, _)| p.clone()).collect();
+    changed.extend(old.keys().filter(|p| !new.contains_key(*p)).cloned());
+    changed.sort();
+    changed
+}
+
+/// A long-lived `dag_check.py --serve`: Airflow is imported once, each check parses only
+/// the files asked for.
+enum Checker {
+    Container { attached: container::Attached, pending: String },
+    Local { child: Child, stdin: ChildStdin, stdout: BufReader<ChildStdout> },
+}
+
+impl Checker {
+    fn start(project: &Project, mode: &str) -> Result<Checker> {
+        let skip = serde_json::to_string(&dags::exceptions(project))?;
+        let dags_dir = project.root.join("files/dags");
+        let include_dir = project.root.join("files/include");
+        let mut checker = match mode {
+            "local" => {
+                let python = runner::ensure_venv(project, &project.work_dir().join("venv"), true)?;
+                let mut child = Command::new(python)
+                    .args(["-c", dags::CHECK_SCRIPT, "--serve"])
+                    .env("XTASK_DAGS_DIR", &dags_dir)
+                    .env("XTASK_INCLUDE_DIR", &include_dir)
+                    .env("AIRFLOW__CORE__DAGS_FOLDER", &dags_dir)
+                    .env("PYTHONPATH", &include_dir)
+                    .env("XTASK_SKIP", &skip)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("cannot start the DAG checker in the virtualenv")?;
+                let stdin = child.stdin.take().expect("piped");
+                let stdout = BufReader::new(child.stdout.take().expect("piped"));
+                Checker::Local { child, stdin, stdout }
+            }
+            "image" => {
+                let runner = runner::for_project(project, false, None, "airflow-worker", false)?;
+                let runner::Runner::Image(image) = runner else { bail!("no worker image to check DAGs in") };
+                let spec = container::Spec {
+                    image,
+                    cmd: vec!["python".into(), "-c".into(), dags::CHECK_SCRIPT.into(), "--serve".into()],
+                    env: vec![format!("XTASK_SKIP={skip}")],
+                    binds: vec![
+                        format!("{}:{DAGS_IN_IMAGE}:ro", dags_dir.display()),
+                        format!("{}:{INCLUDE_IN_IMAGE}:ro", include_dir.display()),
+                    ],
+                    tty: false,
+                    auto_remove: true,
+                };
+                let attached = cluster::block_on(container::start(&spec))??;
+                Checker::Container { attached, pending: String::new() }
+            }
+            other => bail!("--check {other}: use `image` (the worker image on the Docker engine) or `local` (a virtualenv)"),
+        };
+        match checker.next_result()? {
+            Some(v) if v["ready"] == true => Ok(checker),
+            other => bail!("the DAG checker did not start (it said {other:?}); try `cargo xtask dags check` to see why"),
+        }
+    }
+
+    /// The next `@@xtask` line's JSON; None when the checker has exited.
+    fn next_result(&mut self) -> Result<Option<serde_json::Value>> {
+        loop {
+            let line = match self {
+                Checker::Local { stdout, .. } => {
+                    let mut line = String::new();
+                    if stdout.read_line(&mut line)? == 0 {
+                        return Ok(None);
+                    }
+                    line
+                }
+                Checker::Container { attached, pending } => loop {
+                    if let Some(i) = pending.find('\n') {
+                        break pending.drain(..=i).collect::<String>();
+                    }
+                    match cluster::block_on(attached.output.next())? {
+                        Some(chunk) => pending.push_str(&String::from_utf8_lossy(&chunk.context("lost the DAG checker's output")?.into_bytes())),
+                        None => return Ok(None),
+                    }
+                },
+            };
+            if let Some(json) = line.trim_end().strip_prefix(runner::RESULT_PREFIX) {
+                return Ok(Some(serde_json::from_str(json)?));
+            }
+        }
+    }
+
+    fn check(&mut self, files: &[String]) -> Result<Vec<FileResult>> {
+        let request = format!("{}\n", serde_json::to_string(files)?);
+        match self {
+            Checker::Local { stdin, .. } => {
+                stdin.write_all(request.as_bytes())?;
+                stdin.flush()?;
+            }
+            Checker::Container { attached, .. } => {
+                cluster::block_on(async {
+                    attached.input.write_all(request.as_bytes()).await?;
+                    attached.input.flush().await
+                })??;
+            }
+        }
+        let mut results = Vec::new();
+        loop {
+            match self.next_result()? {
+                None => bail!("the DAG checker exited; restart `cargo xtask watch`"),
+                Some(v) if v["done"] == true => return Ok(results),
+                Some(v) => results.push(serde_json::from_value(v)?),
+            }
+        }
+    }
+
+    fn stop(self) {
+        match self {
+            Checker::Local { mut child, stdin, .. } => {
+                drop(stdin);
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Checker::Container { attached, .. } => {
+                let _ = cluster::block_on(attached.remove());
+            }
+        }
+    }
+}
+
+/// What one change did, for `--json` (one line each) and the benchmark.
+#[derive(Serialize, Default)]
+pub struct ChangeReport {
+    pub files: Vec<String>,
+    /// ok, rejected (a DAG failed the check; nothing shipped) or failed.
+    pub outcome: String,
+    pub check_seconds: f64,
+    pub ship_seconds: f64,
+    /// From the newest changed file's modification time to the new version parsed in
+    /// the cluster (None when nothing was waited for).
+    pub save_to_parsed_seconds: Option<f64>,
+    pub image: Option<String>,
+    pub errors: Vec<String>,
+}
+
+/// Files of the change as the image holds them: (path in the image, path on disk).
+fn image_paths(project: &Project, files: &[PathBuf]) -> Result<Vec<(String, PathBuf)>> {
+    let defs = config::load_images(project, &ImageOverrides::default())?;
+    let worker = defs.iter().find(|d| d.name == "airflow-worker").or(defs.first()).ok_or_else(|| anyhow!("docker/images.toml defines no image"))?;
+    let mut out = Vec::new();
+    for f in files {
+        let s = f.to_string_lossy();
+        if let Some(layer) = worker.layers.iter().find(|l| s.starts_with(&format!("{}/", l.source.trim_end_matches('/')))) {
+            let rel = &s[layer.source.trim_end_matches('/').len() + 1..];
+            out.push((format!("/{}/{rel}", layer.target), project.root.join(f)));
+        }
+    }
+    Ok(out)
+}
+
+/// Copies changed files into a running pod (removed ones are removed there too).
+async fn sync_into(cluster: &Cluster, pod: &str, container: &str, files: &[(String, PathBuf)]) -> Result<()> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut removed = Vec::new();
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_secs();
+    for (in_image, on_disk) in files {
+        match std::fs::read(on_disk) {
+            Ok(bytes) => {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(bytes.len() as u64);
+                h.set_mode(0o644);
+                h.set_mtime(now);
+                h.set_entry_type(tar::EntryType::Regular);
+                tar.append_data(&mut h, in_image.trim_start_matches('/'), bytes.as_slice())?;
+            }
+            Err(_) => removed.push(in_image.clone()),
+        }
+    }
+    let bytes = tar.into_inner()?;
+    let argv = vec!["tar".into(), "-x".into(), "-o".into(), "-C".into(), "/".into()];
+    let (code, _, err) = super::exec::exec_capture(cluster, pod, container, argv, Some(bytes)).await?;
+    if code != 0 {
+        bail!("copying into {pod} failed: {}", String::from_utf8_lossy(&err).trim());
+    }
+    if !removed.is_empty() {
+        let mut argv = vec!["rm".to_string(), "-f".to_string()];
+        argv.extend(removed);
+        super::exec::exec_capture(cluster, pod, container, argv, None).await?;
+    }
+    Ok(())
+}
+
+/// Waits until the cluster's Airflow has parsed each DAG again (its `last_parsed_time`
+/// moves past the value it had before the request), asking for a reparse first.
+fn wait_parsed(cluster: &Cluster, dag_ids: &[String], timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let (_pf, api, _) = loop {
+        match crate::smoke::cluster::api_session(cluster) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(300)),
+        }
+    };
+    let mut before: BTreeMap<&String, Option<String>> = BTreeMap::new();
+    for id in dag_ids {
+        let details = api.dag_details(id)?;
+        let last = details.as_ref().and_then(|d| d["last_parsed_time"].as_str().map(String::from));
+        if let Some(token) = details.as_ref().and_then(|d| d["file_token"].as_str()) {
+            api.reparse(token)?;
+        }
+        before.insert(id, last);
+    }
+    loop {
+        let mut waiting = Vec::new();
+        for (id, prev) in &before {
+            let now = api.dag_details(id)?.and_then(|d| d["last_parsed_time"].as_str().map(String::from));
+            if now.is_none() || now == *prev {
+                waiting.push(id.as_str());
+            }
+        }
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("not parsed within {} s: {} (see `cargo xtask logs dag-processor`)", timeout.as_secs(), waiting.join(", "));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn handle(project: &Project, args: &WatchArgs, checker: &mut Checker, files: &[PathBuf], human: bool) -> Result<ChangeReport> {
+    let say = |s: &str| {
+        if human {
+            println!("{s}");
+        }
+    };
+    let saved = files.iter().filter_map(|f| std::fs::metadata(project.root.join(f)).ok()?.modified().ok()).max().unwrap_or_else(SystemTime::now);
+    let mut report = ChangeReport { files: files.iter().map(|f| f.display().to_string()).collect(), ..Default::default() };
+    say(&format!("change   {}", report.files.join(", ")));
+
+    // 1. Check: the changed DAG files, or every DAG when include/ changed.
+    let started = Instant::now();
+    let include_changed = files.iter().any(|f| f.starts_with("files/include"));
+    let dag_files: Vec<String> = if include_changed {
+        let mut s = Snapshot::new();
+        scan(&project.root.join("files"), "dags", &mut s);
+        s.keys().filter(|p| p.extension().is_some_and(|e| e == "py")).map(|p| p.strip_prefix("dags").unwrap_or(p).display().to_string()).collect()
+    } else {
+        files.iter().filter_map(|f| f.strip_prefix("files/dags").ok()).filter(|p| p.extension().is_some_and(|e| e == "py")).map(|p| p.display().to_string()).collect()
+    };
+    let results = checker.check(&dag_files)?;
+    report.check_seconds = started.elapsed().as_secs_f64();
+    let bad: Vec<&FileResult> = results.iter().filter(|r| r.status == "error").collect();
+    if !bad.is_empty() {
+        report.outcome = "rejected".into();
+        report.errors = bad.iter().map(|r| format!("{}: {}", r.file, r.error.as_deref().unwrap_or("").lines().last().unwrap_or(""))).collect();
+        if human {
+            println!("check    {} file(s) do not import; NOT shipped, the cluster keeps running the last good image:", bad.len());
+            for r in &bad {
+                dags::print_result(r);
+            }
+        }
+        return Ok(report);
+    }
+    let dag_ids: Vec<String> = if include_changed {
+        vec![]
+    } else {
+        results.iter().filter(|r| r.status == "ok").flat_map(|r| r.dags.iter().cloned()).collect()
+    };
+    say(&format!("check    {} file(s) OK in {}", results.len(), ui::secs(report.check_seconds)));
+
+    // 2. Build, ship, apply (the roll).
+    let started = Instant::now();
+    let up_args = K8sUpArgs {
+        cluster: args.cluster.clone(),
+        no_wait: true,
+        json: true,
+        registry: args.registry.clone(),
+        node_containerd: args.node_containerd.clone(),
+        timeout: 600,
+        ..Default::default()
+    };
+    let up = crate::k8s_up::up(project, &up_args)?;
+    report.ship_seconds = started.elapsed().as_secs_f64();
+    report.image = up.images.get("airflow-worker").cloned();
+    let sent: u64 = up.deliveries.iter().map(|d| d.bytes).sum::<u64>() + up.pushes.iter().map(|p| p.uploaded_bytes).sum::<u64>();
+    say(&format!(
+        "ship     {} ({} sent; {}) in {}",
+        report.image.clone().unwrap_or_default(),
+        crate::fsutil::human_bytes(sent),
+        up.apply.summary(),
+        ui::secs(report.ship_seconds)
+    ));
+
+    // 3. Parsed in the cluster: into the running DAG processor, then a reparse request.
+    let (target, settings) = Target::from_args(project, &args.cluster)?;
+    let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
+    let in_image = image_paths(project, files)?;
+    let synced = cluster::block_on(async {
+        let pod = super::ready_pod(&cluster, &settings, "dag-processor").await?;
+        let container = super::pick_container(&pod, None)?;
+        sync_into(&cluster, pod.metadata.name.as_deref().unwrap_or_default(), &container, &in_image).await
+    })?;
+    if let Err(e) = synced {
+        say(&format!("sync     not copied into the running DAG processor ({e}); the roll brings the change"));
+    }
+    if dag_ids.is_empty() {
+        report.outcome = "ok".into();
+        say("parsed   (include/ changed: every DAG is parsed again as the components roll)");
+        return Ok(report);
+    }
+    wait_parsed(&cluster, &dag_ids, Duration::from_secs(180))?;
+    let latency = SystemTime::now().duration_since(saved).unwrap_or_default().as_secs_f64();
+    report.save_to_parsed_seconds = Some(latency);
+    report.outcome = "ok".into();
+    say(&format!("parsed   {} in the cluster, {} after the save", dag_ids.join(", "), ui::secs(latency)));
+    Ok(report)
+}
+
+pub fn run(project: &Project, args: &WatchArgs) -> Result<()> {
+    let human = !args.json;
+    let (target, settings) = Target::from_args(project, &args.cluster)?;
+    // The cluster must be up with Airflow in it: watch ships changes, it does not deploy.
+    let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
+    cluster::block_on(super::ready_pod(&cluster, &settings, "dag-processor"))?
+        .map_err(|e| anyhow!("{e}\nwatch ships changes to a running Airflow: run `cargo xtask k8s-up` first"))?;
+    drop(cluster);
+    let started = Instant::now();
+    let mut checker = Checker::start(project, &args.check)?;
+    let mut last = snapshot(&project.root);
+    if human {
+        println!("watching files/dags and files/include (DAG checker ready in {}); Ctrl+C stops", ui::secs(started.elapsed().as_secs_f64()));
+    } else {
+        println!("{}", serde_json::json!({"event": "ready"}));
+    }
+    let debounce = Duration::from_millis(args.debounce_ms);
+    let mut handled = 0usize;
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = snapshot(&project.root);
+        if diff(&last, &now).is_empty() {
+            continue;
+        }
+        // Debounce: wait for a quiet period, so an editor's save-and-rename is one change.
+        let mut settled = now;
+        loop {
+            std::thread::sleep(debounce);
+            let again = snapshot(&project.root);
+            if again == settled {
+                break;
+            }
+            settled = again;
+        }
+        let files = diff(&last, &settled);
+        last = settled;
+        let report = match handle(project, args, &mut checker, &files, human) {
+            Ok(r) => r,
+            Err(e) => {
+                if human {
+                    println!("failed   {e:#}\n         (watch keeps going; fix the cause and save again)");
+                }
+                ChangeReport { files: files.iter().map(|f| f.display().to_string()).collect(), outcome: "failed".into(), errors: vec![format!("{e:#}")], ..Default::default() }
+            }
+        };
+        if !human {
+            println!("{}", serde_json::to_string(&serde_json::json!({"event": "change", "change": report}))?);
+        }
+        handled += 1;
+        if args.max_changes.is_some_and(|n| handled >= n) {
+            checker.stop();
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_are_added_modified_and_removed_files() {
+        let t = SystemTime::UNIX_EPOCH;
+        let old: Snapshot = [(PathBuf::from("files/dags/a.py"), (t, 1)), (PathBuf::from("files/dags/b.py"), (t, 1))].into();
+        let new: Snapshot = [(PathBuf::from("files/dags/a.py"), (t, 2)), (PathBuf::from("files/dags/c.py"), (t, 1))].into();
+        assert_eq!(diff(&old, &new), vec![PathBuf::from("files/dags/a.py"), PathBuf::from("files/dags/b.py"), PathBuf::from("files/dags/c.py")]);
+        assert!(diff(&new, &new).is_empty());
+    }
+}

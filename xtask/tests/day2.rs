@@ -1,0 +1,211 @@
+//! Day-two commands against the local test cluster (.ci/local-cluster): `exec` into real
+//! pods (exit codes, containers, namespaces, workdir and env), and `run`'s executor
+//! choice. The pods run the busybox test image, delivered into the node's containerd.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+
+/// A namespace with two Deployments of the busybox test image: `one` (one container)
+/// and `two` (containers `main` and `side`), both ready.
+async fn workloads(client: &kube::Client, repo: &Repo, prefix: &str) -> TestNamespace {
+    let report = repo.build_json(&["--load", "containerd", "--containerd-socket", CLUSTER_CONTAINERD]);
+    let image = format!("docker.io/library/airflow-worker@{}", image(&report)["manifest_digest"].as_str().unwrap());
+    let ns = TestNamespace::new(client, prefix).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let container = |name: &str| serde_json::json!({"name": name, "image": image, "imagePullPolicy": "Never", "command": ["sleep", "3600"]});
+    for (name, containers) in [("one", vec![container("main")]), ("two", vec![container("main"), container("side")])] {
+        let d: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": containers, "terminationGracePeriodSeconds": 0}
+                }
+            }
+        }))
+        .unwrap();
+        deployments.create(&PostParams::default(), &d).await.unwrap();
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    for _ in 0..120 {
+        let list = pods.list(&ListParams::default()).await.unwrap().items;
+        let ready = list
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+            .count();
+        if ready == 2 {
+            return ns;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("the test pods did not get ready in 60 s");
+}
+
+fn exec(repo: &Repo, ns: &str, args: &[&str]) -> std::process::Output {
+    let kubeconfig = test_kubeconfig();
+    let mut c = repo.xtask();
+    c.args(["exec", "--kubeconfig", kubeconfig.to_str().unwrap(), "--namespace", ns]).args(args);
+    c.output().unwrap()
+}
+
+#[tokio::test]
+async fn exec_streams_output_and_returns_the_remote_exit_code() {
+    let client = kube_client().await;
+    let repo = Repo::new();
+    let ns = workloads(&client, &repo, "xtask-exec").await;
+
+    let out = exec(&repo, &ns.name, &["one", "--", "sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "to-stdout");
+    assert!(stderr(&out).contains("to-stderr"), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("exec in {}/one-", ns.name)), "says which pod: {}", stderr(&out));
+
+    let ok = exec(&repo, &ns.name, &["one", "-q", "--", "true"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+
+    // --workdir and --env, which exec itself does not have.
+    let out = exec(&repo, &ns.name, &["one", "-q", "--workdir", "/opt/airflow", "--env", "GREETING=hi there", "--", "sh", "-c", "echo \"$GREETING in $(pwd)\""]);
+    assert_eq!(stdout(&out).trim(), "hi there in /opt/airflow", "{}", stderr(&out));
+
+    // stdin with -i.
+    let mut c = repo.xtask();
+    c.args(["exec", "--kubeconfig", test_kubeconfig().to_str().unwrap(), "--namespace", &ns.name, "-i", "-q", "one", "--", "cat"]);
+    c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"piped through\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "piped through");
+}
+
+#[tokio::test]
+async fn exec_errors_list_containers_namespaces_and_workloads() {
+    let client = kube_client().await;
+    let repo = Repo::new();
+    let ns = workloads(&client, &repo, "xtask-exec-errors").await;
+
+    let out = exec(&repo, &ns.name, &["two", "--", "true"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("has 2 containers; pick one with --container: main, side"), "{}", stderr(&out));
+
+    let out = exec(&repo, &ns.name, &["two", "--container", "sidecar", "--", "true"]);
+    assert!(stderr(&out).contains("has no container `sidecar`; its containers are: main, side"), "{}", stderr(&out));
+
+    let out = exec(&repo, &ns.name, &["two", "-q", "--container", "side", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+
+    let out = exec(&repo, &ns.name, &["nothing-here", "--", "true"]);
+    let err = stderr(&out);
+    assert!(err.contains("no Deployment or StatefulSet `nothing-here`") && err.contains("one, two"), "{err}");
+
+    let out = exec(&repo, "no-such-namespace", &["one", "--", "true"]);
+    let err = stderr(&out);
+    assert!(err.contains("namespace no-such-namespace does not exist"), "{err}");
+    assert!(err.contains("default") && err.contains(&ns.name), "lists the namespaces that exist: {err}");
+
+    // A pod that is not ready: the error lists it with its reason.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let broken: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "broken"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "broken"}},
+            "template": {"metadata": {"labels": {"app": "broken"}}, "spec": {"containers": [
+                {"name": "main", "image": "docker.io/library/not-on-the-node:1", "imagePullPolicy": "Never"}
+            ]}}
+        }
+    }))
+    .unwrap();
+    deployments.create(&PostParams::default(), &broken).await.unwrap();
+    let mut err = String::new();
+    for _ in 0..60 {
+        err = stderr(&exec(&repo, &ns.name, &["broken", "--", "true"]));
+        if err.contains("ErrImageNeverPull") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(err.contains("no ready pod of broken") && err.contains("ErrImageNeverPull"), "{err}");
+}
+
+/// A repository whose k8s/settings.toml defines tasks over the test workloads.
+fn task_repo(component: &str) -> Repo {
+    let repo = Repo::new();
+    repo.write(
+        "k8s/settings.toml",
+        &format!(
+            r#"
+[components]
+worker = "{component}"
+
+[tasks.where]
+description = "Say where it runs"
+script = "if [ -d /opt/airflow/dags ]; then echo inside; else echo on-host; fi; exit 4"
+executors = ["kubernetes", "container", "local"]
+component = "worker"
+requires = ["sh"]
+
+[tasks.host-only-tool]
+description = "Needs a program no machine has"
+script = "true"
+executors = ["local"]
+requires = ["no-such-program-xtask"]
+"#
+        ),
+    );
+    repo
+}
+
+#[tokio::test]
+async fn run_takes_the_first_available_executor_and_says_why_it_passed_others() {
+    let client = kube_client().await;
+    let repo = Repo::new();
+    let ns = workloads(&client, &repo, "xtask-run").await;
+    let tasks = task_repo("one");
+    let kubeconfig = test_kubeconfig();
+    let run = |extra: &[&str]| {
+        let mut c = tasks.xtask();
+        c.args(["run", "--namespace", &ns.name]).args(extra);
+        c.output().unwrap()
+    };
+
+    // The cluster is reachable: kubernetes, the first executor, runs it in the pod.
+    let out = run(&["--kubeconfig", kubeconfig.to_str().unwrap(), "where"]);
+    assert_eq!(out.status.code(), Some(4), "the task's exit code: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "inside");
+    assert!(stderr(&out).contains(&format!("executor kubernetes, in pod {}/one-", ns.name)), "{}", stderr(&out));
+
+    // No cluster: kubernetes is passed over with the reason, the container runs it.
+    require_docker();
+    let missing = tasks.path("missing.kubeconfig");
+    let out = run(&["--kubeconfig", missing.to_str().unwrap(), "where"]);
+    let err = stderr(&out);
+    assert!(err.contains("executor kubernetes is unavailable") && err.contains("does not exist"), "{err}");
+    assert!(err.contains("executor container, in a container of docker.io/library/airflow-worker:test"), "{err}");
+    assert_eq!(stdout(&out).trim(), "inside");
+    assert_eq!(out.status.code(), Some(4));
+
+    // Asked for local: it runs on this machine.
+    let out = run(&["--kubeconfig", missing.to_str().unwrap(), "-x", "local", "where"]);
+    assert_eq!(stdout(&out).trim(), "on-host", "{}", stderr(&out));
+    assert!(stderr(&out).contains("executor local, on this machine"));
+
+    // An executor the task does not allow, and a task with none available.
+    let out = run(&["-x", "container", "host-only-tool"]);
+    assert!(stderr(&out).contains("task host-only-tool does not run on `container`; k8s/settings.toml allows: local"), "{}", stderr(&out));
+    let out = run(&["host-only-tool"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no executor can run task host-only-tool") && stderr(&out).contains("not on PATH: no-such-program-xtask"), "{}", stderr(&out));
+    let out = run(&["nope"]);
+    assert!(stderr(&out).contains("no task `nope` in k8s/settings.toml; the tasks are: host-only-tool, where"), "{}", stderr(&out));
+}
