@@ -211,6 +211,10 @@ pub fn up(project: &Project, args: &K8sUpArgs) -> Result<UpReport> {
     }
     drop(store);
     steps.done("deliver");
+    if args.deliver_only {
+        report.steps = steps.times.clone();
+        return Ok(report);
+    }
 
     // 4. Apply k8s/, pruning what xtask applied before and k8s/ dropped.
     let objects = manifests::render(&docs, &RenderOptions { namespace: &settings.namespace, images: &report.images })?;

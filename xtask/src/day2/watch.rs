@@ -251,7 +251,7 @@ async fn sync_into(cluster: &Cluster, pod: &str, container: &str, files: &[(Stri
 
 /// Waits until the cluster's Airflow has parsed each DAG again (its `last_parsed_time`
 /// moves past the value it had before the request), asking for a reparse first.
-fn wait_parsed(cluster: &Cluster, dag_ids: &[String], timeout: Duration) -> Result<()> {
+fn wait_parsed(cluster: &Cluster, dag_ids: &[String], timeout: Duration) -> Result<SystemTime> {
     let deadline = Instant::now() + timeout;
     let (_pf, api, _) = loop {
         match crate::smoke::cluster::api_session(cluster) {
@@ -278,7 +278,7 @@ fn wait_parsed(cluster: &Cluster, dag_ids: &[String], timeout: Duration) -> Resu
             }
         }
         if waiting.is_empty() {
-            return Ok(());
+            return Ok(SystemTime::now());
         }
         if Instant::now() > deadline {
             bail!("not parsed within {} s: {} (see `cargo xtask logs dag-processor`)", timeout.as_secs(), waiting.join(", "));
@@ -328,30 +328,26 @@ fn handle(project: &Project, args: &WatchArgs, checker: &mut Checker, files: &[P
     };
     say(&format!("check    {} file(s) OK in {}", results.len(), ui::secs(report.check_seconds)));
 
-    // 2. Build, ship, apply (the roll).
+    // 2. Build and ship: the new image on the nodes (or in the registry).
     let started = Instant::now();
-    let up_args = K8sUpArgs {
+    let mut up_args = K8sUpArgs {
         cluster: args.cluster.clone(),
         no_wait: true,
         json: true,
         registry: args.registry.clone(),
         node_containerd: args.node_containerd.clone(),
         timeout: 600,
+        deliver_only: true,
         ..Default::default()
     };
-    let up = crate::k8s_up::up(project, &up_args)?;
+    let shipped = crate::k8s_up::up(project, &up_args)?;
     report.ship_seconds = started.elapsed().as_secs_f64();
-    report.image = up.images.get("airflow-worker").cloned();
-    let sent: u64 = up.deliveries.iter().map(|d| d.bytes).sum::<u64>() + up.pushes.iter().map(|p| p.uploaded_bytes).sum::<u64>();
-    say(&format!(
-        "ship     {} ({} sent; {}) in {}",
-        report.image.clone().unwrap_or_default(),
-        crate::fsutil::human_bytes(sent),
-        up.apply.summary(),
-        ui::secs(report.ship_seconds)
-    ));
+    report.image = shipped.images.get("airflow-worker").cloned();
+    let sent: u64 = shipped.deliveries.iter().map(|d| d.bytes).sum::<u64>() + shipped.pushes.iter().map(|p| p.uploaded_bytes).sum::<u64>();
+    say(&format!("ship     {} ({} sent) in {}", report.image.clone().unwrap_or_default(), crate::fsutil::human_bytes(sent), ui::secs(report.ship_seconds)));
 
-    // 3. Parsed in the cluster: into the running DAG processor, then a reparse request.
+    // 3. Parsed in the cluster: the files into the running DAG processor and a reparse
+    // request, before the roll restarts it (its strategy may be Recreate).
     let (target, settings) = Target::from_args(project, &args.cluster)?;
     let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
     let in_image = image_paths(project, files)?;
@@ -360,19 +356,45 @@ fn handle(project: &Project, args: &WatchArgs, checker: &mut Checker, files: &[P
         let container = super::pick_container(&pod, None)?;
         sync_into(&cluster, pod.metadata.name.as_deref().unwrap_or_default(), &container, &in_image).await
     })?;
-    if let Err(e) = synced {
-        say(&format!("sync     not copied into the running DAG processor ({e}); the roll brings the change"));
-    }
+    let live = match synced {
+        Ok(()) => true,
+        Err(e) => {
+            say(&format!("sync     not copied into a running DAG processor ({}); waiting for the roll instead", e.to_string().lines().next().unwrap_or("")));
+            false
+        }
+    };
+    let mut roll = |report: &mut ChangeReport| -> Result<()> {
+        up_args.deliver_only = false;
+        let up = crate::k8s_up::up(project, &up_args)?;
+        report.image = up.images.get("airflow-worker").cloned();
+        say(&format!("roll     {}", up.apply.summary()));
+        Ok(())
+    };
     if dag_ids.is_empty() {
+        roll(&mut report)?;
         report.outcome = "ok".into();
-        say("parsed   (include/ changed: every DAG is parsed again as the components roll)");
+        say(if include_changed {
+            "parsed   (include/ changed: every DAG is parsed again as the components roll)"
+        } else {
+            "parsed   (the changed files hold no DAG; nothing to wait for)"
+        });
         return Ok(report);
     }
-    wait_parsed(&cluster, &dag_ids, Duration::from_secs(180))?;
-    let latency = SystemTime::now().duration_since(saved).unwrap_or_default().as_secs_f64();
-    report.save_to_parsed_seconds = Some(latency);
+    let report_parsed = |report: &mut ChangeReport, parsed_at: SystemTime| {
+        let latency = parsed_at.duration_since(saved).unwrap_or_default().as_secs_f64();
+        report.save_to_parsed_seconds = Some(latency);
+        say(&format!("parsed   {} in the cluster, {} after the save", dag_ids.join(", "), ui::secs(latency)));
+    };
+    if live {
+        let parsed_at = wait_parsed(&cluster, &dag_ids, Duration::from_secs(180))?;
+        report_parsed(&mut report, parsed_at);
+        roll(&mut report)?;
+    } else {
+        roll(&mut report)?;
+        let parsed_at = wait_parsed(&cluster, &dag_ids, Duration::from_secs(300))?;
+        report_parsed(&mut report, parsed_at);
+    }
     report.outcome = "ok".into();
-    say(&format!("parsed   {} in the cluster, {} after the save", dag_ids.join(", "), ui::secs(latency)));
     Ok(report)
 }
 
