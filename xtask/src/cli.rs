@@ -466,6 +466,9 @@ pub enum BenchCommand {
     /// One DAG change to the node: `k8s-up --no-wait` vs `docker save` + `ctr import`,
     /// on the local test cluster (.ci/local-cluster up)
     Deliver(BenchClusterArgs),
+    /// One DAG change to "parsed in the cluster": `watch` vs docker build + docker save |
+    /// ctr import + rollout, on the local test cluster
+    Watch(BenchClusterArgs),
 }
 
 #[derive(Debug, Args)]

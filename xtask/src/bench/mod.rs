@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 mod deliver;
+mod watch;
 
 use crate::cli::{BenchArgs, BenchCommand, BenchImagesArgs};
 use crate::config::Project;
@@ -27,6 +28,7 @@ pub fn run(project: &Project, args: &BenchArgs) -> Result<()> {
         BenchCommand::Images(a) => images(project, a),
         BenchCommand::Push(a) => push(project, a),
         BenchCommand::Deliver(a) => deliver::run(project, a),
+        BenchCommand::Watch(a) => watch::run(project, a),
     }
 }
 

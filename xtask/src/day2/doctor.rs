@@ -103,7 +103,7 @@ fn checks(project: &Project, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) 
             let kind = crate::process::find("kind");
             let c = match (docker, kind) {
                 (Err(e), _) => broken("tools", format!("Docker engine: {e}"), "start it (`sudo systemctl start docker`, or `dockerd &`)"),
-                (Ok(_), None) => broken("tools", "kind is not on PATH", "go install sigs.k8s.io/kind@v0.31.0 (or run .ci/setup)"),
+                (Ok(_), None) => broken("tools", "kind is not on PATH", crate::cluster::kind::INSTALL),
                 (Ok((_, version)), Some(k)) => ok("tools", format!("Docker engine {version}, kind at {}", k.display())),
             };
             if !push(c) {
