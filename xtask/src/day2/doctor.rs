@@ -35,6 +35,17 @@ fn broken(name: &'static str, detail: impl Into<String>, fix: impl Into<String>)
 /// KubernetesExecutor to launch, follow and clean up worker pods.
 pub const SCHEDULER_POD_VERBS: [&str; 6] = ["create", "get", "list", "watch", "patch", "delete"];
 
+/// `verb resource[/subresource]` in the cluster's namespace, as access reviews ask it.
+fn attributes(cluster: &Cluster, verb: &str, resource: &str, subresource: Option<&str>) -> ResourceAttributes {
+    ResourceAttributes {
+        namespace: Some(cluster.namespace.clone()),
+        verb: Some(verb.to_string()),
+        resource: Some(resource.to_string()),
+        subresource: subresource.map(String::from),
+        ..Default::default()
+    }
+}
+
 /// The verbs on `resource` in `namespace` that `user` may not use (SubjectAccessReview).
 pub async fn denied_for(cluster: &Cluster, user: &str, resource: &str, subresource: Option<&str>, verbs: &[&str]) -> Result<Vec<String>> {
     let api: Api<SubjectAccessReview> = Api::all(cluster.client.clone());
@@ -43,13 +54,7 @@ pub async fn denied_for(cluster: &Cluster, user: &str, resource: &str, subresour
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(user.to_string()),
-                resource_attributes: Some(ResourceAttributes {
-                    namespace: Some(cluster.namespace.clone()),
-                    verb: Some(verb.to_string()),
-                    resource: Some(resource.to_string()),
-                    subresource: subresource.map(String::from),
-                    ..Default::default()
-                }),
+                resource_attributes: Some(attributes(cluster, verb, resource, subresource)),
                 ..Default::default()
             },
             ..Default::default()
@@ -69,13 +74,7 @@ pub async fn self_denied(cluster: &Cluster, resource: &str, subresource: Option<
     for verb in verbs {
         let review = SelfSubjectAccessReview {
             spec: SelfSubjectAccessReviewSpec {
-                resource_attributes: Some(ResourceAttributes {
-                    namespace: Some(cluster.namespace.clone()),
-                    verb: Some(verb.to_string()),
-                    resource: Some(resource.to_string()),
-                    subresource: subresource.map(String::from),
-                    ..Default::default()
-                }),
+                resource_attributes: Some(attributes(cluster, verb, resource, subresource)),
                 ..Default::default()
             },
             ..Default::default()
