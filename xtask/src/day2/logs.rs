@@ -90,7 +90,9 @@ pub fn run(project: &Project, args: &LogsArgs) -> Result<()> {
             newest.metadata.labels.as_ref().and_then(|l| l.get("task_id")).cloned().unwrap_or_default(),
             if workers.len() > 1 { format!("; {} older ones: `kubectl get pods -l {selector}`", workers.len() - 1) } else { String::new() }
         );
-        return cluster::block_on(print_logs(&cluster, std::slice::from_ref(newest), Some("base").filter(|_| args.container.is_none()).or(args.container.as_deref()), args.follow, args.tail))?;
+        // Worker pods run the task in the pod template's container `base`.
+        let container = args.container.as_deref().unwrap_or("base");
+        return cluster::block_on(print_logs(&cluster, std::slice::from_ref(newest), Some(container), args.follow, args.tail))?;
     }
 
     // The pod is gone: the task log from the API.
