@@ -146,6 +146,11 @@ impl Repo {
     pub fn xtask(&self) -> Command {
         let mut c = Command::new(XTASK);
         c.arg("--root").arg(self.root()).env_remove("SOURCE_DATE_EPOCH").env_remove("XTASK_TAG");
+        // A test names its cluster with flags; a shell's `eval "$(.ci/local-cluster env)"`
+        // must not turn the kind path into the local cluster.
+        for var in ["XTASK_KUBECONFIG", "XTASK_NODE_CONTAINERD", "XTASK_NAMESPACE", "XTASK_CLUSTER"] {
+            c.env_remove(var);
+        }
         c
     }
 
