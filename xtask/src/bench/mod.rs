@@ -474,8 +474,19 @@ struct DockerTimes {
     noop: f64,
 }
 
+/// Runs a command with its output discarded; whether it exited 0 (an error only when it
+/// could not be started at all).
+fn succeeds(cmd: &mut Command) -> std::io::Result<bool> {
+    Ok(cmd.stdout(Stdio::null()).stderr(Stdio::null()).status()?.success())
+}
+
 fn docker_ok() -> bool {
-    Command::new("docker").arg("info").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    succeeds(Command::new("docker").arg("info")).unwrap_or(false)
+}
+
+/// Whether the Docker engine holds the bench base (the images bench loads it).
+fn docker_has_base() -> Result<bool> {
+    Ok(succeeds(Command::new("docker").args(["image", "inspect", &format!("{BASE_TAG}:latest")]))?)
 }
 
 /// `docker build` of the same Dockerfile-shaped image, after the same edits.
@@ -484,19 +495,9 @@ fn docker_peer(dir: &Path, repo: &Path, base_store: &Path) -> Result<Option<Dock
         eprintln!("the Docker engine is not running: docker columns left empty (start dockerd, or pass --no-docker)");
         return Ok(None);
     }
-    let buildkit = Command::new("docker")
-        .args(["buildx", "version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let buildkit = succeeds(Command::new("docker").args(["buildx", "version"])).unwrap_or(false);
     let builder = if buildkit { "BuildKit (docker buildx)" } else { "legacy builder (no buildx plugin installed)" };
-    let have_base = Command::new("docker")
-        .args(["image", "inspect", &format!("{BASE_TAG}:latest")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?
-        .success();
+    let have_base = docker_has_base()?;
     let mut load = None;
     if !have_base {
         eprintln!("loading the base into docker (once)");
@@ -617,7 +618,7 @@ impl PrivateContainerd {
             .context("cannot start containerd")?;
         let c = PrivateContainerd { dir: dir.to_path_buf(), child };
         for _ in 0..100 {
-            if c.ctr().arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success()) {
+            if succeeds(c.ctr().arg("version")).unwrap_or(false) {
                 return Ok(c);
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
@@ -788,12 +789,7 @@ struct DockerPush {
 
 fn docker_push_peer(sc: &Scenario, registry: &BenchRegistry) -> Result<DockerPush> {
     // The base must be in the engine: the images bench loads it.
-    let have_base = Command::new("docker")
-        .args(["image", "inspect", &format!("{BASE_TAG}:latest")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?
-        .success();
+    let have_base = docker_has_base()?;
     if !have_base {
         bail!("the bench base is not in the Docker engine; run `cargo xtask bench images` first (it loads it)");
     }

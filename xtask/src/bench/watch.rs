@@ -20,10 +20,10 @@ use crate::ui::secs;
 const EDITED_DAG_ID: &str = "example_bash";
 
 /// The DAG's `last_parsed_time` as the cluster's API reports it.
-fn last_parsed(project: &Project, repo_flags: &[String]) -> Result<Option<String>> {
+fn last_parsed(project: &Project, bench: &BenchClusterArgs) -> Result<Option<String>> {
     let args = crate::cli::ClusterArgs {
-        kubeconfig: Some(repo_flags[1].clone().into()),
-        namespace: Some(repo_flags[3].clone()),
+        kubeconfig: Some(bench.kubeconfig.clone()),
+        namespace: Some(bench.namespace.clone()),
         ..Default::default()
     };
     let (target, settings) = Target::from_args(project, &args)?;
@@ -34,10 +34,10 @@ fn last_parsed(project: &Project, repo_flags: &[String]) -> Result<Option<String
 
 /// Seconds until the DAG's last_parsed_time moves past `before` (the API may be
 /// restarting meanwhile).
-fn wait_reparsed(project: &Project, flags: &[String], before: &Option<String>, timeout: Duration) -> Result<f64> {
+fn wait_reparsed(project: &Project, bench: &BenchClusterArgs, before: &Option<String>, timeout: Duration) -> Result<f64> {
     let started = Instant::now();
     while started.elapsed() < timeout {
-        if let Ok(now) = last_parsed(project, flags)
+        if let Ok(now) = last_parsed(project, bench)
             && now.is_some()
             && now != *before
         {
@@ -93,13 +93,13 @@ pub fn run(project: &Project, args: &BenchClusterArgs) -> Result<()> {
     // (The old DAG processor is gone, so its last parse is the one watch waited for.)
     let rolled = Instant::now();
     let before = loop {
-        match last_parsed(project, &flags) {
+        match last_parsed(project, args) {
             Ok(Some(v)) => break Some(v),
             _ if rolled.elapsed() > Duration::from_secs(60) => bail!("the Airflow API did not answer after the roll"),
             _ => std::thread::sleep(Duration::from_millis(300)),
         }
     };
-    let rollout = rolled.elapsed().as_secs_f64() + wait_reparsed(project, &flags, &before, Duration::from_secs(300))?;
+    let rollout = rolled.elapsed().as_secs_f64() + wait_reparsed(project, args, &before, Duration::from_secs(300))?;
 
     let docker = if args.no_docker || !docker_ok() {
         None
