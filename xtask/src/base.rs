@@ -51,7 +51,11 @@ pub fn run(project: &Project, args: &BaseArgs) -> Result<()> {
             base.manifest.digest,
             base.layers.len(),
             human_bytes(base.total_size()),
-            if outcome.built { format!("built in {}", ui::secs(outcome.seconds)) } else { "up to date (recipe unchanged)".into() }
+            if outcome.built {
+                format!("built in {}", ui::secs(outcome.seconds))
+            } else {
+                "up to date (recipe unchanged)".into()
+            }
         );
     }
     Ok(())

@@ -97,7 +97,11 @@ pub fn run(project: &Project, args: &CiArgs) -> Result<()> {
             .status()
             .with_context(|| format!("cannot run step {name}"))?;
         let ok = status.success();
-        steps.push(Step { name: name.to_string(), status: if ok { "ok" } else { "failed" }, seconds: t.elapsed().as_secs_f64() });
+        steps.push(Step {
+            name: name.to_string(),
+            status: if ok { "ok" } else { "failed" },
+            seconds: t.elapsed().as_secs_f64(),
+        });
         failed = !ok;
     }
 
@@ -118,8 +122,17 @@ pub fn run(project: &Project, args: &CiArgs) -> Result<()> {
     } else {
         eprintln!("==> k8s-down: cargo xtask {}", down_args.join(" "));
         let t = Instant::now();
-        let status = std::process::Command::new(&exe).arg("--root").arg(&project.root).args(&down_args).stdout(std::io::stderr()).status()?;
-        steps.push(Step { name: "k8s-down".into(), status: if status.success() { "ok" } else { "failed" }, seconds: t.elapsed().as_secs_f64() });
+        let status = std::process::Command::new(&exe)
+            .arg("--root")
+            .arg(&project.root)
+            .args(&down_args)
+            .stdout(std::io::stderr())
+            .status()?;
+        steps.push(Step {
+            name: "k8s-down".into(),
+            status: if status.success() { "ok" } else { "failed" },
+            seconds: t.elapsed().as_secs_f64(),
+        });
         failed |= !status.success();
     }
 
@@ -149,7 +162,10 @@ fn save_diagnostics(project: &Project, args: &ClusterArgs, dir: &Path) -> Result
     if let Target::Kind { name, .. } = &target
         && kind::clusters().unwrap_or_default().contains(name)
     {
-        let _ = duct::cmd("kind", ["export", "logs", &dir.join("kind").display().to_string(), "--name", name]).stdout_null().stderr_null().run();
+        let _ = duct::cmd("kind", ["export", "logs", &dir.join("kind").display().to_string(), "--name", name])
+            .stdout_null()
+            .stderr_null()
+            .run();
     }
     let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
     let ns = settings.namespace.clone();

@@ -41,18 +41,24 @@ pub enum Command {
     Images(ImagesArgs),
 
     /// Create (or reuse) the cluster, ship the images, apply k8s/ and wait until healthy
-    #[command(name = "k8s-up", after_help = "Examples:
+    #[command(
+        name = "k8s-up",
+        after_help = "Examples:
   cargo xtask k8s-up                            the kind cluster of k8s/kind.yaml (created if missing)
   cargo xtask k8s-up --recreate                 start from a fresh kind cluster
   cargo xtask k8s-up --kubeconfig ~/.kube/config --context staging --registry registry.example.com/team
                                                 any cluster, images through a registry
-  cargo xtask k8s-up --json --no-wait           for CI: apply and report, do not wait")]
+  cargo xtask k8s-up --json --no-wait           for CI: apply and report, do not wait"
+    )]
     K8sUp(K8sUpArgs),
 
     /// Delete the kind cluster (or, with --keep-cluster, only what xtask applied)
-    #[command(name = "k8s-down", after_help = "Examples:
+    #[command(
+        name = "k8s-down",
+        after_help = "Examples:
   cargo xtask k8s-down                    delete the kind cluster
-  cargo xtask k8s-down --keep-cluster     remove only the objects and secrets xtask made")]
+  cargo xtask k8s-down --keep-cluster     remove only the objects and secrets xtask made"
+    )]
     K8sDown(K8sDownArgs),
 
     /// Show the cluster, nodes, images on nodes vs the last build, components, failing pods
@@ -277,7 +283,12 @@ pub struct K8sUpArgs {
     #[arg(long, value_name = "HOST[:PORT][/PREFIX]")]
     pub registry: Option<String>,
     /// Registry that may be reached over plain HTTP (repeatable; loopback always may)
-    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]", env = "XTASK_INSECURE_REGISTRIES", value_delimiter = ',')]
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST[:PORT]",
+        env = "XTASK_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
     pub insecure_registry: Vec<String>,
     /// Import images into this containerd socket (a node whose runtime is on this machine)
     #[arg(long, value_name = "SOCKET", env = "XTASK_NODE_CONTAINERD")]
@@ -474,10 +485,20 @@ pub enum BenchCommand {
 #[derive(Debug, Args)]
 pub struct BenchClusterArgs {
     /// The cluster's kubeconfig
-    #[arg(long, env = "XTASK_KUBECONFIG", value_name = "FILE", default_value = "/var/lib/xtask-local-cluster/admin.kubeconfig")]
+    #[arg(
+        long,
+        env = "XTASK_KUBECONFIG",
+        value_name = "FILE",
+        default_value = "/var/lib/xtask-local-cluster/admin.kubeconfig"
+    )]
     pub kubeconfig: PathBuf,
     /// The node's containerd socket
-    #[arg(long, env = "XTASK_NODE_CONTAINERD", value_name = "SOCKET", default_value = "/run/xtask-local-cluster/containerd.sock")]
+    #[arg(
+        long,
+        env = "XTASK_NODE_CONTAINERD",
+        value_name = "SOCKET",
+        default_value = "/run/xtask-local-cluster/containerd.sock"
+    )]
     pub node_containerd: PathBuf,
     /// Namespace the benchmark deploys into (removed at the end)
     #[arg(long, default_value = "xtask-bench")]
@@ -552,11 +573,21 @@ pub struct ImagesArgs {
     pub load: Option<LoadTarget>,
 
     /// The containerd socket for --load containerd
-    #[arg(long, value_name = "SOCKET", default_value = "/run/containerd/containerd.sock", env = "XTASK_CONTAINERD_SOCKET")]
+    #[arg(
+        long,
+        value_name = "SOCKET",
+        default_value = "/run/containerd/containerd.sock",
+        env = "XTASK_CONTAINERD_SOCKET"
+    )]
     pub containerd_socket: PathBuf,
 
     /// Registry that may be reached over plain HTTP (repeatable; loopback always may)
-    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]", env = "XTASK_INSECURE_REGISTRIES", value_delimiter = ',')]
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST[:PORT]",
+        env = "XTASK_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
     pub insecure_registry: Vec<String>,
 
     /// Platform to take from a multi-platform base [default: linux/amd64]

@@ -229,7 +229,12 @@ pub fn parse_images(text: &str, project: &Project, overrides: &ImageOverrides) -
         };
         let compression = match &overrides.compression {
             Some(c) => *c,
-            None => d.compression.as_deref().unwrap_or("auto").parse().with_context(|| format!("{IMAGES_FILE}: [defaults] compression"))?,
+            None => d
+                .compression
+                .as_deref()
+                .unwrap_or("auto")
+                .parse()
+                .with_context(|| format!("{IMAGES_FILE}: [defaults] compression"))?,
         };
         let context_rel = d.context.clone().unwrap_or_else(|| "files".into());
         let context = project.root.join(&context_rel);
@@ -237,7 +242,11 @@ pub fn parse_images(text: &str, project: &Project, overrides: &ImageOverrides) -
         for l in img.layer {
             let target = l.target.trim_end_matches('/');
             let Some(target) = target.strip_prefix('/') else {
-                bail!("{}: target `{}` must be an absolute path inside the image, like /opt/airflow/dags", at(&format!("layer `{}`", l.name)), l.target);
+                bail!(
+                    "{}: target `{}` must be an absolute path inside the image, like /opt/airflow/dags",
+                    at(&format!("layer `{}`", l.name)),
+                    l.target
+                );
             };
             if target.is_empty() || target.split('/').any(|p| p == ".." || p == "." || p.is_empty()) {
                 bail!("{}: target `{}` must be a plain absolute path", at(&format!("layer `{}`", l.name)), l.target);
@@ -264,7 +273,12 @@ pub fn parse_images(text: &str, project: &Project, overrides: &ImageOverrides) -
                 .to_string(),
             tag: overrides.tag.clone().or(img.tag).or(d.tag.clone()).unwrap_or_else(|| "dev".into()),
             platform: overrides.platform.clone().or(d.platform.clone()).unwrap_or_else(|| "linux/amd64".into()),
-            insecure: overrides.insecure.iter().cloned().chain(d.insecure_registries.clone().unwrap_or_default()).collect(),
+            insecure: overrides
+                .insecure
+                .iter()
+                .cloned()
+                .chain(d.insecure_registries.clone().unwrap_or_default())
+                .collect(),
             compression,
             mtime: overrides.mtime.or(d.mtime).unwrap_or(DEFAULT_MTIME),
             context,
@@ -352,9 +366,13 @@ target = "/opt/airflow/dags"
     #[test]
     fn relative_targets_and_sources_outside_files_are_refused() {
         let bad = GOOD.replace("\"/opt/airflow/dags\"", "\"opt/airflow/dags\"");
-        assert!(parse_images(&bad, &project(), &ImageOverrides::default()).unwrap_err().to_string().contains("absolute"));
+        assert!(
+            parse_images(&bad, &project(), &ImageOverrides::default()).unwrap_err().to_string().contains("absolute")
+        );
         let bad = GOOD.replace("\"files/dags\"", "\"files/../secrets\"");
-        assert!(parse_images(&bad, &project(), &ImageOverrides::default()).unwrap_err().to_string().contains("outside"));
+        assert!(
+            parse_images(&bad, &project(), &ImageOverrides::default()).unwrap_err().to_string().contains("outside")
+        );
     }
 }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Reported;
 use crate::airflow::runner;
-use crate::cli::{DagsArgs, DagsCommand, DagsCheckArgs};
+use crate::cli::{DagsArgs, DagsCheckArgs, DagsCommand};
 use crate::config::Project;
 use crate::ui;
 
@@ -54,9 +54,10 @@ pub fn exceptions(project: &Project) -> Vec<String> {
 /// The line of `file` that a traceback's last frame in that file points at.
 fn error_line(error: &str, file: &str) -> Option<u32> {
     let needle = format!("/{file}\", line ");
-    error.rmatch_indices(&needle).next().and_then(|(i, _)| {
-        error[i + needle.len()..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-    })
+    error
+        .rmatch_indices(&needle)
+        .next()
+        .and_then(|(i, _)| error[i + needle.len()..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
 }
 
 pub fn check(project: &Project, a: &DagsCheckArgs) -> Result<Vec<FileResult>> {
@@ -83,12 +84,22 @@ pub fn check(project: &Project, a: &DagsCheckArgs) -> Result<Vec<FileResult>> {
         Ok(())
     })?;
     if results.is_empty() && out.exit_code != 0 {
-        bail!("the DAG check did not run ({} exit {}); its last output:\n{}", runner.describe(), out.exit_code, out.tail);
+        bail!(
+            "the DAG check did not run ({} exit {}); its last output:\n{}",
+            runner.describe(),
+            out.exit_code,
+            out.tail
+        );
     }
     let errors = results.iter().filter(|r| r.status == "error").count();
     let skipped = results.iter().filter(|r| r.status == "skipped").count();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"files": results, "errors": errors, "seconds": started.elapsed().as_secs_f64()}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"files": results, "errors": errors, "seconds": started.elapsed().as_secs_f64()})
+            )?
+        );
     } else {
         println!(
             "{} files: {} OK, {errors} with errors, {skipped} skipped ({})",
@@ -110,7 +121,11 @@ pub fn print_result(r: &FileResult) {
                 None => r.file.clone(),
             };
             let err = r.error.as_deref().unwrap_or("");
-            let last = err.lines().rev().find(|l| !l.trim().is_empty() && !l.starts_with("Please") && !l.starts_with("* ")).unwrap_or("");
+            let last = err
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty() && !l.starts_with("Please") && !l.starts_with("* "))
+                .unwrap_or("");
             println!("  ERROR  {at:<40} {}", last.trim());
             // The traceback's last frames, indented.
             let frames: Vec<&str> = err.lines().filter(|l| l.starts_with("  ")).collect();

@@ -10,7 +10,9 @@ const URL_SAFE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 fn encode(bytes: &[u8], table: &[u8; 64]) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16) | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8) | u32::from(*chunk.get(2).unwrap_or(&0));
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
         for i in 0..4 {
             if i <= chunk.len() {
                 out.push(table[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -65,7 +67,12 @@ pub fn random_bytes(n: usize) -> Result<Vec<u8>> {
 /// A random string of letters and digits (safe in URLs, shells and YAML).
 pub fn random_alnum(n: usize) -> Result<String> {
     const ALNUM: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789";
-    Ok(random_bytes(n * 2)?.iter().filter(|b| usize::from(**b) < 256 - 256 % ALNUM.len()).take(n).map(|b| ALNUM[usize::from(*b) % ALNUM.len()] as char).collect())
+    Ok(random_bytes(n * 2)?
+        .iter()
+        .filter(|b| usize::from(**b) < 256 - 256 % ALNUM.len())
+        .take(n)
+        .map(|b| ALNUM[usize::from(*b) % ALNUM.len()] as char)
+        .collect())
 }
 
 #[cfg(test)]

@@ -28,8 +28,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let mut f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         f.write_all(bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
         f.sync_all().ok();
-        fs::rename(&tmp, path)
-            .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
+        fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
         Ok(())
     })();
     if result.is_err() {
@@ -49,8 +48,7 @@ pub struct AtomicFile {
 impl AtomicFile {
     pub fn create(dest: &Path) -> Result<AtomicFile> {
         if let Some(dir) = dest.parent() {
-            fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create directory {}", dir.display()))?;
+            fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
         }
         let tmp = temp_sibling(dest);
         let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -65,9 +63,8 @@ impl AtomicFile {
         let file = self.file.take().expect("commit once");
         file.sync_all().with_context(|| format!("cannot flush {}", self.tmp.display()))?;
         drop(file);
-        fs::rename(&self.tmp, &self.dest).with_context(|| {
-            format!("cannot move {} to {}", self.tmp.display(), self.dest.display())
-        })?;
+        fs::rename(&self.tmp, &self.dest)
+            .with_context(|| format!("cannot move {} to {}", self.tmp.display(), self.dest.display()))?;
         Ok(())
     }
 }

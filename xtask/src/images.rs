@@ -14,9 +14,9 @@ use crate::config::{self, CompressionChoice, ImageDef, ImageOverrides, Project};
 use crate::fsutil::human_bytes;
 use crate::oci::archive::{self, ArchiveImage, ArchiveStats};
 use crate::oci::docker;
-use crate::oci::registry::{self, ImageRef, PushReport};
 use crate::oci::image::{self, ConfigChanges, NewLayer};
 use crate::oci::layer::{self, Compression, LayerPlan};
+use crate::oci::registry::{self, ImageRef, PushReport};
 use crate::oci::source::{self, BaseImage, ImportProgress};
 use crate::oci::store::Store;
 use crate::oci::tar::Meta;
@@ -187,7 +187,13 @@ pub fn run(project: &Project, args: &ImagesArgs) -> Result<()> {
             let node: Box<dyn Node> = Box::new(LocalContainerd { socket: args.containerd_socket.clone() });
             deliveries = delivery::deliver(&store, &images, std::slice::from_ref(&node), &mut |d| {
                 if !args.json {
-                    println!("ctr      {}  {}  {} sent, {} left out", d.image, d.status, human_bytes(d.bytes), human_bytes(d.omitted_bytes));
+                    println!(
+                        "ctr      {}  {}  {} sent, {} left out",
+                        d.image,
+                        d.status,
+                        human_bytes(d.bytes),
+                        human_bytes(d.omitted_bytes)
+                    );
                 }
             })?;
         }
@@ -259,7 +265,11 @@ fn write_archive(
     let stats = archive::write_archive_file(store, &images, path, &mut |n| bar.inc(n))?;
     bar.finish_and_clear();
     if human {
-        println!("archive  {}  {}  (docker load -i / kind load image-archive / ctr -n k8s.io images import)", project.rel(path), human_bytes(stats.bytes));
+        println!(
+            "archive  {}  {}  (docker load -i / kind load image-archive / ctr -n k8s.io images import)",
+            project.rel(path),
+            human_bytes(stats.bytes)
+        );
     }
     Ok(ArchiveReport { path: project.rel(path), stats })
 }
@@ -325,12 +335,19 @@ pub fn import_base(project: &Project, store: &Store, def: &ImageDef, human: bool
     }
     let platform = Platform::parse(&def.platform)?;
     let bar = ui::bytes_bar("base", 0);
-    let base = source::import(&def.base, &project.root, &platform, &def.insecure, store, &mut BarProgress(bar.clone()))?;
+    let base =
+        source::import(&def.base, &project.root, &platform, &def.insecure, store, &mut BarProgress(bar.clone()))?;
     bar.finish_and_clear();
     Ok(base)
 }
 
-fn build_one(project: &Project, store: &Store, def: &ImageDef, opts: &BuildOptions, human: bool) -> Result<ImageReport> {
+fn build_one(
+    project: &Project,
+    store: &Store,
+    def: &ImageDef,
+    opts: &BuildOptions,
+    human: bool,
+) -> Result<ImageReport> {
     let started = Instant::now();
     let full_name = def.full_name();
     if human {
@@ -352,11 +369,9 @@ fn build_one(project: &Project, store: &Store, def: &ImageDef, opts: &BuildOptio
     let base_dirs = layer::base_dirs(store, &layer_info, &wanted)?;
     let compression = match def.compression {
         CompressionChoice::Fixed(c) => c,
-        CompressionChoice::Auto => base
-            .layers
-            .last()
-            .map(|l| Compression::of_media_type(&l.media_type))
-            .unwrap_or(Compression::Gzip),
+        CompressionChoice::Auto => {
+            base.layers.last().map(|l| Compression::of_media_type(&l.media_type)).unwrap_or(Compression::Gzip)
+        }
     };
 
     let mut layer_reports = Vec::new();
@@ -435,11 +450,7 @@ fn build_one(project: &Project, store: &Store, def: &ImageDef, opts: &BuildOptio
     let assembled = image::assemble(store, &base, &new_layers, &changes)?;
     let changed = store.tag(&full_name, &assembled.manifest)?;
     if human {
-        println!(
-            "  manifest {}  {}",
-            assembled.manifest.digest,
-            if changed { "new" } else { "unchanged" }
-        );
+        println!("  manifest {}  {}", assembled.manifest.digest, if changed { "new" } else { "unchanged" });
     }
     Ok(ImageReport {
         name: def.name.clone(),

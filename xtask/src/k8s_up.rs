@@ -71,9 +71,13 @@ pub fn run(project: &Project, args: &K8sUpArgs) -> Result<()> {
     if args.cluster.kubeconfig.is_none() {
         println!("Airflow UI and API: http://127.0.0.1:8080 (kind maps the api-server's nodePort 30080)");
     } else {
-        println!("Airflow UI and API: kubectl -n {ns} port-forward svc/airflow-api-server 8080:8080, then http://127.0.0.1:8080");
+        println!(
+            "Airflow UI and API: kubectl -n {ns} port-forward svc/airflow-api-server 8080:8080, then http://127.0.0.1:8080"
+        );
     }
-    println!("login: admin; password: kubectl -n {ns} get secret airflow-admin -o jsonpath='{{.data.password}}' | base64 -d");
+    println!(
+        "login: admin; password: kubectl -n {ns} get secret airflow-admin -o jsonpath='{{.data.password}}' | base64 -d"
+    );
     println!(
         "took {} ({})",
         ui::secs(report.steps.iter().map(|(_, s)| s).sum()),
@@ -88,7 +92,8 @@ pub fn up(project: &Project, args: &K8sUpArgs) -> Result<UpReport> {
     let human = !args.json;
     let (target, settings) = Target::from_args(project, &args.cluster)?;
     let mut steps = Steps { human, times: Vec::new(), started: Instant::now() };
-    let mut report = UpReport { target: target.describe(), namespace: settings.namespace.clone(), ..Default::default() };
+    let mut report =
+        UpReport { target: target.describe(), namespace: settings.namespace.clone(), ..Default::default() };
 
     // k8s/ is checked before anything is built, shipped or created. The kind cluster also
     // gets the kind overlay (the nodePort its port mapping reaches).
@@ -135,7 +140,11 @@ pub fn up(project: &Project, args: &K8sUpArgs) -> Result<UpReport> {
             std::fs::create_dir_all(project.work_dir())?;
             kind::create(name, &project.root.join("k8s/kind.yaml"), &node_image, 3, &log, &mut |attempt, previous| {
                 if let Some(err) = previous {
-                    steps.line(&format!("cluster    attempt {} failed: {}", attempt - 1, err.lines().last().unwrap_or("")));
+                    steps.line(&format!(
+                        "cluster    attempt {} failed: {}",
+                        attempt - 1,
+                        err.lines().last().unwrap_or("")
+                    ));
                 }
                 steps.line(&format!("cluster    creating kind cluster {name} ({node_image}), attempt {attempt} of 3"));
             })?;
@@ -149,17 +158,26 @@ pub fn up(project: &Project, args: &K8sUpArgs) -> Result<UpReport> {
     }
     let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
     let version = cluster::block_on(cluster.version())??;
-    steps.line(&format!("cluster    {} at {} (Kubernetes {version}), kubeconfig {}", target.describe(), cluster.url, project.rel(target.kubeconfig())));
+    steps.line(&format!(
+        "cluster    {} at {} (Kubernetes {version}), kubeconfig {}",
+        target.describe(),
+        cluster.url,
+        project.rel(target.kubeconfig())
+    ));
     steps.done("cluster");
 
     // 3. Images: built (unless --no-build), then shipped where missing.
     let built: Vec<BuiltImage> = if args.no_build {
         images::last_built(project)?
     } else {
-        let opts = BuildOptions { overrides: crate::config::ImageOverrides { mtime: images::source_date_epoch()?, ..Default::default() }, ..Default::default() };
+        let opts = BuildOptions {
+            overrides: crate::config::ImageOverrides { mtime: images::source_date_epoch()?, ..Default::default() },
+            ..Default::default()
+        };
         let (_, reports) = images::build(project, &opts, false)?;
         for r in &reports {
-            let rebuilt: Vec<&str> = r.layers.iter().filter(|l| l.status == "rebuilt").map(|l| l.name.as_str()).collect();
+            let rebuilt: Vec<&str> =
+                r.layers.iter().filter(|l| l.status == "rebuilt").map(|l| l.name.as_str()).collect();
             if r.changed || !rebuilt.is_empty() {
                 report.built.push(r.name.clone());
             }
@@ -167,7 +185,11 @@ pub fn up(project: &Project, args: &K8sUpArgs) -> Result<UpReport> {
                 "images     {}  {}{}",
                 r.name,
                 r.manifest_digest,
-                if rebuilt.is_empty() { "  (unchanged)".to_string() } else { format!("  rebuilt: {}", rebuilt.join(", ")) }
+                if rebuilt.is_empty() {
+                    "  (unchanged)".to_string()
+                } else {
+                    format!("  rebuilt: {}", rebuilt.join(", "))
+                }
             ));
         }
         reports.iter().map(ImageReport::built).collect()
@@ -181,7 +203,13 @@ pub fn up(project: &Project, args: &K8sUpArgs) -> Result<UpReport> {
             let target_ref = images::push_target(&r.reference, &r.name, dest)?;
             let p = registry::push(&store, &r.manifest, &target_ref, &args.insecure_registry, &mut |_| {})
                 .with_context(|| format!("cannot push {} to {target_ref}", r.name))?;
-            steps.line(&format!("deliver    {} -> {}: uploaded {}, skipped {} already there", r.name, p.reference, human_bytes(p.uploaded_bytes), human_bytes(p.skipped_bytes)));
+            steps.line(&format!(
+                "deliver    {} -> {}: uploaded {}, skipped {} already there",
+                r.name,
+                p.reference,
+                human_bytes(p.uploaded_bytes),
+                human_bytes(p.skipped_bytes)
+            ));
             let mut pinned = target_ref.clone();
             pinned.tag = None;
             pinned.digest = Some(r.manifest.digest.clone());
@@ -191,7 +219,9 @@ pub fn up(project: &Project, args: &K8sUpArgs) -> Result<UpReport> {
     } else {
         let nodes: Vec<Box<dyn Node>> = match (&target, &args.node_containerd) {
             (_, Some(socket)) => vec![Box::new(LocalContainerd { socket: socket.clone() })],
-            (Target::Kind { name, .. }, None) => kind::nodes(name)?.into_iter().map(|c| Box::new(KindNode { container: c }) as Box<dyn Node>).collect(),
+            (Target::Kind { name, .. }, None) => {
+                kind::nodes(name)?.into_iter().map(|c| Box::new(KindNode { container: c }) as Box<dyn Node>).collect()
+            }
             (Target::Existing { .. }, None) => unreachable!("checked in preflight"),
         };
         report.deliveries = delivery::deliver(&store, &archive_images, &nodes, &mut |d| {
@@ -201,7 +231,12 @@ pub fn up(project: &Project, args: &K8sUpArgs) -> Result<UpReport> {
                 d.node,
                 match d.status {
                     "present" => "already there".to_string(),
-                    s => format!("{s} archive, {} sent ({} the node had left out) in {}", human_bytes(d.bytes), human_bytes(d.omitted_bytes), ui::secs(d.seconds)),
+                    s => format!(
+                        "{s} archive, {} sent ({} the node had left out) in {}",
+                        human_bytes(d.bytes),
+                        human_bytes(d.omitted_bytes),
+                        ui::secs(d.seconds)
+                    ),
                 }
             ))
         })?;
@@ -230,7 +265,9 @@ pub fn up(project: &Project, args: &K8sUpArgs) -> Result<UpReport> {
     // 5. Wait until healthy.
     if !args.no_wait {
         let timeout = Duration::from_secs(args.timeout);
-        cluster::block_on(wait::wait(&cluster, &wait::steps_for(&objects, timeout), &mut |line| steps.line(&format!("wait       {line}"))))??;
+        cluster::block_on(wait::wait(&cluster, &wait::steps_for(&objects, timeout), &mut |line| {
+            steps.line(&format!("wait       {line}"))
+        }))??;
         steps.done("wait");
     }
 

@@ -68,7 +68,12 @@ pub fn run(project: &Project, args: &ManifestsArgs) -> Result<()> {
             let problems = manifests::check(&docs, &CheckContext { placeholders: &placeholders });
             let files: BTreeSet<&str> = docs.iter().map(|d| d.file.as_str()).collect();
             if *json {
-                println!("{}", serde_json::to_string_pretty(&json!({"documents": docs.len(), "files": files.len(), "problems": problems}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({"documents": docs.len(), "files": files.len(), "problems": problems})
+                    )?
+                );
             } else {
                 for p in &problems {
                     println!("{p}");
@@ -95,7 +100,8 @@ pub fn run(project: &Project, args: &ManifestsArgs) -> Result<()> {
             for m in missing.iter().filter(|m| !images.contains_key(*m)) {
                 eprintln!("note: image `{m}` is not built yet, so it stays a placeholder; run `cargo xtask images`");
             }
-            let mut objects = manifests::render(&docs, &RenderOptions { namespace: &cluster.namespace, images: &images })?;
+            let mut objects =
+                manifests::render(&docs, &RenderOptions { namespace: &cluster.namespace, images: &images })?;
             for g in GENERATED {
                 let data: BTreeMap<&str, &str> = g.keys.iter().map(|k| (*k, "<generated>")).collect();
                 objects.push(json!({

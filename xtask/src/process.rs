@@ -40,12 +40,7 @@ pub fn run_logged(expr: duct::Expression, log: &Path, what: &str) -> Result<()> 
         .run()
         .with_context(|| format!("cannot start {what}"))?;
     if !out.status.success() {
-        bail!(
-            "{what} failed ({}); last lines of {}:\n{}",
-            out.status,
-            log.display(),
-            tail(log, 15)
-        );
+        bail!("{what} failed ({}); last lines of {}:\n{}", out.status, log.display(), tail(log, 15));
     }
     Ok(())
 }

@@ -53,12 +53,23 @@ pub fn junit_xml(suites: &[Suite]) -> String {
             s.seconds
         );
         for c in &s.cases {
-            let _ = write!(out, "    <testcase name=\"{}\" classname=\"{}\" time=\"{:.3}\"", escape(&c.name), escape(&c.classname), c.seconds);
+            let _ = write!(
+                out,
+                "    <testcase name=\"{}\" classname=\"{}\" time=\"{:.3}\"",
+                escape(&c.name),
+                escape(&c.classname),
+                c.seconds
+            );
             match &c.failure {
                 None => out.push_str("/>\n"),
                 Some(msg) => {
                     let first = msg.lines().next().unwrap_or("failed");
-                    let _ = writeln!(out, ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>", escape(first), escape(msg));
+                    let _ = writeln!(
+                        out,
+                        ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>",
+                        escape(first),
+                        escape(msg)
+                    );
                 }
             }
         }
@@ -87,7 +98,12 @@ mod tests {
             seconds: 1.5,
             cases: vec![
                 Case { name: "produce".into(), classname: "smoke_xcom".into(), seconds: 0.5, failure: None },
-                Case { name: "consume".into(), classname: "smoke_xcom".into(), seconds: 1.0, failure: Some("x < 1 & \"y\"\nline 2".into()) },
+                Case {
+                    name: "consume".into(),
+                    classname: "smoke_xcom".into(),
+                    seconds: 1.0,
+                    failure: Some("x < 1 & \"y\"\nline 2".into()),
+                },
             ],
         }]);
         assert!(xml.contains("<testsuites tests=\"2\" failures=\"1\">"));

@@ -100,11 +100,14 @@ impl DagResult {
                         format!("task {} ended {}\n{}", t.task_id, t.state, self.log_tail.clone().unwrap_or_default())
                     }),
                 })
-                .chain((self.tasks.is_empty()).then(|| Case {
-                    name: "(dag run)".into(),
-                    classname: self.dag.clone(),
-                    seconds: self.seconds,
-                    failure: (!self.succeeded()).then(|| format!("DAG run {}\n{}", self.state, self.log_tail.clone().unwrap_or_default())),
+                .chain((self.tasks.is_empty()).then(|| {
+                    Case {
+                        name: "(dag run)".into(),
+                        classname: self.dag.clone(),
+                        seconds: self.seconds,
+                        failure: (!self.succeeded())
+                            .then(|| format!("DAG run {}\n{}", self.state, self.log_tail.clone().unwrap_or_default())),
+                    }
                 }))
                 .collect(),
         }
@@ -112,11 +115,7 @@ impl DagResult {
 }
 
 pub fn run(project: &Project, args: &SmokeArgs) -> Result<()> {
-    if args.local || args.venv.is_some() {
-        local(project, args)
-    } else {
-        cluster::run(project, args)
-    }
+    if args.local || args.venv.is_some() { local(project, args) } else { cluster::run(project, args) }
 }
 
 fn local(project: &Project, args: &SmokeArgs) -> Result<()> {
@@ -149,7 +148,12 @@ fn local(project: &Project, args: &SmokeArgs) -> Result<()> {
         Ok(())
     })?;
     if results.len() != dags.len() {
-        bail!("the smoke run stopped early ({} exit {}); its last output:\n{}", runner.describe(), out.exit_code, out.tail);
+        bail!(
+            "the smoke run stopped early ({} exit {}); its last output:\n{}",
+            runner.describe(),
+            out.exit_code,
+            out.tail
+        );
     }
     let dir = project.work_dir().join("smoke");
     let junit = dir.join("local-junit.xml");
@@ -157,7 +161,12 @@ fn local(project: &Project, args: &SmokeArgs) -> Result<()> {
     report::write_json(&dir.join("local-summary.json"), &results)?;
     let failed = results.iter().filter(|r| !r.succeeded()).count();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"dags": results, "failed": failed, "junit": project.rel(&junit)}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"dags": results, "failed": failed, "junit": project.rel(&junit)})
+            )?
+        );
     } else {
         println!(
             "{} DAGs: {} succeeded, {failed} failed ({}); JUnit: {}",

@@ -49,7 +49,9 @@ pub struct Status {
 
 impl Status {
     pub fn healthy(&self) -> bool {
-        self.failing_pods.is_empty() && self.components.iter().all(|c| c.ready >= c.desired && !c.stale) && self.nodes.iter().all(|n| n.ready)
+        self.failing_pods.is_empty()
+            && self.components.iter().all(|c| c.ready >= c.desired && !c.stale)
+            && self.nodes.iter().all(|n| n.ready)
     }
 }
 
@@ -71,18 +73,35 @@ pub fn run(project: &Project, args: &StatusArgs) -> Result<()> {
 
 pub fn node_has(node: &Node, image: &BuiltImage) -> bool {
     let digest = format!("@{}", image.manifest.digest);
-    node.status.iter().flat_map(|s| s.images.iter().flatten()).flat_map(|i| i.names.iter().flatten()).any(|n| n.ends_with(&digest))
+    node.status
+        .iter()
+        .flat_map(|s| s.images.iter().flatten())
+        .flat_map(|i| i.names.iter().flatten())
+        .any(|n| n.ends_with(&digest))
 }
 
 pub async fn collect(cluster: &Cluster, built: &[BuiltImage]) -> Result<Status> {
     let version = cluster.version().await?;
-    let nodes: Vec<Node> = Api::<Node>::all(cluster.client.clone()).list(&ListParams::default()).await.map_err(|e| cluster.explain(e, "list", "nodes"))?.items;
+    let nodes: Vec<Node> = Api::<Node>::all(cluster.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| cluster.explain(e, "list", "nodes"))?
+        .items;
     let node_status = nodes
         .iter()
         .map(|n| NodeStatus {
             name: n.metadata.name.clone().unwrap_or_default(),
-            ready: n.status.iter().flat_map(|s| s.conditions.iter().flatten()).any(|c| c.type_ == "Ready" && c.status == "True"),
-            kubelet: n.status.as_ref().and_then(|s| s.node_info.as_ref()).map(|i| i.kubelet_version.clone()).unwrap_or_default(),
+            ready: n
+                .status
+                .iter()
+                .flat_map(|s| s.conditions.iter().flatten())
+                .any(|c| c.type_ == "Ready" && c.status == "True"),
+            kubelet: n
+                .status
+                .as_ref()
+                .and_then(|s| s.node_info.as_ref())
+                .map(|i| i.kubelet_version.clone())
+                .unwrap_or_default(),
             images: built.iter().map(|b| (b.name.clone(), node_has(n, b))).collect(),
         })
         .collect();
@@ -95,9 +114,17 @@ pub async fn collect(cluster: &Cluster, built: &[BuiltImage]) -> Result<Status> 
     };
     // An image is stale when it is one of ours (placeholder name) at another digest.
     let stale = |imgs: &[String]| {
-        imgs.iter().any(|i| built.iter().any(|b| i.contains(&format!("/{}@", b.name))) && !pinned.iter().any(|p| i.ends_with(p.as_str())))
+        imgs.iter().any(|i| {
+            built.iter().any(|b| i.contains(&format!("/{}@", b.name)))
+                && !pinned.iter().any(|p| i.ends_with(p.as_str()))
+        })
     };
-    for d in Api::<Deployment>::namespaced(cluster.client.clone(), ns).list(&ListParams::default().labels(selector)).await.map_err(|e| cluster.explain(e, "list", "deployments"))?.items {
+    for d in Api::<Deployment>::namespaced(cluster.client.clone(), ns)
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(|e| cluster.explain(e, "list", "deployments"))?
+        .items
+    {
         let imgs = images_of(d.spec.as_ref().and_then(|s| s.template.spec.as_ref()));
         components.push(Component {
             kind: "Deployment".into(),
@@ -108,7 +135,12 @@ pub async fn collect(cluster: &Cluster, built: &[BuiltImage]) -> Result<Status> 
             images: imgs,
         });
     }
-    for s in Api::<StatefulSet>::namespaced(cluster.client.clone(), ns).list(&ListParams::default().labels(selector)).await.map_err(|e| cluster.explain(e, "list", "statefulsets"))?.items {
+    for s in Api::<StatefulSet>::namespaced(cluster.client.clone(), ns)
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(|e| cluster.explain(e, "list", "statefulsets"))?
+        .items
+    {
         let imgs = images_of(s.spec.as_ref().and_then(|s| s.template.spec.as_ref()));
         components.push(Component {
             kind: "StatefulSet".into(),
@@ -120,7 +152,12 @@ pub async fn collect(cluster: &Cluster, built: &[BuiltImage]) -> Result<Status> 
         });
     }
     let mut failing = Vec::new();
-    for p in Api::<Pod>::namespaced(cluster.client.clone(), ns).list(&ListParams::default()).await.map_err(|e| cluster.explain(e, "list", "pods"))?.items {
+    for p in Api::<Pod>::namespaced(cluster.client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| cluster.explain(e, "list", "pods"))?
+        .items
+    {
         let st = diagnose::pod_state(&cluster.client, ns, &p).await?;
         if st.phase != "Succeeded" && (!st.ready || !st.problems.is_empty()) {
             failing.push(st);
@@ -141,8 +178,18 @@ pub async fn collect(cluster: &Cluster, built: &[BuiltImage]) -> Result<Status> 
 fn print(s: &Status) {
     println!("cluster    {} at {} (Kubernetes {})", s.cluster, s.server, s.version);
     for n in &s.nodes {
-        let imgs: Vec<String> = n.images.iter().map(|(name, has)| format!("{name} {}", if *has { "current" } else { "STALE or missing" })).collect();
-        println!("node       {} {} kubelet {}  {}", n.name, if n.ready { "Ready" } else { "NOT READY" }, n.kubelet, imgs.join(", "));
+        let imgs: Vec<String> = n
+            .images
+            .iter()
+            .map(|(name, has)| format!("{name} {}", if *has { "current" } else { "STALE or missing" }))
+            .collect();
+        println!(
+            "node       {} {} kubelet {}  {}",
+            n.name,
+            if n.ready { "Ready" } else { "NOT READY" },
+            n.kubelet,
+            imgs.join(", ")
+        );
     }
     for (name, digest) in &s.built {
         println!("built      {name} {digest}");

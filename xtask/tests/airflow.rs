@@ -27,7 +27,8 @@ fn dags_check_passes_the_real_dags_and_names_each_broken_one_by_file_and_line() 
 
     let out = repo.xtask().args(["dags", "check", "--json", "--timeout", "5"]).output().unwrap();
     assert!(!out.status.success(), "dags check passed with broken DAGs");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(&out), stderr(&out)));
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(&out), stderr(&out)));
     let files = results_by_file(&report);
     for (file, dag) in [
         ("example_bash.py", "example_bash"),
@@ -41,11 +42,20 @@ fn dags_check_passes_the_real_dags_and_names_each_broken_one_by_file_and_line() 
         assert_eq!(files[file]["dags"][0], dag);
     }
     let err = |f: &str| files[f]["error"].as_str().unwrap_or("").to_string();
-    assert_eq!((files["bad_syntax.py"]["status"].as_str(), files["bad_syntax.py"]["line"].as_u64()), (Some("error"), Some(2)));
+    assert_eq!(
+        (files["bad_syntax.py"]["status"].as_str(), files["bad_syntax.py"]["line"].as_u64()),
+        (Some("error"), Some(2))
+    );
     assert!(err("bad_syntax.py").contains("SyntaxError"));
-    assert_eq!((files["bad_import.py"]["status"].as_str(), files["bad_import.py"]["line"].as_u64()), (Some("error"), Some(2)));
+    assert_eq!(
+        (files["bad_import.py"]["status"].as_str(), files["bad_import.py"]["line"].as_u64()),
+        (Some("error"), Some(2))
+    );
     assert!(err("bad_import.py").contains("No module named 'no_such_module'"));
-    assert_eq!((files["slow_dag.py"]["status"].as_str(), files["slow_dag.py"]["line"].as_u64()), (Some("error"), Some(3)));
+    assert_eq!(
+        (files["slow_dag.py"]["status"].as_str(), files["slow_dag.py"]["line"].as_u64()),
+        (Some("error"), Some(3))
+    );
     assert!(err("slow_dag.py").contains("timeout"), "{}", err("slow_dag.py"));
     assert!(files["slow_dag.py"]["seconds"].as_f64().unwrap() < 20.0);
     assert_eq!(files["legacy_dag.py"]["status"], "skipped");
@@ -54,13 +64,28 @@ fn dags_check_passes_the_real_dags_and_names_each_broken_one_by_file_and_line() 
     // The human report names the file and line too.
     let out = repo.xtask().args(["dags", "check", "--timeout", "5"]).output().unwrap();
     let text = stdout(&out);
-    assert!(text.contains("ERROR  bad_syntax.py:2") && text.contains("ERROR  bad_import.py:2") && text.contains("ERROR  slow_dag.py:3"), "{text}");
+    assert!(
+        text.contains("ERROR  bad_syntax.py:2")
+            && text.contains("ERROR  bad_import.py:2")
+            && text.contains("ERROR  slow_dag.py:3"),
+        "{text}"
+    );
     assert!(text.contains("SKIP   legacy_dag.py"), "{text}");
 }
 
 fn task_states(report: &serde_json::Value, dag: &str) -> std::collections::BTreeMap<String, String> {
-    let d = report["dags"].as_array().unwrap().iter().find(|d| d["dag"] == dag).unwrap_or_else(|| panic!("no {dag} in {report}"));
-    d["tasks"].as_array().unwrap().iter().map(|t| (t["task_id"].as_str().unwrap().to_string(), t["state"].as_str().unwrap().to_string())).collect()
+    let d = report["dags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["dag"] == dag)
+        .unwrap_or_else(|| panic!("no {dag} in {report}"));
+    d["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["task_id"].as_str().unwrap().to_string(), t["state"].as_str().unwrap().to_string()))
+        .collect()
 }
 
 #[test]
@@ -74,7 +99,8 @@ fn smoke_local_runs_the_smoke_dags_in_the_image_and_reports_airflows_task_states
     assert_eq!(env.get("pod_template_env_is_set").map(String::as_str), Some("success"), "{env:?}");
     let xcom = task_states(&report, "smoke_xcom");
     assert_eq!(xcom.values().filter(|s| *s == "success").count(), 2, "{xcom:?}");
-    let consumed = &report["dags"].as_array().unwrap().iter().find(|d| d["dag"] == "smoke_xcom").unwrap()["xcoms"]["consume"];
+    let consumed =
+        &report["dags"].as_array().unwrap().iter().find(|d| d["dag"] == "smoke_xcom").unwrap()["xcoms"]["consume"];
     assert!(consumed["producer_hostname"].is_string(), "the XCom did not reach the consumer: {report}");
     let junit = fs::read_to_string(repo.path("target/xtask/smoke/local-junit.xml")).unwrap();
     assert!(junit.contains("<testsuites tests=\"4\" failures=\"0\">"), "{junit}");
@@ -103,7 +129,8 @@ fn dags_check_and_smoke_run_in_a_local_virtualenv() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["errors"], 0);
     assert_eq!(results_by_file(&report)["example_include.py"]["status"], "ok");
-    let out = repo.xtask().args(["smoke", "--local", "--json", "--dag", "smoke_xcom", "--venv"]).arg(&venv).output().unwrap();
+    let out =
+        repo.xtask().args(["smoke", "--local", "--json", "--dag", "smoke_xcom", "--venv"]).arg(&venv).output().unwrap();
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(task_states(&report, "smoke_xcom").values().filter(|s| *s == "success").count(), 2);

@@ -10,7 +10,7 @@ use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Api;
-use kube::api::{Patch, PatchParams, LogParams, PostParams};
+use kube::api::{LogParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 #[tokio::test]
@@ -45,7 +45,11 @@ async fn server_side_apply_of_a_deployment_through_kube_rs_reads_back_and_is_ide
     let mut changed = deployment.clone();
     changed["spec"]["template"]["metadata"]["labels"]["tier"] = json!("front");
     let third = api.patch("web", &pp, &Patch::Apply(&changed)).await.unwrap();
-    assert_eq!(third.metadata.generation, second.metadata.generation.map(|g| g + 1), "a changed spec must bump the generation");
+    assert_eq!(
+        third.metadata.generation,
+        second.metadata.generation.map(|g| g + 1),
+        "a changed spec must bump the generation"
+    );
 }
 
 async fn wait_for_phase(api: &Api<Pod>, name: &str, phases: &[&str], timeout: Duration) -> Pod {
@@ -89,14 +93,29 @@ async fn a_pod_runs_an_image_built_by_xtask_and_reaches_a_service_by_name() {
         }))
         .unwrap()
     };
-    pods.create(&PostParams::default(), &pod("cat-dag", json!(["cat", "/opt/airflow/dags/level_b_dag.py"]), json!({}), "Never")).await.unwrap();
+    pods.create(
+        &PostParams::default(),
+        &pod("cat-dag", json!(["cat", "/opt/airflow/dags/level_b_dag.py"]), json!({}), "Never"),
+    )
+    .await
+    .unwrap();
     let done = wait_for_phase(&pods, "cat-dag", &["Succeeded", "Failed"], Duration::from_secs(90)).await;
     assert_eq!(done.status.unwrap().phase.as_deref(), Some("Succeeded"));
     let log = pods.logs("cat-dag", &LogParams::default()).await.unwrap();
     assert_eq!(log, "print('level b')\n");
 
     // A server pod behind a Service, and a client that reaches it by the Service's DNS name.
-    pods.create(&PostParams::default(), &pod("web", json!(["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/opt/airflow/dags"]), json!({"app": "web"}), "Always")).await.unwrap();
+    pods.create(
+        &PostParams::default(),
+        &pod(
+            "web",
+            json!(["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/opt/airflow/dags"]),
+            json!({"app": "web"}),
+            "Always",
+        ),
+    )
+    .await
+    .unwrap();
     let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
     let svc: Service = serde_json::from_value(json!({
         "metadata": {"name": "web"},
@@ -108,8 +127,11 @@ async fn a_pod_runs_an_image_built_by_xtask_and_reaches_a_service_by_name() {
     let url = format!("http://web.{}.svc.cluster.local/level_b_dag.py", ns.name);
     // The test image is busybox with few applet links: call busybox for each tool.
     let tries = (1..=30).map(|i| i.to_string()).collect::<Vec<_>>().join(" ");
-    let script = format!("for i in {tries}; do /bin/busybox wget -q -O - {url} && exit 0; /bin/busybox sleep 1; done; exit 1");
-    pods.create(&PostParams::default(), &pod("client", json!(["/bin/sh", "-c", script]), json!({}), "Never")).await.unwrap();
+    let script =
+        format!("for i in {tries}; do /bin/busybox wget -q -O - {url} && exit 0; /bin/busybox sleep 1; done; exit 1");
+    pods.create(&PostParams::default(), &pod("client", json!(["/bin/sh", "-c", script]), json!({}), "Never"))
+        .await
+        .unwrap();
     let done = wait_for_phase(&pods, "client", &["Succeeded", "Failed"], Duration::from_secs(90)).await;
     let log = pods.logs("client", &LogParams::default()).await.unwrap();
     assert_eq!(done.status.unwrap().phase.as_deref(), Some("Succeeded"), "client log: {log}");

@@ -39,7 +39,12 @@ async fn workloads(client: &kube::Client, repo: &Repo, prefix: &str) -> TestName
         let list = pods.list(&ListParams::default()).await.unwrap().items;
         let ready = list
             .iter()
-            .filter(|p| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
             .count();
         if ready == 2 {
             return ns;
@@ -72,12 +77,38 @@ async fn exec_streams_output_and_returns_the_remote_exit_code() {
     assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
 
     // --workdir and --env, which exec itself does not have.
-    let out = exec(&repo, &ns.name, &["one", "-q", "--workdir", "/opt/airflow", "--env", "GREETING=hi there", "--", "sh", "-c", "echo \"$GREETING in $(pwd)\""]);
+    let out = exec(
+        &repo,
+        &ns.name,
+        &[
+            "one",
+            "-q",
+            "--workdir",
+            "/opt/airflow",
+            "--env",
+            "GREETING=hi there",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$GREETING in $(pwd)\"",
+        ],
+    );
     assert_eq!(stdout(&out).trim(), "hi there in /opt/airflow", "{}", stderr(&out));
 
     // stdin with -i.
     let mut c = repo.xtask();
-    c.args(["exec", "--kubeconfig", test_kubeconfig().to_str().unwrap(), "--namespace", &ns.name, "-i", "-q", "one", "--", "cat"]);
+    c.args([
+        "exec",
+        "--kubeconfig",
+        test_kubeconfig().to_str().unwrap(),
+        "--namespace",
+        &ns.name,
+        "-i",
+        "-q",
+        "one",
+        "--",
+        "cat",
+    ]);
     c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
     let mut child = c.spawn().unwrap();
     {
@@ -202,10 +233,23 @@ async fn run_takes_the_first_available_executor_and_says_why_it_passed_others() 
 
     // An executor the task does not allow, and a task with none available.
     let out = run(&["-x", "container", "host-only-tool"]);
-    assert!(stderr(&out).contains("task host-only-tool does not run on `container`; k8s/settings.toml allows: local"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("task host-only-tool does not run on `container`; k8s/settings.toml allows: local"),
+        "{}",
+        stderr(&out)
+    );
     let out = run(&["host-only-tool"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("no executor can run task host-only-tool") && stderr(&out).contains("not on PATH: no-such-program-xtask"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no executor can run task host-only-tool")
+            && stderr(&out).contains("not on PATH: no-such-program-xtask"),
+        "{}",
+        stderr(&out)
+    );
     let out = run(&["nope"]);
-    assert!(stderr(&out).contains("no task `nope` in k8s/settings.toml; the tasks are: host-only-tool, where"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no task `nope` in k8s/settings.toml; the tasks are: host-only-tool, where"),
+        "{}",
+        stderr(&out)
+    );
 }

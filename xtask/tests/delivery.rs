@@ -16,7 +16,8 @@ fn containerd_gets_the_full_image_then_nothing_then_only_the_changed_layer() {
     let repo = Repo::new();
     std::fs::write(repo.path("files/dags/data.bin"), vec![7u8; 200_000]).unwrap();
     let socket = ctrd.socket();
-    let load = |repo: &Repo| repo.build_json(&["--load", "containerd", "--containerd-socket", socket.to_str().unwrap()]);
+    let load =
+        |repo: &Repo| repo.build_json(&["--load", "containerd", "--containerd-socket", socket.to_str().unwrap()]);
 
     let first = load(&repo);
     let d = delivery(&first);
@@ -42,5 +43,8 @@ fn containerd_gets_the_full_image_then_nothing_then_only_the_changed_layer() {
     assert!(d["omitted_bytes"].as_u64().unwrap() > 1_000_000, "{d}");
     let listing = stdout(&ctrd.ctr(&["images", "ls"]));
     let new_manifest = image(&third)["manifest_digest"].as_str().unwrap();
-    assert!(listing.lines().any(|l| l.starts_with("docker.io/library/airflow-worker:test ") && l.contains(new_manifest)), "{listing}");
+    assert!(
+        listing.lines().any(|l| l.starts_with("docker.io/library/airflow-worker:test ") && l.contains(new_manifest)),
+        "{listing}"
+    );
 }

@@ -25,8 +25,7 @@ struct Install<'a> {
 impl Install<'_> {
     fn run(&self, args: &[&str]) -> Output {
         let mut c = self.repo.xtask();
-        c.args(args)
-            .args(["--kubeconfig", test_kubeconfig().to_str().unwrap(), "--namespace", &self.namespace]);
+        c.args(args).args(["--kubeconfig", test_kubeconfig().to_str().unwrap(), "--namespace", &self.namespace]);
         c.output().unwrap()
     }
 
@@ -52,7 +51,8 @@ impl Install<'_> {
         let mut args = vec!["smoke", "--json", "--timeout", "300"];
         args.extend_from_slice(extra);
         let out = self.run(&args);
-        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("smoke printed no JSON ({e}):\n{}\n{}", stdout(&out), stderr(&out)));
+        let v = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("smoke printed no JSON ({e}):\n{}\n{}", stdout(&out), stderr(&out)));
         (out.status.success(), v, stderr(&out))
     }
 }
@@ -65,12 +65,18 @@ fn edit(repo: &Repo, file: &str, from: &str, to: &str) {
 }
 
 fn dag<'a>(summary: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
-    summary["dags"].as_array().unwrap().iter().find(|d| d["dag"] == id).unwrap_or_else(|| panic!("no {id} in {summary}"))
+    summary["dags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["dag"] == id)
+        .unwrap_or_else(|| panic!("no {id} in {summary}"))
 }
 
 const TRIGGERER_RESOURCES: &str = "requests: {cpu: 50m, memory: 256Mi}\n            limits: {cpu: \"1\", memory: 768Mi}\n          volumeMounts:\n            - {name: config, mountPath: /opt/airflow/config, readOnly: true}\n            - {name: logs";
 const TRIGGERER_64_CPUS: &str = "requests: {cpu: \"64\", memory: 256Mi}\n            limits: {cpu: \"64\", memory: 768Mi}\n          volumeMounts:\n            - {name: config, mountPath: /opt/airflow/config, readOnly: true}\n            - {name: logs";
-const MISSING_IMAGE: &str = "docker.io/library/xtask-not-on-any-node@sha256:0000000000000000000000000000000000000000000000000000000000000001";
+const MISSING_IMAGE: &str =
+    "docker.io/library/xtask-not-on-any-node@sha256:0000000000000000000000000000000000000000000000000000000000000001";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn airflow_on_kubernetes_end_to_end() {
@@ -82,14 +88,22 @@ async fn airflow_on_kubernetes_end_to_end() {
 
     // 1. From nothing to healthy.
     let first = install.up_ok(&[]);
-    assert!(first["apply"]["objects"].as_array().unwrap().iter().all(|o| o["action"] == "created"), "{}", first["apply"]);
+    assert!(
+        first["apply"]["objects"].as_array().unwrap().iter().all(|o| o["action"] == "created"),
+        "{}",
+        first["apply"]
+    );
     assert_eq!(first["apply"]["secrets"].as_array().unwrap().len(), 3);
 
     // 2. A second run builds nothing, ships nothing, changes nothing, and says so.
     let second = install.up_ok(&[]);
     assert_eq!(second["changed"], false, "{second}");
     assert!(second["built"].as_array().unwrap().is_empty());
-    assert!(second["deliveries"].as_array().unwrap().iter().all(|d| d["status"] == "present"), "{}", second["deliveries"]);
+    assert!(
+        second["deliveries"].as_array().unwrap().iter().all(|d| d["status"] == "present"),
+        "{}",
+        second["deliveries"]
+    );
     assert!(second["apply"]["objects"].as_array().unwrap().iter().all(|o| o["action"] == "unchanged"));
     assert!(second["apply"]["secrets"].as_array().unwrap().iter().all(|o| o["action"] == "kept"));
     let out = install.run(&["k8s-up", "--node-containerd", CLUSTER_CONTAINERD]);
@@ -159,41 +173,78 @@ async fn airflow_on_kubernetes_end_to_end() {
     fs::remove_file(repo.path("files/dags/smoke_broken_import.py")).unwrap();
 
     // 6. A worker image that is not on the node is reported as such, not as a timeout.
-    edit(&repo, "k8s/airflow/pod-template.yaml", "      image: airflow-worker ", &format!("      image: {MISSING_IMAGE} "));
+    edit(
+        &repo,
+        "k8s/airflow/pod-template.yaml",
+        "      image: airflow-worker ",
+        &format!("      image: {MISSING_IMAGE} "),
+    );
     install.up_ok(&[]);
     let (ok, summary, _) = install.smoke(&["--dag", "smoke_xcom"]);
     assert!(!ok);
     let run = dag(&summary, "smoke_xcom");
     let why = run["log_tail"].as_str().unwrap_or("");
-    assert!(why.contains("xtask-not-on-any-node") && (why.contains("ImagePullBackOff") || why.contains("ErrImagePull")), "{run}");
+    assert!(
+        why.contains("xtask-not-on-any-node") && (why.contains("ImagePullBackOff") || why.contains("ErrImagePull")),
+        "{run}"
+    );
     assert!(why.contains("k8s-up"), "no fix named: {why}");
-    edit(&repo, "k8s/airflow/pod-template.yaml", &format!("      image: {MISSING_IMAGE} "), "      image: airflow-worker ");
+    edit(
+        &repo,
+        "k8s/airflow/pod-template.yaml",
+        &format!("      image: {MISSING_IMAGE} "),
+        "      image: airflow-worker ",
+    );
 
     // 7. k8s-up diagnoses a component whose image is missing, fast ...
-    edit(&repo, "k8s/airflow/triggerer.yaml", "        - name: triggerer\n          image: airflow-worker", &format!("        - name: triggerer\n          image: {MISSING_IMAGE}"));
+    edit(
+        &repo,
+        "k8s/airflow/triggerer.yaml",
+        "        - name: triggerer\n          image: airflow-worker",
+        &format!("        - name: triggerer\n          image: {MISSING_IMAGE}"),
+    );
     let out = install.up(&[]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("cannot become ready") && err.contains("airflow-triggerer") && err.contains("xtask-not-on-any-node"), "{err}");
+    assert!(
+        err.contains("cannot become ready")
+            && err.contains("airflow-triggerer")
+            && err.contains("xtask-not-on-any-node"),
+        "{err}"
+    );
     assert!(err.contains("fix:") && err.contains("more: kubectl -n"), "{err}");
-    edit(&repo, "k8s/airflow/triggerer.yaml", &format!("        - name: triggerer\n          image: {MISSING_IMAGE}"), "        - name: triggerer\n          image: airflow-worker");
+    edit(
+        &repo,
+        "k8s/airflow/triggerer.yaml",
+        &format!("        - name: triggerer\n          image: {MISSING_IMAGE}"),
+        "        - name: triggerer\n          image: airflow-worker",
+    );
     // ... and one that cannot be scheduled, at its deadline, with the scheduler's reason.
     edit(&repo, "k8s/airflow/triggerer.yaml", TRIGGERER_RESOURCES, TRIGGERER_64_CPUS);
     let out = install.up(&["--timeout", "40"]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("not ready after 40 s") && err.contains("Insufficient cpu") && err.contains("resources.requests"), "{err}");
+    assert!(
+        err.contains("not ready after 40 s") && err.contains("Insufficient cpu") && err.contains("resources.requests"),
+        "{err}"
+    );
     edit(&repo, "k8s/airflow/triggerer.yaml", TRIGGERER_64_CPUS, TRIGGERER_RESOURCES);
     install.up_ok(&[]);
 
     // 8. Pruning: what k8s/ no longer has goes; what xtask did not make stays.
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-    let mine: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": "made-by-someone-else"}, "data": {"a": "b"}})).unwrap();
+    let mine: ConfigMap =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "made-by-someone-else"}, "data": {"a": "b"}}))
+            .unwrap();
     cms.create(&PostParams::default(), &mine).await.unwrap();
     fs::remove_file(repo.path("k8s/airflow/triggerer.yaml")).unwrap();
     let pruned = install.up_ok(&[]);
     assert!(
-        pruned["apply"]["objects"].as_array().unwrap().iter().any(|o| o["kind"] == "Deployment" && o["name"] == "airflow-triggerer" && o["action"] == "pruned"),
+        pruned["apply"]["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["kind"] == "Deployment" && o["name"] == "airflow-triggerer" && o["action"] == "pruned"),
         "{}",
         pruned["apply"]
     );
@@ -205,7 +256,14 @@ async fn airflow_on_kubernetes_end_to_end() {
     let registry = Registry::start(None);
     let hosts = std::path::Path::new("/var/lib/xtask-local-cluster/containerd/certs.d").join(&registry.host);
     fs::create_dir_all(&hosts).unwrap();
-    fs::write(hosts.join("hosts.toml"), format!("server = \"http://{0}\"\n[host.\"http://{0}\"]\n  capabilities = [\"pull\", \"resolve\"]\n", registry.host)).unwrap();
+    fs::write(
+        hosts.join("hosts.toml"),
+        format!(
+            "server = \"http://{0}\"\n[host.\"http://{0}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            registry.host
+        ),
+    )
+    .unwrap();
     let via_registry = install.up_ok(&["--registry", &format!("{}/e2e", registry.host)]);
     assert!(via_registry["pushes"].as_array().unwrap().iter().all(|p| p["uploaded_blobs"].as_u64().unwrap() > 0));
     let scheduler = deployments.get("airflow-scheduler").await.unwrap();

@@ -18,7 +18,11 @@ fn manifest_of(repo: &Repo, report: &serde_json::Value) -> serde_json::Value {
     serde_json::from_slice(&repo.blob(&manifest_digest(report))).unwrap()
 }
 
-fn layer_entries(repo: &Repo, report: &serde_json::Value, name: &str) -> Vec<(String, u64, u64, u32, char, Option<String>)> {
+fn layer_entries(
+    repo: &Repo,
+    report: &serde_json::Value,
+    name: &str,
+) -> Vec<(String, u64, u64, u32, char, Option<String>)> {
     tar_entries(&repo.blob(layer(report, name)["digest"].as_str().unwrap()))
 }
 
@@ -63,10 +67,8 @@ fn base_layers_are_reused_byte_for_byte() {
     let base = busybox_base();
     let index: serde_json::Value = serde_json::from_slice(&fs::read(base.join("index.json")).unwrap()).unwrap();
     let base_manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
-    let base_manifest: serde_json::Value = serde_json::from_slice(
-        &fs::read(base.join("blobs/sha256").join(&base_manifest_digest[7..])).unwrap(),
-    )
-    .unwrap();
+    let base_manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(base.join("blobs/sha256").join(&base_manifest_digest[7..])).unwrap()).unwrap();
     let ours = manifest_of(&repo, &report);
     let base_layers = base_manifest["layers"].as_array().unwrap();
     let our_layers = ours["layers"].as_array().unwrap();
@@ -150,7 +152,8 @@ fn symlinks_long_unicode_names_and_empty_directories_survive() {
     fs::set_permissions(repo.path("files/dags/run.sh"), fs::Permissions::from_mode(0o700)).unwrap();
     let report = repo.build_json(&[]);
     let entries = layer_entries(&repo, &report, "dags");
-    let get = |p: &str| entries.iter().find(|e| e.0 == p).unwrap_or_else(|| panic!("{p} missing from {entries:#?}")).clone();
+    let get =
+        |p: &str| entries.iter().find(|e| e.0 == p).unwrap_or_else(|| panic!("{p} missing from {entries:#?}")).clone();
     let long_in_image = long.replace("files/dags/", "opt/airflow/dags/");
     assert!(long_in_image.len() > 100);
     assert_eq!(get(&long_in_image).4, 'f');
@@ -257,7 +260,6 @@ fn bad_bases_fail_clearly_and_leave_the_previous_image_and_archive_intact() {
     let full = fs::read(repo.path("base.tar")).unwrap();
     fs::write(repo.path("cut.tar"), &full[..full.len() / 2]).unwrap();
     check("oci-archive:cut.tar", &["cut.tar", "truncated"]);
-
 }
 
 #[test]
@@ -340,7 +342,9 @@ fn a_base_with_entries_escaping_the_root_is_refused() {
     let repo = Repo::new();
     repo.build_json(&[]);
     let index_before = repo.store_index();
-    for (name, entry, expect) in [("dotdot", "../../etc/evil", "escapes the root"), ("absolute", "/etc/evil", "absolute path")] {
+    for (name, entry, expect) in
+        [("dotdot", "../../etc/evil", "escapes the root"), ("absolute", "/etc/evil", "absolute path")]
+    {
         let base = base_with_entry(&repo.path(name), entry);
         repo.set_base(&base);
         let err = repo.fails(&["images"]);
@@ -368,7 +372,13 @@ fn a_build_killed_at_any_moment_leaves_a_usable_store_and_no_half_archive() {
     let archive = repo.path("target/xtask/images.tar");
     for delay_ms in [5u64, 40, 120, 250, 500, 900] {
         let _ = fs::remove_dir_all(repo.path("target/xtask/oci/cache"));
-        let mut child = repo.xtask().args(["images", "--archive"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let mut child = repo
+            .xtask()
+            .args(["images", "--archive"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         unsafe {
             libc::kill(child.id() as i32, libc::SIGKILL);
@@ -404,7 +414,10 @@ fn skopeo_and_umoci_read_the_archive_and_the_dags_are_owned_by_airflow() {
     assert_eq!(inspect["Layers"].as_array().unwrap().len(), 3);
     assert!(inspect["Env"].as_array().unwrap().iter().any(|e| e == "AIRFLOW__CORE__LOAD_EXAMPLES=False"));
     let dir = repo.path("copied");
-    sh(Command::new("skopeo").arg("copy").arg(format!("oci-archive:{}:test", archive.display())).arg(format!("dir:{}", dir.display())));
+    sh(Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("oci-archive:{}:test", archive.display()))
+        .arg(format!("dir:{}", dir.display())));
     assert!(dir.join("manifest.json").is_file());
 
     let layout = repo.path("layout");
@@ -447,7 +460,15 @@ fn docker_loads_the_archive_and_runs_the_dags() {
     assert!(stdout(&out).contains("airflow-worker"), "{}", stdout(&out));
     let out = sh(Command::new("docker").args(["run", "--rm", &tag, "cat", "/opt/airflow/dags/example_dag.py"]));
     assert_eq!(stdout(&out), "from common import GREETING\nprint(GREETING)\n");
-    let out = sh(Command::new("docker").args(["run", "--rm", &tag, "stat", "-c", "%u:%g", "/opt/airflow/dags/second_dag.py"]));
+    let out = sh(Command::new("docker").args([
+        "run",
+        "--rm",
+        &tag,
+        "stat",
+        "-c",
+        "%u:%g",
+        "/opt/airflow/dags/second_dag.py",
+    ]));
     assert_eq!(stdout(&out).trim(), "50000:0");
     let _ = Command::new("docker").args(["rmi", "-f", &tag]).output();
 }
@@ -522,7 +543,13 @@ fn docker_save_output_is_a_usable_base() {
     let r = repo.build_json(&["--archive"]);
     assert_eq!(image(&r)["base"]["layers"], 1);
     sh(Command::new("docker").args(["load", "-i"]).arg(repo.path("target/xtask/images.tar")));
-    let out = sh(Command::new("docker").args(["run", "--rm", "docker.io/library/airflow-worker:test", "ls", "/opt/airflow/dags"]));
+    let out = sh(Command::new("docker").args([
+        "run",
+        "--rm",
+        "docker.io/library/airflow-worker:test",
+        "ls",
+        "/opt/airflow/dags",
+    ]));
     assert!(stdout(&out).contains("example_dag.py"));
     let _ = Command::new("docker").args(["rmi", "-f", &tag, "docker.io/library/airflow-worker:test"]).output();
 }

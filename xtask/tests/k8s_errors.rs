@@ -54,7 +54,11 @@ fn kubeconfigs_that_are_missing_wrong_or_point_nowhere_are_explained() {
     let nowhere = repo.path("nowhere.kubeconfig");
     fs::write(&nowhere, text.replace(&server, "server: https://127.0.0.1:1")).unwrap();
     let err = repo.fails(&["status", "--kubeconfig", nowhere.to_str().unwrap()]);
-    assert!(err.contains("cannot reach the Kubernetes API server at https://127.0.0.1:1/") && err.contains("check that the cluster runs"), "{err}");
+    assert!(
+        err.contains("cannot reach the Kubernetes API server at https://127.0.0.1:1/")
+            && err.contains("check that the cluster runs"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -64,13 +68,29 @@ async fn a_forbidden_request_names_the_verb_resource_and_the_can_i_check() {
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
     let sa: ServiceAccount = serde_json::from_value(serde_json::json!({"metadata": {"name": "nobody"}})).unwrap();
     sas.create(&PostParams::default(), &sa).await.unwrap();
-    let request: TokenRequest = serde_json::from_value(serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 600}})).unwrap();
-    let token = sas.create_token_request("nobody", &PostParams::default(), &request).await.unwrap().status.unwrap().token;
+    let request: TokenRequest =
+        serde_json::from_value(serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 600}})).unwrap();
+    let token =
+        sas.create_token_request("nobody", &PostParams::default(), &request).await.unwrap().status.unwrap().token;
 
     // The cluster of the test kubeconfig, as a service account with no rights at all.
     let text = fs::read_to_string(test_kubeconfig()).unwrap();
-    let server = text.lines().find(|l| l.trim_start().starts_with("server:")).unwrap().trim().trim_start_matches("server:").trim().to_string();
-    let ca = text.lines().find(|l| l.trim_start().starts_with("certificate-authority-data:")).unwrap().trim().trim_start_matches("certificate-authority-data:").trim().to_string();
+    let server = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("server:"))
+        .unwrap()
+        .trim()
+        .trim_start_matches("server:")
+        .trim()
+        .to_string();
+    let ca = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("certificate-authority-data:"))
+        .unwrap()
+        .trim()
+        .trim_start_matches("certificate-authority-data:")
+        .trim()
+        .to_string();
     let repo = Repo::new();
     let limited = repo.path("limited.kubeconfig");
     fs::write(
@@ -80,7 +100,11 @@ async fn a_forbidden_request_names_the_verb_resource_and_the_can_i_check() {
         ),
     )
     .unwrap();
-    let out = repo.xtask().args(["status", "--kubeconfig", limited.to_str().unwrap(), "--namespace", &ns.name]).output().unwrap();
+    let out = repo
+        .xtask()
+        .args(["status", "--kubeconfig", limited.to_str().unwrap(), "--namespace", &ns.name])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("Forbidden: your credentials may not `list` nodes"), "{err}");
@@ -108,6 +132,12 @@ async fn a_malformed_manifest_stops_k8s_up_before_anything_is_made() {
     assert!(err.contains("k8s/airflow/logs.yaml:") && err.contains("not valid YAML"), "{err}");
     let client = kube_client().await;
     let namespaces: Api<Namespace> = Api::all(client);
-    assert!(namespaces.get_opt(&namespace).await.unwrap().is_none(), "k8s-up created the namespace before checking k8s/");
-    assert!(!repo.store().join("index.json").exists() || !repo.store_index().contains("airflow-worker"), "k8s-up built images before checking k8s/");
+    assert!(
+        namespaces.get_opt(&namespace).await.unwrap().is_none(),
+        "k8s-up created the namespace before checking k8s/"
+    );
+    assert!(
+        !repo.store().join("index.json").exists() || !repo.store_index().contains("airflow-worker"),
+        "k8s-up built images before checking k8s/"
+    );
 }

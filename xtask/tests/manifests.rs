@@ -50,7 +50,15 @@ fn the_shipped_manifests_pass() {
 fn a_misspelled_field_is_named_with_file_document_and_line() {
     let repo = repo_with_manifests();
     edit(&repo, "k8s/airflow/scheduler.yaml", "serviceAccountName:", "serviceAcountName:");
-    let text = check_fails(&repo, &["k8s/airflow/scheduler.yaml:", "document 1 (Deployment airflow-scheduler)", "spec.template.spec.serviceAcountName", "unknown field"]);
+    let text = check_fails(
+        &repo,
+        &[
+            "k8s/airflow/scheduler.yaml:",
+            "document 1 (Deployment airflow-scheduler)",
+            "spec.template.spec.serviceAcountName",
+            "unknown field",
+        ],
+    );
     let line: usize = text.split(':').nth(1).unwrap().parse().unwrap();
     let source = fs::read_to_string(repo.path("k8s/airflow/scheduler.yaml")).unwrap();
     assert!(source.lines().nth(line - 1).unwrap().contains("serviceAcountName"), "line {line} is not the field's");
@@ -59,32 +67,84 @@ fn a_misspelled_field_is_named_with_file_document_and_line() {
 #[test]
 fn a_reference_to_an_undefined_config_map_fails() {
     let repo = repo_with_manifests();
-    edit(&repo, "k8s/airflow/dag-processor.yaml", "configMap: {name: airflow-config}", "configMap: {name: airflow-confg}");
-    check_fails(&repo, &["k8s/airflow/dag-processor.yaml", "document 1", "volumes[0].configMap.name", "ConfigMap `airflow-confg` is not defined"]);
+    edit(
+        &repo,
+        "k8s/airflow/dag-processor.yaml",
+        "configMap: {name: airflow-config}",
+        "configMap: {name: airflow-confg}",
+    );
+    check_fails(
+        &repo,
+        &[
+            "k8s/airflow/dag-processor.yaml",
+            "document 1",
+            "volumes[0].configMap.name",
+            "ConfigMap `airflow-confg` is not defined",
+        ],
+    );
 }
 
 #[test]
 fn a_reference_to_an_undefined_secret_fails_but_generated_ones_pass() {
     let repo = repo_with_manifests();
-    edit(&repo, "k8s/airflow/postgres.yaml", "secretKeyRef: {name: airflow-postgres, key: password}", "secretKeyRef: {name: db-credentials, key: password}");
-    check_fails(&repo, &["k8s/airflow/postgres.yaml", "document 2 (StatefulSet airflow-postgres)", "secretKeyRef.name", "Secret `db-credentials`"]);
+    edit(
+        &repo,
+        "k8s/airflow/postgres.yaml",
+        "secretKeyRef: {name: airflow-postgres, key: password}",
+        "secretKeyRef: {name: db-credentials, key: password}",
+    );
+    check_fails(
+        &repo,
+        &[
+            "k8s/airflow/postgres.yaml",
+            "document 2 (StatefulSet airflow-postgres)",
+            "secretKeyRef.name",
+            "Secret `db-credentials`",
+        ],
+    );
     // A generated secret exists, but not every key does.
-    edit(&repo, "k8s/airflow/postgres.yaml", "secretKeyRef: {name: db-credentials, key: password}", "secretKeyRef: {name: airflow-postgres, key: pasword}");
+    edit(
+        &repo,
+        "k8s/airflow/postgres.yaml",
+        "secretKeyRef: {name: db-credentials, key: password}",
+        "secretKeyRef: {name: airflow-postgres, key: pasword}",
+    );
     check_fails(&repo, &["postgres.yaml", "secretKeyRef.key", "has no key `pasword`"]);
 }
 
 #[test]
 fn a_reference_to_an_undefined_service_account_fails() {
     let repo = repo_with_manifests();
-    edit(&repo, "k8s/airflow/pod-template.yaml", "serviceAccountName: airflow-worker", "serviceAccountName: airflow-workers");
-    check_fails(&repo, &["k8s/airflow/pod-template.yaml", "document 1 (Pod airflow-pod-template)", "spec.serviceAccountName", "ServiceAccount `airflow-workers`"]);
+    edit(
+        &repo,
+        "k8s/airflow/pod-template.yaml",
+        "serviceAccountName: airflow-worker",
+        "serviceAccountName: airflow-workers",
+    );
+    check_fails(
+        &repo,
+        &[
+            "k8s/airflow/pod-template.yaml",
+            "document 1 (Pod airflow-pod-template)",
+            "spec.serviceAccountName",
+            "ServiceAccount `airflow-workers`",
+        ],
+    );
 }
 
 #[test]
 fn a_reference_to_an_undefined_service_fails() {
     let repo = repo_with_manifests();
     edit(&repo, "k8s/airflow/config.yaml", "http://airflow-api-server:8080", "http://airflow-apiserver:8080");
-    check_fails(&repo, &["k8s/airflow/config.yaml", "document 1 (ConfigMap airflow-config)", "data.airflow.cfg", "Service `airflow-apiserver`"]);
+    check_fails(
+        &repo,
+        &[
+            "k8s/airflow/config.yaml",
+            "document 1 (ConfigMap airflow-config)",
+            "data.airflow.cfg",
+            "Service `airflow-apiserver`",
+        ],
+    );
 }
 
 #[test]
@@ -97,7 +157,12 @@ fn a_pod_template_without_a_base_container_fails() {
 #[test]
 fn an_image_neither_placeholder_nor_pinned_fails() {
     let repo = repo_with_manifests();
-    edit(&repo, "k8s/airflow/postgres.yaml", "          image: airflow-postgres", "          image: docker.io/library/postgres:16");
+    edit(
+        &repo,
+        "k8s/airflow/postgres.yaml",
+        "          image: airflow-postgres",
+        "          image: docker.io/library/postgres:16",
+    );
     check_fails(&repo, &["k8s/airflow/postgres.yaml", "document 2", "containers[0].image", "nor pinned by digest"]);
     let pinned = format!("image: docker.io/library/postgres:16@sha256:{}", "0".repeat(64));
     edit(&repo, "k8s/airflow/postgres.yaml", "image: docker.io/library/postgres:16", &pinned);
@@ -107,15 +172,36 @@ fn an_image_neither_placeholder_nor_pinned_fails() {
 #[test]
 fn a_long_running_component_without_resources_fails() {
     let repo = repo_with_manifests();
-    edit(&repo, "k8s/airflow/triggerer.yaml", "            limits: {cpu: \"1\", memory: 768Mi}\n          volumeMounts:\n            - {name: config, mountPath: /opt/airflow/config, readOnly: true}\n            - {name: logs", "          volumeMounts:\n            - {name: config, mountPath: /opt/airflow/config, readOnly: true}\n            - {name: logs");
-    check_fails(&repo, &["k8s/airflow/triggerer.yaml", "document 1 (Deployment airflow-triggerer)", "containers[0].resources", "limits.cpu, limits.memory"]);
+    edit(
+        &repo,
+        "k8s/airflow/triggerer.yaml",
+        "            limits: {cpu: \"1\", memory: 768Mi}\n          volumeMounts:\n            - {name: config, mountPath: /opt/airflow/config, readOnly: true}\n            - {name: logs",
+        "          volumeMounts:\n            - {name: config, mountPath: /opt/airflow/config, readOnly: true}\n            - {name: logs",
+    );
+    check_fails(
+        &repo,
+        &[
+            "k8s/airflow/triggerer.yaml",
+            "document 1 (Deployment airflow-triggerer)",
+            "containers[0].resources",
+            "limits.cpu, limits.memory",
+        ],
+    );
 }
 
 #[test]
 fn a_role_broader_than_the_pod_launcher_fails() {
     let repo = repo_with_manifests();
-    edit(&repo, "k8s/airflow/rbac.yaml", "resources: [events]\n    verbs: [list]", "resources: [events, secrets]\n    verbs: [list]");
-    check_fails(&repo, &["k8s/airflow/rbac.yaml", "document 3 (Role airflow-pod-launcher)", "rules[3].resources", "grants `secrets`"]);
+    edit(
+        &repo,
+        "k8s/airflow/rbac.yaml",
+        "resources: [events]\n    verbs: [list]",
+        "resources: [events, secrets]\n    verbs: [list]",
+    );
+    check_fails(
+        &repo,
+        &["k8s/airflow/rbac.yaml", "document 3 (Role airflow-pod-launcher)", "rules[3].resources", "grants `secrets`"],
+    );
     let repo = repo_with_manifests();
     edit(&repo, "k8s/airflow/rbac.yaml", "verbs: [create, get, list, watch, patch, delete]", "verbs: [\"*\"]");
     check_fails(&repo, &["rbac.yaml", "rules[0].verbs", "grants `*` on `pods`"]);
@@ -164,7 +250,8 @@ fn render_resolves_placeholders_namespace_pod_template_and_hides_secrets() {
         assert_ne!(kind, "Pod", "the pod template must be rendered as a ConfigMap");
     }
     let template = docs.iter().find(|d| d["metadata"]["name"] == "airflow-pod-template").unwrap();
-    let pod: serde_json::Value = serde_yaml_ng::from_str(template["data"]["pod_template.yaml"].as_str().unwrap()).unwrap();
+    let pod: serde_json::Value =
+        serde_yaml_ng::from_str(template["data"]["pod_template.yaml"].as_str().unwrap()).unwrap();
     assert_eq!(pod["spec"]["containers"][0]["name"], "base");
     assert!(pod["spec"]["containers"][0]["image"].as_str().unwrap().ends_with(&digest));
     let binding = docs.iter().find(|d| d["kind"] == "RoleBinding").unwrap();

@@ -38,7 +38,8 @@ fn push_is_read_by_skopeo_and_a_second_push_after_one_dag_change_uploads_only_th
     let registry = Registry::start(None);
     let repo = repo_with_big_dags();
     // Chunks of 100 kB: the 300 kB DAG layer goes up in PATCHes, the small ones in one PUT.
-    let out = sh(repo.xtask().env("XTASK_PUSH_CHUNK_SIZE", "100000").args(["images", "--json", "--push", &registry.host]));
+    let out =
+        sh(repo.xtask().env("XTASK_PUSH_CHUNK_SIZE", "100000").args(["images", "--json", "--push", &registry.host]));
     let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let push = &first["pushes"][0];
     assert_eq!(push["uploaded_blobs"], 4, "{push}"); // base layer, include, dags, config
@@ -66,7 +67,11 @@ fn push_is_read_by_skopeo_and_a_second_push_after_one_dag_change_uploads_only_th
     let new_bytes: u64 = new.iter().map(|(_, s)| **s).sum();
     assert!(new.iter().any(|(d, _)| d.as_str() == dags["digest"].as_str().unwrap()), "{new:?}");
     assert_eq!(new.len(), 3, "dags layer, config, manifest: {new:?}");
-    assert_eq!(push["uploaded_bytes"].as_u64().unwrap(), new_bytes, "our counter disagrees with the registry's storage");
+    assert_eq!(
+        push["uploaded_bytes"].as_u64().unwrap(),
+        new_bytes,
+        "our counter disagrees with the registry's storage"
+    );
     let dag_layer = dags["size"].as_u64().unwrap() as f64;
     assert!(new_bytes as f64 <= 1.1 * dag_layer, "moved {new_bytes} bytes for a {dag_layer}-byte DAG layer");
 }
@@ -87,7 +92,8 @@ fn a_base_that_skopeo_pushed_is_pulled_by_tag_and_by_digest() {
     let report = repo.build_json(&[]);
     let base = &image(&report)["base"];
     assert_eq!(base["layers"], pushed["layers"].as_array().unwrap().len());
-    let ours: serde_json::Value = serde_json::from_slice(&repo.blob(image(&report)["manifest_digest"].as_str().unwrap())).unwrap();
+    let ours: serde_json::Value =
+        serde_json::from_slice(&repo.blob(image(&report)["manifest_digest"].as_str().unwrap())).unwrap();
     for (p, o) in pushed["layers"].as_array().unwrap().iter().zip(ours["layers"].as_array().unwrap()) {
         assert_eq!(p["digest"], o["digest"], "base layers must be reused byte for byte");
     }
@@ -236,7 +242,10 @@ fn a_registry_that_sends_wrong_bytes_fails_the_pull_and_the_store_keeps_nothing_
     let repo = Repo::with_base(&format!("docker://{proxy}/bases/busybox:1"));
     let err = repo.fails(&["images"]);
     assert!(damaged.load(Ordering::SeqCst) > 0, "the proxy never saw a blob");
-    assert!(err.contains("digest mismatch") && err.contains("expected sha256:") && err.contains("got sha256:"), "{err}");
+    assert!(
+        err.contains("digest mismatch") && err.contains("expected sha256:") && err.contains("got sha256:"),
+        "{err}"
+    );
     let expected = err.split("expected ").nth(1).unwrap().split(',').next().unwrap().trim().to_string();
     assert!(!repo.store().join("blobs/sha256").join(&expected[7..]).exists(), "the bad blob reached the store");
     assert_eq!(std::fs::read_dir(repo.store().join("tmp")).unwrap().count(), 0);
@@ -255,7 +264,10 @@ fn a_docker_engine_image_is_a_base_and_load_docker_runs_the_dags() {
     require("skopeo");
     let pid = std::process::id();
     let base_tag = format!("xtask-test-daemon-base:{pid}");
-    sh(Command::new("skopeo").arg("copy").arg(format!("oci:{}:1", busybox_base().display())).arg(format!("docker-daemon:{base_tag}")));
+    sh(Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("oci:{}:1", busybox_base().display()))
+        .arg(format!("docker-daemon:{base_tag}")));
     let repo = Repo::with_base(&format!("docker-daemon:{base_tag}"));
     let tag = format!("d{pid}");
     let report = repo.build_json(&["--tag", &tag, "--load", "docker"]);

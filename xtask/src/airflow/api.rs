@@ -54,10 +54,13 @@ impl ApiClient {
         let status = resp.status();
         let body = resp.body_mut().read_to_string().unwrap_or_default();
         if !status.is_success() {
-            bail!("the Airflow API refused the login of `{user}` ({status}): {body}; the password is in the Secret airflow-admin that k8s-up made");
+            bail!(
+                "the Airflow API refused the login of `{user}` ({status}): {body}; the password is in the Secret airflow-admin that k8s-up made"
+            );
         }
         let v: Value = serde_json::from_str(&body).context("the token endpoint answered something other than JSON")?;
-        let token = v["access_token"].as_str().ok_or_else(|| anyhow!("no access_token in the login answer"))?.to_string();
+        let token =
+            v["access_token"].as_str().ok_or_else(|| anyhow!("no access_token in the login answer"))?.to_string();
         Ok(ApiClient { agent, base: base.to_string(), token })
     }
 
@@ -69,7 +72,9 @@ impl ApiClient {
             .header("Authorization", format!("Bearer {}", self.token))
             .header("Accept", "application/json");
         let resp = match body {
-            Some(b) => self.agent.run(req.header("Content-Type", "application/json").body(b.to_string()).expect("valid request")),
+            Some(b) => self
+                .agent
+                .run(req.header("Content-Type", "application/json").body(b.to_string()).expect("valid request")),
             None => self.agent.run(req.body(()).expect("valid request")),
         };
         let mut resp = resp.map_err(|e| anyhow!("{method} {url} failed: {e}"))?;
@@ -152,7 +157,12 @@ impl ApiClient {
     }
 
     pub fn xcom(&self, dag_id: &str, run_id: &str, task_id: &str) -> Result<Option<Value>> {
-        let path = format!("/dags/{}/dagRuns/{}/taskInstances/{}/xcomEntries/return_value", encode(dag_id), encode(run_id), encode(task_id));
+        let path = format!(
+            "/dags/{}/dagRuns/{}/taskInstances/{}/xcomEntries/return_value",
+            encode(dag_id),
+            encode(run_id),
+            encode(task_id)
+        );
         match self.call("GET", &path, None)? {
             (404, _) => Ok(None),
             (s, v) if (200..300).contains(&s) => Ok(Some(v["value"].clone())),
@@ -162,7 +172,12 @@ impl ApiClient {
 
     /// The task's log as text (the API serves it as structured JSON lines).
     pub fn task_log(&self, dag_id: &str, run_id: &str, task_id: &str, try_number: i64) -> Result<String> {
-        let path = format!("/dags/{}/dagRuns/{}/taskInstances/{}/logs/{try_number}?full_content=true", encode(dag_id), encode(run_id), encode(task_id));
+        let path = format!(
+            "/dags/{}/dagRuns/{}/taskInstances/{}/logs/{try_number}?full_content=true",
+            encode(dag_id),
+            encode(run_id),
+            encode(task_id)
+        );
         let v = self.ok("GET", &path, None)?;
         let content = &v["content"];
         Ok(match content {
@@ -187,7 +202,11 @@ impl ApiClient {
                                     f["name"].as_str().unwrap_or("?")
                                 ));
                             }
-                            line.push_str(&format!("\n{}: {}", exc["exc_type"].as_str().unwrap_or("Exception"), exc["exc_value"].as_str().unwrap_or("")));
+                            line.push_str(&format!(
+                                "\n{}: {}",
+                                exc["exc_type"].as_str().unwrap_or("Exception"),
+                                exc["exc_value"].as_str().unwrap_or("")
+                            ));
                         }
                         line
                     }
@@ -208,6 +227,9 @@ mod tests {
 
     #[test]
     fn run_ids_are_percent_encoded() {
-        assert_eq!(encode("manual__2026-11-22T17:53:48.314412+00:00"), "manual__2026-11-22T17%3A53%3A48.314412%2B00%3A00");
+        assert_eq!(
+            encode("manual__2026-11-22T17:53:48.314412+00:00"),
+            "manual__2026-11-22T17%3A53%3A48.314412%2B00%3A00"
+        );
     }
 }

@@ -8,8 +8,8 @@ use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, ResizeContainerTTYOptionsBuilder,
-    StartContainerOptions, WaitContainerOptions,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder,
+    ResizeContainerTTYOptionsBuilder, StartContainerOptions, WaitContainerOptions,
 };
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -47,22 +47,34 @@ pub async fn start(spec: &Spec) -> Result<Attached> {
         attach_stdin: Some(true),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
-        host_config: Some(HostConfig { binds: Some(spec.binds.clone()), auto_remove: Some(spec.auto_remove), ..Default::default() }),
+        host_config: Some(HostConfig {
+            binds: Some(spec.binds.clone()),
+            auto_remove: Some(spec.auto_remove),
+            ..Default::default()
+        }),
         ..Default::default()
     };
-    let name = format!("xtask-run-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos());
+    let name = format!(
+        "xtask-run-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos()
+    );
     let id = docker
         .create_container(Some(CreateContainerOptionsBuilder::default().name(&name).build()), body)
         .await
         .with_context(|| format!("cannot create a container of {}", spec.image))?
         .id;
     let attached = docker
-        .attach_container(&id, Some(AttachContainerOptionsBuilder::default().stdin(true).stdout(true).stderr(true).stream(true).build()))
+        .attach_container(
+            &id,
+            Some(AttachContainerOptionsBuilder::default().stdin(true).stdout(true).stderr(true).stream(true).build()),
+        )
         .await;
     let attached = match attached {
         Ok(a) => a,
         Err(e) => {
-            let _ = docker.remove_container(&id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+            let _ =
+                docker.remove_container(&id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
             return Err(anyhow!("cannot attach to the container: {e}"));
         }
     };
@@ -92,7 +104,10 @@ impl Attached {
     }
 
     pub async fn remove(&self) {
-        let _ = self.docker.remove_container(&self.id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+        let _ = self
+            .docker
+            .remove_container(&self.id, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+            .await;
     }
 }
 

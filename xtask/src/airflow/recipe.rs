@@ -139,8 +139,9 @@ pub fn recipe_path(project: &Project, name: &str) -> PathBuf {
 pub fn load(project: &Project, name: &str, mtime: u64) -> Result<LoadedRecipe> {
     let path = recipe_path(project, name);
     let rel = project.rel(&path);
-    let text = fs::read_to_string(&path)
-        .with_context(|| format!("cannot read the base recipe {rel}; `xtask-base:{name}` names docker/base/{name}.toml"))?;
+    let text = fs::read_to_string(&path).with_context(|| {
+        format!("cannot read the base recipe {rel}; `xtask-base:{name}` names docker/base/{name}.toml")
+    })?;
     let recipe: Recipe = toml::from_str(&text).map_err(|e| anyhow!("{rel}: {e}"))?;
     if let Some(py) = &recipe.python
         && py.requirements.is_empty()
@@ -199,9 +200,17 @@ pub fn ensure(project: &Project, store: &Store, name: &str, mtime: u64, opts: &B
     let loaded = load(project, name, mtime)?;
     if !opts.force
         && let Some(done) = store.cache_get::<Built>("base-recipes", &loaded.key)
-        && [&done.base.manifest, &done.base.config].into_iter().chain(done.base.layers.iter()).all(|d| store.blob_size(&d.digest) == Some(d.size))
+        && [&done.base.manifest, &done.base.config]
+            .into_iter()
+            .chain(done.base.layers.iter())
+            .all(|d| store.blob_size(&d.digest) == Some(d.size))
     {
-        return Ok(Outcome { base: done.base, built: false, seconds: started.elapsed().as_secs_f64(), store_name: store_name(&loaded) });
+        return Ok(Outcome {
+            base: done.base,
+            built: false,
+            seconds: started.elapsed().as_secs_f64(),
+            store_name: store_name(&loaded),
+        });
     }
     let base = build(project, store, &loaded, mtime, opts)?;
     let seconds = started.elapsed().as_secs_f64();
@@ -227,7 +236,8 @@ impl Mount {
         // SAFETY: valid NUL-terminated strings; a null data pointer is allowed.
         let r = unsafe { libc::mount(proc_.as_ptr(), t.as_ptr(), proc_.as_ptr(), 0, std::ptr::null()) };
         if r != 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot mount proc on {}", target.display()));
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("cannot mount proc on {}", target.display()));
         }
         Ok(Mount(target.to_path_buf()))
     }
@@ -254,7 +264,18 @@ fn chroot_env(ca_inside: Option<&str>) -> Vec<String> {
         "PIP_NO_CACHE_DIR=1".into(),
         "PIP_PROGRESS_BAR=off".into(),
     ];
-    for key in ["PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_DEFAULT_TIMEOUT", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"] {
+    for key in [
+        "PIP_INDEX_URL",
+        "PIP_EXTRA_INDEX_URL",
+        "PIP_TRUSTED_HOST",
+        "PIP_DEFAULT_TIMEOUT",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+    ] {
         if let Ok(v) = std::env::var(key) {
             env.push(format!("{key}={v}"));
         }
@@ -312,7 +333,8 @@ fn build(project: &Project, store: &Store, loaded: &LoadedRecipe, mtime: u64, op
         let _proc = Mount::proc(&rootfs.join("proc"))?;
         if Path::new("/etc/resolv.conf").exists() {
             let _ = fs::remove_file(rootfs.join("etc/resolv.conf"));
-            fs::copy("/etc/resolv.conf", rootfs.join("etc/resolv.conf")).context("cannot copy /etc/resolv.conf into the chroot")?;
+            fs::copy("/etc/resolv.conf", rootfs.join("etc/resolv.conf"))
+                .context("cannot copy /etc/resolv.conf into the chroot")?;
         }
         let ca_inside = match host_ca_bundle() {
             Some(ca) => {
@@ -358,10 +380,14 @@ fn build(project: &Project, store: &Store, loaded: &LoadedRecipe, mtime: u64, op
                     .as_ref()
                     .map(|(p, _)| p.clone())
                     .unwrap_or_else(|| loaded.path.with_extension("lock"));
-                let freeze = duct::cmd("chroot", [rootfs.display().to_string(), pip.clone(), "freeze".into(), "--all".into()])
-                    .read()
-                    .context("pip freeze failed")?;
-                let header = format!("# Every package of the {} base, as `cargo xtask base --update-lock` resolved it.\n", loaded.name);
+                let freeze =
+                    duct::cmd("chroot", [rootfs.display().to_string(), pip.clone(), "freeze".into(), "--all".into()])
+                        .read()
+                        .context("pip freeze failed")?;
+                let header = format!(
+                    "# Every package of the {} base, as `cargo xtask base --update-lock` resolved it.\n",
+                    loaded.name
+                );
                 crate::fsutil::write_atomic(&target, format!("{header}{freeze}\n").as_bytes())?;
                 step(opts, &format!("wrote {}", project.rel(&target)));
             }
@@ -418,7 +444,11 @@ fn debootstrap_cached(debootstrap: &Path, d: &Debian, rootfs: &Path, log: &Path,
     let cached = debootstrap_cache_dir().join(&key);
     if cached.join("etc/debian_version").is_file() {
         step(opts, &format!("debootstrap {} ({}): from the cache {}", d.suite, d.variant, cached.display()));
-        return process::run_logged(duct::cmd("cp", ["-a".as_ref(), cached.as_os_str(), rootfs.as_os_str()]), log, "copying the cached root filesystem");
+        return process::run_logged(
+            duct::cmd("cp", ["-a".as_ref(), cached.as_os_str(), rootfs.as_os_str()]),
+            log,
+            "copying the cached root filesystem",
+        );
     }
     step(opts, &format!("debootstrap {} ({})", d.suite, d.variant));
     let mut args: Vec<String> = vec![format!("--variant={}", d.variant)];
@@ -436,7 +466,13 @@ fn debootstrap_cached(debootstrap: &Path, d: &Debian, rootfs: &Path, log: &Path,
     if fs::create_dir_all(&parent).is_ok() {
         let tmp = parent.join(format!(".{key}.{}.partial", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
-        if process::run_logged(duct::cmd("cp", ["-a".as_ref(), rootfs.as_os_str(), tmp.as_os_str()]), log, "caching the root filesystem").is_ok() {
+        if process::run_logged(
+            duct::cmd("cp", ["-a".as_ref(), rootfs.as_os_str(), tmp.as_os_str()]),
+            log,
+            "caching the root filesystem",
+        )
+        .is_ok()
+        {
             let _ = fs::rename(&tmp, &cached);
         }
         let _ = fs::remove_dir_all(&tmp);
@@ -462,11 +498,8 @@ fn shorten_pip_error(err: anyhow::Error, log: &Path) -> anyhow::Error {
 fn unmount_all_under(root: &Path) {
     let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else { return };
     let root = root.display().to_string();
-    let mut targets: Vec<&str> = mounts
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .filter(|t| t.starts_with(&root))
-        .collect();
+    let mut targets: Vec<&str> =
+        mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|t| t.starts_with(&root)).collect();
     targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
     for t in targets {
         if let Ok(c) = CString::new(t) {
@@ -532,7 +565,10 @@ fn write_image(store: &Store, loaded: &LoadedRecipe, rootfs: &Path, mtime: u64) 
             acc.push_str(part);
             let md = fs::symlink_metadata(rootfs.join(&acc))?;
             use std::os::unix::fs::MetadataExt;
-            parents.push((acc.clone(), Meta { uid: md.uid().into(), gid: md.gid().into(), mode: md.mode() & 0o7777, mtime }));
+            parents.push((
+                acc.clone(),
+                Meta { uid: md.uid().into(), gid: md.gid().into(), mode: md.mode() & 0o7777, mtime },
+            ));
         }
         plans.push(plan(rootfs.join(venv_rel), venv_rel.clone(), parents, vec![]));
     }
@@ -542,7 +578,8 @@ fn write_image(store: &Store, loaded: &LoadedRecipe, rootfs: &Path, mtime: u64) 
         blobs.push(layer::write(p, &inputs, store, &mut |_| {})?);
     }
     let created = rfc3339(mtime);
-    let mut env: Vec<String> = vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(), "LANG=C.UTF-8".into()];
+    let mut env: Vec<String> =
+        vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(), "LANG=C.UTF-8".into()];
     for (k, v) in &img.env {
         env.retain(|e| !e.starts_with(&format!("{k}=")));
         env.push(format!("{k}={v}"));
@@ -564,9 +601,13 @@ fn write_image(store: &Store, loaded: &LoadedRecipe, rootfs: &Path, mtime: u64) 
     if let Some(w) = &img.workdir {
         cfg["WorkingDir"] = serde_json::json!(w);
     }
-    let mut history = vec![serde_json::json!({"created": created, "created_by": format!("debootstrap {} + {} steps", loaded.recipe.debian.suite, loaded.recipe.step.len())})];
+    let mut history = vec![
+        serde_json::json!({"created": created, "created_by": format!("debootstrap {} + {} steps", loaded.recipe.debian.suite, loaded.recipe.step.len())}),
+    ];
     if let Some(py) = &loaded.recipe.python {
-        history.push(serde_json::json!({"created": created, "created_by": format!("pip install {}", py.requirements.join(" "))}));
+        history.push(
+            serde_json::json!({"created": created, "created_by": format!("pip install {}", py.requirements.join(" "))}),
+        );
     }
     let config = serde_json::json!({
         "architecture": "amd64",
@@ -577,7 +618,8 @@ fn write_image(store: &Store, loaded: &LoadedRecipe, rootfs: &Path, mtime: u64) 
         "history": history,
     });
     let config_desc = store.put_json(MEDIA_OCI_CONFIG, &config)?;
-    let layers: Vec<Descriptor> = blobs.iter().map(|b| Descriptor::new(&b.media_type, b.digest.clone(), b.size)).collect();
+    let layers: Vec<Descriptor> =
+        blobs.iter().map(|b| Descriptor::new(&b.media_type, b.digest.clone(), b.size)).collect();
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(MEDIA_OCI_MANIFEST.into()),

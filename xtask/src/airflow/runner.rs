@@ -57,7 +57,8 @@ impl Runner {
         let mut tail: VecDeque<String> = VecDeque::new();
         let mut handle_line = |line: &str, on_result: &mut dyn FnMut(serde_json::Value) -> Result<()>| -> Result<()> {
             if let Some(json) = line.strip_prefix(RESULT_PREFIX) {
-                let v: serde_json::Value = serde_json::from_str(json).with_context(|| format!("garbled result line: {line}"))?;
+                let v: serde_json::Value =
+                    serde_json::from_str(json).with_context(|| format!("garbled result line: {line}"))?;
                 on_result(v)?;
             } else {
                 tail.push_back(line.to_string());
@@ -120,15 +121,23 @@ async fn run_in_container(
         env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         ..Default::default()
     };
-    let name = format!("xtask-check-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos());
+    let name = format!(
+        "xtask-check-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos()
+    );
     let created = docker
         .create_container(Some(CreateContainerOptionsBuilder::default().name(&name).build()), body)
         .await
         .with_context(|| format!("cannot create a container of {image}"))?;
     let id = created.id;
     let result = async {
-        docker.start_container(&id, None::<bollard::query_parameters::StartContainerOptions>).await.context("cannot start the container")?;
-        let mut logs = docker.logs(&id, Some(LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build()));
+        docker
+            .start_container(&id, None::<bollard::query_parameters::StartContainerOptions>)
+            .await
+            .context("cannot start the container")?;
+        let mut logs =
+            docker.logs(&id, Some(LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build()));
         let mut pending = String::new();
         while let Some(chunk) = logs.next().await {
             let chunk = chunk.context("lost the container's output")?;
@@ -177,7 +186,11 @@ pub fn ensure_venv(project: &Project, venv: &Path, human: bool) -> Result<PathBu
     let log = project.work_dir().join("venv.log");
     fs::create_dir_all(project.work_dir())?;
     let _ = fs::remove_dir_all(venv);
-    process::run_logged(duct::cmd(&host_python, [std::ffi::OsStr::new("-m"), std::ffi::OsStr::new("venv"), venv.as_os_str()]), &log, "python3 -m venv")?;
+    process::run_logged(
+        duct::cmd(&host_python, [std::ffi::OsStr::new("-m"), std::ffi::OsStr::new("venv"), venv.as_os_str()]),
+        &log,
+        "python3 -m venv",
+    )?;
     let mut args: Vec<String> = vec!["install".into(), "--quiet".into()];
     if let Some((path, _)) = &loaded.constraints {
         args.push("--constraint".into());
@@ -199,7 +212,11 @@ pub fn for_project(project: &Project, local: bool, venv: Option<&Path>, image: &
     if local {
         let venv = venv.map(Path::to_path_buf).unwrap_or_else(|| project.work_dir().join("venv"));
         let python = ensure_venv(project, &venv, human)?;
-        return Ok(Runner::Venv { python, dags: project.root.join("files/dags"), include: project.root.join("files/include") });
+        return Ok(Runner::Venv {
+            python,
+            dags: project.root.join("files/dags"),
+            include: project.root.join("files/include"),
+        });
     }
     let opts = crate::images::BuildOptions { only: vec![image.to_string()], ..Default::default() };
     let (store, reports) = crate::images::build(project, &opts, false)?;

@@ -58,12 +58,7 @@ pub fn xtask(repo: &Path, args: &[&str]) -> Result<super::Run> {
 }
 
 pub fn cluster_flags(args: &BenchClusterArgs) -> Vec<String> {
-    vec![
-        "--kubeconfig".into(),
-        args.kubeconfig.display().to_string(),
-        "--namespace".into(),
-        args.namespace.clone(),
-    ]
+    vec!["--kubeconfig".into(), args.kubeconfig.display().to_string(), "--namespace".into(), args.namespace.clone()]
 }
 
 fn node_ctr(args: &BenchClusterArgs) -> Command {
@@ -74,10 +69,16 @@ fn node_ctr(args: &BenchClusterArgs) -> Command {
 
 pub fn check_cluster(args: &BenchClusterArgs) -> Result<()> {
     if !args.kubeconfig.is_file() {
-        bail!("{} does not exist: start the local cluster with `.ci/local-cluster up` or pass --kubeconfig", args.kubeconfig.display());
+        bail!(
+            "{} does not exist: start the local cluster with `.ci/local-cluster up` or pass --kubeconfig",
+            args.kubeconfig.display()
+        );
     }
     if !args.node_containerd.exists() {
-        bail!("no containerd socket at {}: start the local cluster with `.ci/local-cluster up` or pass --node-containerd", args.node_containerd.display());
+        bail!(
+            "no containerd socket at {}: start the local cluster with `.ci/local-cluster up` or pass --node-containerd",
+            args.node_containerd.display()
+        );
     }
     Ok(())
 }
@@ -114,13 +115,15 @@ pub fn run(project: &Project, args: &BenchClusterArgs) -> Result<()> {
         .context("k8s-up delivered no airflow-worker image")?;
     let sent = worker["bytes"].as_u64().unwrap_or(0);
     let deliver_seconds = worker["seconds"].as_f64().unwrap_or(0.0);
-    let built: serde_json::Value = serde_json::from_slice(&xtask(&repo, &["images", "--json", "--image", "airflow-worker"])?.stdout)?;
+    let built: serde_json::Value =
+        serde_json::from_slice(&xtask(&repo, &["images", "--json", "--image", "airflow-worker"])?.stdout)?;
     let dag_layer = built["images"][0]["layers"]
         .as_array()
         .and_then(|ls| ls.iter().find(|l| l["name"] == "dags"))
         .and_then(|l| l["size"].as_u64())
         .context("no dags layer in the images report")?;
-    let image_name = built["images"][0]["reference"].as_str().unwrap_or("docker.io/library/airflow-worker:dev").to_string();
+    let image_name =
+        built["images"][0]["reference"].as_str().unwrap_or("docker.io/library/airflow-worker:dev").to_string();
 
     let docker = if args.no_docker || !docker_ok() {
         None

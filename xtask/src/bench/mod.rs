@@ -59,9 +59,30 @@ impl Rng {
     /// Python-looking source text: compresses about as well as real DAG code.
     fn python_source(&mut self, size: usize) -> Vec<u8> {
         const WORDS: [&str; 24] = [
-            "task", "dag", "schedule", "operator", "xcom", "context", "retries", "pool", "sensor", "bash_command",
-            "python_callable", "start_date", "catchup", "params", "default_args", "queue", "conn_id", "execution",
-            "upstream", "downstream", "trigger_rule", "timeout", "priority", "owner",
+            "task",
+            "dag",
+            "schedule",
+            "operator",
+            "xcom",
+            "context",
+            "retries",
+            "pool",
+            "sensor",
+            "bash_command",
+            "python_callable",
+            "start_date",
+            "catchup",
+            "params",
+            "default_args",
+            "queue",
+            "conn_id",
+            "execution",
+            "upstream",
+            "downstream",
+            "trigger_rule",
+            "timeout",
+            "priority",
+            "owner",
         ];
         let mut out = Vec::with_capacity(size + 128);
         out.extend_from_slice(b"from airflow.sdk import dag, task\n\n");
@@ -256,7 +277,9 @@ fn images(project: &Project, args: &BenchImagesArgs) -> Result<()> {
     }
     println!();
     for (name, mbs) in &result.throughput_mb_s {
-        println!("new-layer throughput, {name:<8} {mbs:>7.0} MB/s of input on one core (gzip level 1, zlib-rs, sha256 in the same pass; target >= 150)");
+        println!(
+            "new-layer throughput, {name:<8} {mbs:>7.0} MB/s of input on one core (gzip level 1, zlib-rs, sha256 in the same pass; target >= 150)"
+        );
     }
     println!(
         "base import into a clean store: {} (whole build), peak RSS {:.0} MB (target < 150 MB)",
@@ -413,10 +436,7 @@ fn generate(dir: &Path, args: &BenchImagesArgs) -> Result<()> {
         schema_version: 2,
         media_type: Some(MEDIA_OCI_MANIFEST.into()),
         config,
-        layers: layers
-            .iter()
-            .map(|l| crate::oci::Descriptor::new(&l.media_type, l.digest.clone(), l.size))
-            .collect(),
+        layers: layers.iter().map(|l| crate::oci::Descriptor::new(&l.media_type, l.digest.clone(), l.size)).collect(),
         annotations: None,
         extra: Default::default(),
     };
@@ -527,7 +547,9 @@ fn docker_peer(dir: &Path, repo: &Path, base_store: &Path) -> Result<Option<Dock
         if no_cache {
             c.arg("--no-cache");
         }
-        c.args(["-q", "-t", "xtask-bench-worker:latest", "-f"]).arg(repo.join("files/Dockerfile")).arg(repo.join("files"));
+        c.args(["-q", "-t", "xtask-bench-worker:latest", "-f"])
+            .arg(repo.join("files/Dockerfile"))
+            .arg(repo.join("files"));
         Ok(timed(c)?.seconds)
     };
     eprintln!("measuring: docker build --no-cache");
@@ -662,9 +684,17 @@ impl BenchRegistry {
         let storage = dir.join("data");
         fs::write(
             dir.join("config.yml"),
-            format!("version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n", storage.display()),
+            format!(
+                "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
+                storage.display()
+            ),
         )?;
-        let child = Command::new("docker-registry").arg("serve").arg(dir.join("config.yml")).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
         let host = format!("127.0.0.1:{port}");
         for _ in 0..100 {
             if std::net::TcpStream::connect(&host).is_ok() {
@@ -743,11 +773,7 @@ fn push(project: &Project, args: &BenchImagesArgs) -> Result<()> {
     c.arg("--root").arg(&pull_repo).args(["images", "--json"]);
     let pull = timed(c)?;
 
-    let docker = if args.no_docker || !docker_ok() {
-        None
-    } else {
-        Some(docker_push_peer(&sc, &registry)?)
-    };
+    let docker = if args.no_docker || !docker_ok() { None } else { Some(docker_push_peer(&sc, &registry)?) };
 
     println!("\nscenario: {}", sc.description);
     println!("after one DAG changed (the new DAG layer is {} compressed):", human_bytes(dag_layer));
@@ -761,7 +787,12 @@ fn push(project: &Project, args: &BenchImagesArgs) -> Result<()> {
         human_bytes(ours_stored)
     );
     if let Some(d) = &docker {
-        println!("{:<44} {:>10} {:>12}   the registry stored it", "docker build + docker push (push only)", secs(d.push_seconds), human_bytes(d.push_bytes));
+        println!(
+            "{:<44} {:>10} {:>12}   the registry stored it",
+            "docker build + docker push (push only)",
+            secs(d.push_seconds),
+            human_bytes(d.push_bytes)
+        );
         println!(
             "{:<44} {:>10} {:>12}   what kind load does; xtask push takes {:.3} of its time (target <= 0.1)",
             "docker save | ctr import",
@@ -796,7 +827,10 @@ fn docker_push_peer(sc: &Scenario, registry: &BenchRegistry) -> Result<DockerPus
     let image = format!("{}/bench-docker:latest", registry.host);
     let build = || -> Result<f64> {
         let mut c = Command::new("docker");
-        c.env("DOCKER_BUILDKIT", "0").args(["build", "-q", "-t", &image, "-f"]).arg(sc.repo.join("files/Dockerfile")).arg(sc.repo.join("files"));
+        c.env("DOCKER_BUILDKIT", "0")
+            .args(["build", "-q", "-t", &image, "-f"])
+            .arg(sc.repo.join("files/Dockerfile"))
+            .arg(sc.repo.join("files"));
         Ok(timed(c)?.seconds)
     };
     let push = || -> Result<f64> {

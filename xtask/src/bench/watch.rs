@@ -34,7 +34,12 @@ fn last_parsed(project: &Project, bench: &BenchClusterArgs) -> Result<Option<Str
 
 /// Seconds until the DAG's last_parsed_time moves past `before` (the API may be
 /// restarting meanwhile).
-fn wait_reparsed(project: &Project, bench: &BenchClusterArgs, before: &Option<String>, timeout: Duration) -> Result<f64> {
+fn wait_reparsed(
+    project: &Project,
+    bench: &BenchClusterArgs,
+    before: &Option<String>,
+    timeout: Duration,
+) -> Result<f64> {
     let started = Instant::now();
     while started.elapsed() < timeout {
         if let Ok(now) = last_parsed(project, bench)
@@ -85,7 +90,9 @@ pub fn run(project: &Project, args: &BenchClusterArgs) -> Result<()> {
     edit_dag(&repo)?;
     let change = next_event()?;
     child.wait()?;
-    let ours = change["change"]["save_to_parsed_seconds"].as_f64().with_context(|| format!("watch reported no latency: {change}"))?;
+    let ours = change["change"]["save_to_parsed_seconds"]
+        .as_f64()
+        .with_context(|| format!("watch reported no latency: {change}"))?;
     let check = change["change"]["check_seconds"].as_f64().unwrap_or(0.0);
     let ship = change["change"]["ship_seconds"].as_f64().unwrap_or(0.0);
 
@@ -107,7 +114,10 @@ pub fn run(project: &Project, args: &BenchClusterArgs) -> Result<()> {
         eprintln!("measuring: docker build + docker save | ctr import for the same change");
         xtask(&repo, &["images", "--load", "docker", "--image", "airflow-worker"])?;
         let dockerfile = repo.join("../Dockerfile");
-        std::fs::write(&dockerfile, "FROM docker.io/library/airflow-worker:dev\nCOPY --chown=50000:0 dags /opt/airflow/dags\n")?;
+        std::fs::write(
+            &dockerfile,
+            "FROM docker.io/library/airflow-worker:dev\nCOPY --chown=50000:0 dags /opt/airflow/dags\n",
+        )?;
         edit_dag(&repo)?;
         let mut build = Command::new("docker");
         build
@@ -118,7 +128,8 @@ pub fn run(project: &Project, args: &BenchClusterArgs) -> Result<()> {
         let build_seconds = timed(build)?.seconds;
         let mut ctr = Command::new("ctr");
         ctr.arg("--address").arg(&args.node_containerd).args(["--namespace", "k8s.io"]);
-        let (save_import, bytes) = docker_save_import("xtask-bench/airflow-worker:docker", &repo.join("../save.tar"), ctr)?;
+        let (save_import, bytes) =
+            docker_save_import("xtask-bench/airflow-worker:docker", &repo.join("../save.tar"), ctr)?;
         Some((build_seconds, save_import, bytes))
     };
 
@@ -135,7 +146,11 @@ pub fn run(project: &Project, args: &BenchClusterArgs) -> Result<()> {
         secs(check),
         secs(ship)
     );
-    println!("{:<46} {:>9}   the restarted DAG processor's first parse (the same for both paths)", "rollout to the new image", secs(rollout));
+    println!(
+        "{:<46} {:>9}   the restarted DAG processor's first parse (the same for both paths)",
+        "rollout to the new image",
+        secs(rollout)
+    );
     if let Some((build, save_import, bytes)) = docker {
         let total = build + save_import + rollout;
         println!(

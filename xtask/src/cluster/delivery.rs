@@ -64,7 +64,9 @@ impl Node for LocalContainerd {
                 Ok(n) => sent = n,
                 Err(e) => {
                     let out = child.wait_with_output()?;
-                    return Err(e.context(format!("ctr stopped reading: {}", String::from_utf8_lossy(&out.stderr).trim())));
+                    return Err(
+                        e.context(format!("ctr stopped reading: {}", String::from_utf8_lossy(&out.stderr).trim()))
+                    );
                 }
             }
         }
@@ -124,7 +126,11 @@ impl Write for ChannelWriter {
     }
 }
 
-async fn exec_in(container: &str, cmd: Vec<String>, stdin: Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>) -> Result<(bool, String, String)> {
+async fn exec_in(
+    container: &str,
+    cmd: Vec<String>,
+    stdin: Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>,
+) -> Result<(bool, String, String)> {
     use bollard::exec::{CreateExecOptions, StartExecResults};
     use tokio::io::AsyncWriteExt;
     let (docker, _) = crate::oci::docker::connect().await?;
@@ -221,22 +227,36 @@ fn import(node: &dyn Node, store: &Store, image: &ArchiveImage, omit: &BTreeSet<
 }
 
 /// Delivers each image to each node, shipping only what is missing.
-pub fn deliver(store: &Store, images: &[ArchiveImage], nodes: &[Box<dyn Node>], on_step: &mut dyn FnMut(&Delivered)) -> Result<Vec<Delivered>> {
+pub fn deliver(
+    store: &Store,
+    images: &[ArchiveImage],
+    nodes: &[Box<dyn Node>],
+    on_step: &mut dyn FnMut(&Delivered),
+) -> Result<Vec<Delivered>> {
     let mut out = Vec::new();
     for node in nodes {
         for image in images {
             let started = Instant::now();
             if image_digest(node.as_ref(), &image.name)? == Some(image.manifest.digest.clone())
-                && image_digest(node.as_ref(), &crate::oci::digest_reference(&image.name, &image.manifest.digest))?.is_some()
+                && image_digest(node.as_ref(), &crate::oci::digest_reference(&image.name, &image.manifest.digest))?
+                    .is_some()
             {
-                let d = Delivered { node: node.name(), image: image.name.clone(), status: "present", bytes: 0, omitted_bytes: 0, seconds: started.elapsed().as_secs_f64() };
+                let d = Delivered {
+                    node: node.name(),
+                    image: image.name.clone(),
+                    status: "present",
+                    bytes: 0,
+                    omitted_bytes: 0,
+                    seconds: started.elapsed().as_secs_f64(),
+                };
                 on_step(&d);
                 out.push(d);
                 continue;
             }
             let manifest: Manifest = store.read_json(&image.manifest.digest)?;
             let have = content(node.as_ref())?;
-            let omit: BTreeSet<Digest> = manifest.layers.iter().map(|l| l.digest.clone()).filter(|d| have.contains(d)).collect();
+            let omit: BTreeSet<Digest> =
+                manifest.layers.iter().map(|l| l.digest.clone()).filter(|d| have.contains(d)).collect();
             let (mut result, mut omitted) = import(node.as_ref(), store, image, &omit)?;
             let mut status = if omit.is_empty() { "full" } else { "thin" };
             if !result.success && !omit.is_empty() {

@@ -8,7 +8,8 @@ use xshell::{Shell, cmd};
 
 use crate::process;
 
-pub const INSTALL: &str = "go install sigs.k8s.io/kind@v0.33.0 (or see https://kind.sigs.k8s.io/docs/user/quick-start/#installation)";
+pub const INSTALL: &str =
+    "go install sigs.k8s.io/kind@v0.33.0 (or see https://kind.sigs.k8s.io/docs/user/quick-start/#installation)";
 
 /// kind's path and version, or how to install it.
 pub fn require() -> Result<(PathBuf, String)> {
@@ -26,20 +27,29 @@ pub fn clusters() -> Result<Vec<String>> {
 
 pub fn nodes(name: &str) -> Result<Vec<String>> {
     let sh = Shell::new()?;
-    let out = cmd!(sh, "kind get nodes --name {name}").quiet().ignore_stderr().read().context("`kind get nodes` failed")?;
+    let out =
+        cmd!(sh, "kind get nodes --name {name}").quiet().ignore_stderr().read().context("`kind get nodes` failed")?;
     Ok(out.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
 }
 
 pub fn delete(name: &str) -> Result<()> {
     let sh = Shell::new()?;
-    cmd!(sh, "kind delete cluster --name {name}").quiet().ignore_stdout().ignore_stderr().run().with_context(|| format!("`kind delete cluster --name {name}` failed"))?;
+    cmd!(sh, "kind delete cluster --name {name}")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .with_context(|| format!("`kind delete cluster --name {name}` failed"))?;
     Ok(())
 }
 
 /// Writes the cluster's kubeconfig to `path` (not to ~/.kube/config).
 pub fn write_kubeconfig(name: &str, path: &Path) -> Result<()> {
     let sh = Shell::new()?;
-    let text = cmd!(sh, "kind get kubeconfig --name {name}").quiet().read().with_context(|| format!("`kind get kubeconfig --name {name}` failed"))?;
+    let text = cmd!(sh, "kind get kubeconfig --name {name}")
+        .quiet()
+        .read()
+        .with_context(|| format!("`kind get kubeconfig --name {name}` failed"))?;
     crate::fsutil::write_atomic(path, text.as_bytes())?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
@@ -55,13 +65,34 @@ pub fn export_kubeconfig(name: &str) -> Result<()> {
 
 /// Creates the cluster, trying up to `attempts` times and deleting the half-made cluster
 /// between tries. On the last failure the error carries kind's own output.
-pub fn create(name: &str, config: &Path, node_image: &str, attempts: u32, log: &Path, on_attempt: &mut dyn FnMut(u32, Option<&str>)) -> Result<()> {
+pub fn create(
+    name: &str,
+    config: &Path,
+    node_image: &str,
+    attempts: u32,
+    log: &Path,
+    on_attempt: &mut dyn FnMut(u32, Option<&str>),
+) -> Result<()> {
     let mut last = String::new();
     for attempt in 1..=attempts {
         on_attempt(attempt, (attempt > 1).then_some(last.as_str()));
         let _ = std::fs::remove_file(log);
         let result = process::run_logged(
-            duct::cmd("kind", ["create", "cluster", "--name", name, "--config", &config.display().to_string(), "--image", node_image, "--wait", "0s"]),
+            duct::cmd(
+                "kind",
+                [
+                    "create",
+                    "cluster",
+                    "--name",
+                    name,
+                    "--config",
+                    &config.display().to_string(),
+                    "--image",
+                    node_image,
+                    "--wait",
+                    "0s",
+                ],
+            ),
             log,
             "kind create cluster",
         );
@@ -72,7 +103,10 @@ pub fn create(name: &str, config: &Path, node_image: &str, attempts: u32, log: &
                 let _ = delete(name);
                 if attempt == attempts {
                     let _ = e;
-                    bail!("kind could not create cluster {name} in {attempts} attempts (full log: {}); kind said:\n{last}", log.display());
+                    bail!(
+                        "kind could not create cluster {name} in {attempts} attempts (full log: {}); kind said:\n{last}",
+                        log.display()
+                    );
                 }
             }
         }

@@ -79,11 +79,16 @@ pub async fn connect(target: &Target, namespace: &str) -> Result<Cluster> {
     let path = target.kubeconfig();
     if !path.is_file() {
         match target {
-            Target::Kind { name, .. } => bail!("the kind cluster {name} is not up (no {}); create it with `cargo xtask k8s-up`", path.display()),
-            Target::Existing { .. } => bail!("kubeconfig {} does not exist; pass the right --kubeconfig", path.display()),
+            Target::Kind { name, .. } => {
+                bail!("the kind cluster {name} is not up (no {}); create it with `cargo xtask k8s-up`", path.display())
+            }
+            Target::Existing { .. } => {
+                bail!("kubeconfig {} does not exist; pass the right --kubeconfig", path.display())
+            }
         }
     }
-    let kubeconfig = Kubeconfig::read_from(path).with_context(|| format!("{} is not a valid kubeconfig", path.display()))?;
+    let kubeconfig =
+        Kubeconfig::read_from(path).with_context(|| format!("{} is not a valid kubeconfig", path.display()))?;
     if let Some(ctx) = target.context()
         && !kubeconfig.contexts.iter().any(|c| c.name == ctx)
     {
@@ -110,9 +115,14 @@ impl Cluster {
 
     fn unreachable(&self, e: kube::Error) -> anyhow::Error {
         let what = match &self.target {
-            Target::Kind { name, .. } => format!("is the kind cluster running? `kind get clusters`; `docker ps --filter name={name}`"),
+            Target::Kind { name, .. } => {
+                format!("is the kind cluster running? `kind get clusters`; `docker ps --filter name={name}`")
+            }
             Target::Existing { kubeconfig, .. } => {
-                format!("check that the cluster runs and that {} points at it (server, certificates, VPN)", kubeconfig.display())
+                format!(
+                    "check that the cluster runs and that {} points at it (server, certificates, VPN)",
+                    kubeconfig.display()
+                )
             }
         };
         anyhow!("cannot reach the Kubernetes API server at {} ({e}); {what}", self.url)
@@ -128,7 +138,12 @@ impl Cluster {
                 self.namespace
             ),
             kube::Error::Api(s) if s.code == 401 => {
-                anyhow!("Unauthorized at {}: the credentials in {} were refused ({})", self.url, self.target.kubeconfig().display(), s.message)
+                anyhow!(
+                    "Unauthorized at {}: the credentials in {} were refused ({})",
+                    self.url,
+                    self.target.kubeconfig().display(),
+                    s.message
+                )
             }
             kube::Error::Api(_) => anyhow!("{verb} {resource} in namespace {} failed: {e}", self.namespace),
             _ => self.unreachable(e),
@@ -143,7 +158,11 @@ pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
     let rt = match RUNTIME.get() {
         Some(rt) => rt,
         None => {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("cannot start an async runtime")?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("cannot start an async runtime")?;
             RUNTIME.get_or_init(|| rt)
         }
     };

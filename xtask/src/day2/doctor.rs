@@ -4,7 +4,8 @@
 use anyhow::Result;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec, SubjectAccessReview, SubjectAccessReviewSpec,
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec, SubjectAccessReview,
+    SubjectAccessReviewSpec,
 };
 use kube::api::{Api, PostParams};
 use serde::Serialize;
@@ -47,7 +48,13 @@ fn attributes(cluster: &Cluster, verb: &str, resource: &str, subresource: Option
 }
 
 /// The verbs on `resource` in `namespace` that `user` may not use (SubjectAccessReview).
-pub async fn denied_for(cluster: &Cluster, user: &str, resource: &str, subresource: Option<&str>, verbs: &[&str]) -> Result<Vec<String>> {
+pub async fn denied_for(
+    cluster: &Cluster,
+    user: &str,
+    resource: &str,
+    subresource: Option<&str>,
+    verbs: &[&str],
+) -> Result<Vec<String>> {
     let api: Api<SubjectAccessReview> = Api::all(cluster.client.clone());
     let mut denied = Vec::new();
     for verb in verbs {
@@ -59,7 +66,10 @@ pub async fn denied_for(cluster: &Cluster, user: &str, resource: &str, subresour
             },
             ..Default::default()
         };
-        let answer = api.create(&PostParams::default(), &review).await.map_err(|e| cluster.explain(e, "create", "subjectaccessreviews"))?;
+        let answer = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| cluster.explain(e, "create", "subjectaccessreviews"))?;
         if !answer.status.is_some_and(|s| s.allowed) {
             denied.push(verb.to_string());
         }
@@ -68,7 +78,12 @@ pub async fn denied_for(cluster: &Cluster, user: &str, resource: &str, subresour
 }
 
 /// The verbs on `resource` that our own credentials may not use (SelfSubjectAccessReview).
-pub async fn self_denied(cluster: &Cluster, resource: &str, subresource: Option<&str>, verbs: &[&str]) -> Result<Vec<String>> {
+pub async fn self_denied(
+    cluster: &Cluster,
+    resource: &str,
+    subresource: Option<&str>,
+    verbs: &[&str],
+) -> Result<Vec<String>> {
     let api: Api<SelfSubjectAccessReview> = Api::all(cluster.client.clone());
     let mut denied = Vec::new();
     for verb in verbs {
@@ -79,7 +94,10 @@ pub async fn self_denied(cluster: &Cluster, resource: &str, subresource: Option<
             },
             ..Default::default()
         };
-        let answer = api.create(&PostParams::default(), &review).await.map_err(|e| cluster.explain(e, "create", "selfsubjectaccessreviews"))?;
+        let answer = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| cluster.explain(e, "create", "selfsubjectaccessreviews"))?;
         if !answer.status.is_some_and(|s| s.allowed) {
             denied.push(verb.to_string());
         }
@@ -101,7 +119,11 @@ fn checks(project: &Project, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) 
             let docker = cluster::block_on(crate::oci::docker::connect())?;
             let kind = crate::process::find("kind");
             let c = match (docker, kind) {
-                (Err(e), _) => broken("tools", format!("Docker engine: {e}"), "start it (`sudo systemctl start docker`, or `dockerd &`)"),
+                (Err(e), _) => broken(
+                    "tools",
+                    format!("Docker engine: {e}"),
+                    "start it (`sudo systemctl start docker`, or `dockerd &`)",
+                ),
                 (Ok(_), None) => broken("tools", "kind is not on PATH", crate::cluster::kind::INSTALL),
                 (Ok((_, version)), Some(k)) => ok("tools", format!("Docker engine {version}, kind at {}", k.display())),
             };
@@ -120,7 +142,11 @@ fn checks(project: &Project, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) 
     let cluster = match cluster::block_on(cluster::connect(&target, &settings.namespace))? {
         Ok(c) => c,
         Err(e) => {
-            push(broken("cluster", e.to_string(), "bring it up with `cargo xtask k8s-up` (kind) or check --kubeconfig/--context"));
+            push(broken(
+                "cluster",
+                e.to_string(),
+                "bring it up with `cargo xtask k8s-up` (kind) or check --kubeconfig/--context",
+            ));
             return Ok(false);
         }
     };
@@ -174,7 +200,11 @@ fn checks(project: &Project, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) 
                 cluster.namespace, cluster.namespace
             ),
         ),
-        Err(e) => broken("rbac", e.to_string(), "access reviews need `create subjectaccessreviews`; ask for it or check RBAC by hand with `kubectl auth can-i`"),
+        Err(e) => broken(
+            "rbac",
+            e.to_string(),
+            "access reviews need `create subjectaccessreviews`; ask for it or check RBAC by hand with `kubectl auth can-i`",
+        ),
     };
     if !push(c) {
         return Ok(false);
@@ -186,14 +216,20 @@ fn checks(project: &Project, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) 
     let stale: Vec<String> = status
         .nodes
         .iter()
-        .flat_map(|n| n.images.iter().filter(|(_, has)| !has).map(move |(img, _)| format!("{} lacks {img} as last built", n.name)))
+        .flat_map(|n| {
+            n.images.iter().filter(|(_, has)| !has).map(move |(img, _)| format!("{} lacks {img} as last built", n.name))
+        })
         .collect();
     let c = if built.is_empty() {
         ok("images", "nothing built yet on this machine; not compared")
     } else if stale.is_empty() {
         ok("images", format!("every node has {}", built.iter().map(|b| b.name.as_str()).collect::<Vec<_>>().join(", ")))
     } else if status.nodes.iter().any(|n| n.images.iter().any(|(_, has)| *has)) || !status.components.is_empty() {
-        broken("images", stale.join("; "), "ship the last build with `cargo xtask k8s-up` (it sends only the missing layers)")
+        broken(
+            "images",
+            stale.join("; "),
+            "ship the last build with `cargo xtask k8s-up` (it sends only the missing layers)",
+        )
     } else {
         broken("images", stale.join("; "), "`cargo xtask k8s-up` builds, ships and deploys")
     };
@@ -204,7 +240,9 @@ fn checks(project: &Project, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) 
         .components
         .iter()
         .filter(|c| c.ready < c.desired || c.stale)
-        .map(|c| format!("{} {}/{} ready{}", c.name, c.ready, c.desired, if c.stale { ", runs an older image" } else { "" }))
+        .map(|c| {
+            format!("{} {}/{} ready{}", c.name, c.ready, c.desired, if c.stale { ", runs an older image" } else { "" })
+        })
         .collect();
     let component_pods: Vec<String> = status
         .failing_pods
@@ -213,15 +251,26 @@ fn checks(project: &Project, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) 
         .map(|p| p.explain(&cluster.namespace))
         .collect();
     let c = if status.components.is_empty() {
-        broken("components", format!("no Airflow components in namespace {}", cluster.namespace), "`cargo xtask k8s-up`")
+        broken(
+            "components",
+            format!("no Airflow components in namespace {}", cluster.namespace),
+            "`cargo xtask k8s-up`",
+        )
     } else if unhealthy.is_empty() {
-        ok("components", format!("{} ready", status.components.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")))
+        ok(
+            "components",
+            format!("{} ready", status.components.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")),
+        )
     } else {
         let mut detail = unhealthy.join("; ");
         for p in component_pods {
             detail.push_str(&format!("\n  {}", p.replace('\n', "\n  ")));
         }
-        broken("components", detail, "the fix above, then `cargo xtask k8s-up`; `cargo xtask logs COMPONENT` shows a component's log")
+        broken(
+            "components",
+            detail,
+            "the fix above, then `cargo xtask k8s-up`; `cargo xtask logs COMPONENT` shows a component's log",
+        )
     };
     if !push(c) {
         return Ok(false);
@@ -238,7 +287,11 @@ fn checks(project: &Project, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) 
     } else {
         broken(
             "workers",
-            format!("{} failing worker pod(s):\n  {}", failing_workers.len(), failing_workers.join("\n  ").replace("\n    ", "\n      ")),
+            format!(
+                "{} failing worker pod(s):\n  {}",
+                failing_workers.len(),
+                failing_workers.join("\n  ").replace("\n    ", "\n      ")
+            ),
             "each pod's fix is above; `cargo xtask logs DAG_ID.TASK_ID` shows a task's log (failed worker pods are kept for this)",
         )
     };
@@ -256,7 +309,13 @@ fn checks(project: &Project, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) 
                 "dags",
                 errors
                     .iter()
-                    .map(|e| format!("{}: {}", e.filename, e.stack_trace.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")))
+                    .map(|e| {
+                        format!(
+                            "{}: {}",
+                            e.filename,
+                            e.stack_trace.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n  "),
                 "fix the files, check them with `cargo xtask dags check`, ship with `cargo xtask k8s-up` (or keep `cargo xtask watch` running)",

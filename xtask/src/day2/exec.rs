@@ -43,7 +43,9 @@ pub fn wrap_command(command: &[String], workdir: Option<&str>, env: &[String]) -
 
 /// The remote command's exit code from the exec stream's final status.
 pub fn exit_code(status: Option<Status>) -> Result<i32> {
-    let Some(s) = status else { bail!("the exec stream closed without the command's exit status (the pod or the connection went away)") };
+    let Some(s) = status else {
+        bail!("the exec stream closed without the command's exit status (the pod or the connection went away)")
+    };
     if s.status.as_deref() == Some("Success") {
         return Ok(0);
     }
@@ -92,7 +94,8 @@ impl Drop for RawMode {
 pub fn terminal_size() -> Option<TerminalSize> {
     unsafe {
         let mut ws: libc::winsize = std::mem::zeroed();
-        (libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_col > 0).then_some(TerminalSize { width: ws.ws_col, height: ws.ws_row })
+        (libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_col > 0)
+            .then_some(TerminalSize { width: ws.ws_col, height: ws.ws_row })
     }
 }
 
@@ -118,7 +121,12 @@ async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin)
 /// non-TTY run).
 pub async fn exec_streaming(cluster: &Cluster, pod: &str, req: &ExecRequest) -> Result<i32> {
     let api: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
-    let ap = AttachParams::default().container(req.container.clone()).stdin(req.stdin || req.tty).stdout(true).stderr(!req.tty).tty(req.tty);
+    let ap = AttachParams::default()
+        .container(req.container.clone())
+        .stdin(req.stdin || req.tty)
+        .stdout(true)
+        .stderr(!req.tty)
+        .tty(req.tty);
     let argv = wrap_command(&req.command, req.workdir.as_deref(), &req.env);
     let mut proc = api.exec(pod, argv, &ap).await.map_err(|e| cluster.explain(e, "create", "pods/exec"))?;
     let status = proc.take_status().context("the exec stream has no status channel")?;
@@ -140,7 +148,9 @@ pub async fn exec_streaming(cluster: &Cluster, pod: &str, req: &ExecRequest) -> 
             let _ = sizes.send(size).await;
         }
         tokio::spawn(async move {
-            let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else { return };
+            let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else {
+                return;
+            };
             while winch.recv().await.is_some() {
                 if let Some(size) = terminal_size()
                     && sizes.send(size).await.is_err()
@@ -170,7 +180,13 @@ pub async fn exec_streaming(cluster: &Cluster, pod: &str, req: &ExecRequest) -> 
 }
 
 /// Runs the command and collects its output (stdin from `input` when given).
-pub async fn exec_capture(cluster: &Cluster, pod: &str, container: &str, argv: Vec<String>, input: Option<Vec<u8>>) -> Result<(i32, Vec<u8>, Vec<u8>)> {
+pub async fn exec_capture(
+    cluster: &Cluster,
+    pod: &str,
+    container: &str,
+    argv: Vec<String>,
+    input: Option<Vec<u8>>,
+) -> Result<(i32, Vec<u8>, Vec<u8>)> {
     let api: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
     let ap = AttachParams::default().container(container).stdin(input.is_some()).stdout(true).stderr(true);
     let mut proc = api.exec(pod, argv, &ap).await.map_err(|e| cluster.explain(e, "create", "pods/exec"))?;
@@ -231,7 +247,10 @@ mod tests {
         let cmd = vec!["pwd".to_string()];
         assert_eq!(wrap_command(&cmd, None, &[]), vec!["pwd"]);
         assert_eq!(wrap_command(&cmd, None, &["A=1".into()]), vec!["env", "A=1", "pwd"]);
-        assert_eq!(wrap_command(&cmd, Some("/tmp"), &["A=1".into()]), vec!["sh", "-c", "cd \"$1\" && shift && exec \"$@\"", "sh", "/tmp", "env", "A=1", "pwd"]);
+        assert_eq!(
+            wrap_command(&cmd, Some("/tmp"), &["A=1".into()]),
+            vec!["sh", "-c", "cd \"$1\" && shift && exec \"$@\"", "sh", "/tmp", "env", "A=1", "pwd"]
+        );
     }
 
     /// Recorded from a real API server: the status `exit 3` ends with.
@@ -240,9 +259,16 @@ mod tests {
         let nonzero = Status {
             status: Some("Failure".into()),
             reason: Some("NonZeroExitCode".into()),
-            message: Some("command terminated with non-zero exit code: error executing command [sh -c exit 3], exit code 3".into()),
+            message: Some(
+                "command terminated with non-zero exit code: error executing command [sh -c exit 3], exit code 3"
+                    .into(),
+            ),
             details: Some(StatusDetails {
-                causes: Some(vec![StatusCause { reason: Some("ExitCode".into()), message: Some("3".into()), field: None }]),
+                causes: Some(vec![StatusCause {
+                    reason: Some("ExitCode".into()),
+                    message: Some("3".into()),
+                    field: None,
+                }]),
                 ..Default::default()
             }),
             ..Default::default()

@@ -19,7 +19,13 @@ pub fn worker_selector(dag_id: &str, task_id: Option<&str>) -> String {
     s
 }
 
-async fn print_logs(cluster: &Cluster, pods: &[Pod], container: Option<&str>, follow: bool, tail: Option<i64>) -> Result<()> {
+async fn print_logs(
+    cluster: &Cluster,
+    pods: &[Pod],
+    container: Option<&str>,
+    follow: bool,
+    tail: Option<i64>,
+) -> Result<()> {
     let api: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
     let mut sources = Vec::new();
     for pod in pods {
@@ -65,7 +71,9 @@ pub fn run(project: &Project, args: &LogsArgs) -> Result<()> {
     let component = cluster::block_on(super::component_selector(&cluster, &settings, &args.what))?;
     let component_error = match component {
         Ok((workload, selector)) => {
-            let mut pods = cluster::block_on(pods_api.list(&ListParams::default().labels(&selector)))?.map_err(|e| cluster.explain(e, "list", "pods"))?.items;
+            let mut pods = cluster::block_on(pods_api.list(&ListParams::default().labels(&selector)))?
+                .map_err(|e| cluster.explain(e, "list", "pods"))?
+                .items;
             if pods.is_empty() {
                 bail!("{workload} has no pods in namespace {}", cluster.namespace);
             }
@@ -81,26 +89,44 @@ pub fn run(project: &Project, args: &LogsArgs) -> Result<()> {
         None => (args.what.clone(), None),
     };
     let selector = worker_selector(&dag_id, task_id.as_deref());
-    let mut workers = cluster::block_on(pods_api.list(&ListParams::default().labels(&selector)))?.map_err(|e| cluster.explain(e, "list", "pods"))?.items;
+    let mut workers = cluster::block_on(pods_api.list(&ListParams::default().labels(&selector)))?
+        .map_err(|e| cluster.explain(e, "list", "pods"))?
+        .items;
     workers.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.clone().map(|t| t.0)));
     if let Some(newest) = workers.first() {
         eprintln!(
             "worker pod {} ({}){}",
             newest.metadata.name.clone().unwrap_or_default(),
             newest.metadata.labels.as_ref().and_then(|l| l.get("task_id")).cloned().unwrap_or_default(),
-            if workers.len() > 1 { format!("; {} older ones: `kubectl get pods -l {selector}`", workers.len() - 1) } else { String::new() }
+            if workers.len() > 1 {
+                format!("; {} older ones: `kubectl get pods -l {selector}`", workers.len() - 1)
+            } else {
+                String::new()
+            }
         );
         // Worker pods run the task in the pod template's container `base`.
         let container = args.container.as_deref().unwrap_or("base");
-        return cluster::block_on(print_logs(&cluster, std::slice::from_ref(newest), Some(container), args.follow, args.tail))?;
+        return cluster::block_on(print_logs(
+            &cluster,
+            std::slice::from_ref(newest),
+            Some(container),
+            args.follow,
+            args.tail,
+        ))?;
     }
 
     // The pod is gone: the task log from the API.
-    let (_pf, api, _) = crate::smoke::cluster::api_session(&cluster).map_err(|e| anyhow!("{component_error}\nnor a worker pod of DAG {dag_id}, and the API is not reachable for its task log: {e}"))?;
+    let (_pf, api, _) = crate::smoke::cluster::api_session(&cluster).map_err(|e| {
+        anyhow!(
+            "{component_error}\nnor a worker pod of DAG {dag_id}, and the API is not reachable for its task log: {e}"
+        )
+    })?;
     if api.dag(&dag_id)?.is_none() {
         bail!("`{}` is neither a component nor a DAG: {component_error}", args.what);
     }
-    let run_id = api.latest_run(&dag_id)?.ok_or_else(|| anyhow!("DAG {dag_id} has no runs yet; trigger one (`cargo xtask smoke --dag {dag_id}` for smoke DAGs)"))?;
+    let run_id = api.latest_run(&dag_id)?.ok_or_else(|| {
+        anyhow!("DAG {dag_id} has no runs yet; trigger one (`cargo xtask smoke --dag {dag_id}` for smoke DAGs)")
+    })?;
     let tis = api.task_instances(&dag_id, &run_id)?;
     let chosen: Vec<_> = tis.iter().filter(|t| task_id.as_deref().is_none_or(|id| t.task_id == id)).collect();
     if chosen.is_empty() {
@@ -109,7 +135,11 @@ pub fn run(project: &Project, args: &LogsArgs) -> Result<()> {
     }
     for ti in chosen {
         let tries = ti.try_number.unwrap_or(1).max(1);
-        println!("== {dag_id}.{} run {run_id} try {tries} ({}; from the API: the worker pod is gone)", ti.task_id, ti.state.clone().unwrap_or_else(|| "no state".into()));
+        println!(
+            "== {dag_id}.{} run {run_id} try {tries} ({}; from the API: the worker pod is gone)",
+            ti.task_id,
+            ti.state.clone().unwrap_or_else(|| "no state".into())
+        );
         println!("{}", api.task_log(&dag_id, &run_id, &ti.task_id, tries)?);
     }
     Ok(())

@@ -41,7 +41,11 @@ pub async fn check_namespace(cluster: &Cluster) -> Result<()> {
 }
 
 /// The label selector of a component's workload (Deployment, else StatefulSet).
-pub async fn component_selector(cluster: &Cluster, settings: &ClusterSettings, component: &str) -> Result<(String, String)> {
+pub async fn component_selector(
+    cluster: &Cluster,
+    settings: &ClusterSettings,
+    component: &str,
+) -> Result<(String, String)> {
     let name = settings.workload_of(component);
     let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
     let labels = match deployments.get_opt(name).await.map_err(|e| cluster.explain(e, "get", "deployments"))? {
@@ -57,7 +61,11 @@ pub async fn component_selector(cluster: &Cluster, settings: &ClusterSettings, c
                         .map(|l| l.items.into_iter().filter_map(|d| d.metadata.name).collect())
                         .unwrap_or_default();
                     known.extend(
-                        sets.list(&ListParams::default()).await.map(|l| l.items.into_iter().filter_map(|d| d.metadata.name)).into_iter().flatten(),
+                        sets.list(&ListParams::default())
+                            .await
+                            .map(|l| l.items.into_iter().filter_map(|d| d.metadata.name))
+                            .into_iter()
+                            .flatten(),
                     );
                     let short: Vec<&String> = settings.components.keys().collect();
                     bail!(
@@ -67,7 +75,10 @@ pub async fn component_selector(cluster: &Cluster, settings: &ClusterSettings, c
                         if short.is_empty() {
                             String::new()
                         } else {
-                            format!(" (short names from k8s/settings.toml: {})", short.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
+                            format!(
+                                " (short names from k8s/settings.toml: {})",
+                                short.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                            )
                         }
                     )
                 }
@@ -102,7 +113,12 @@ pub fn pod_summary(pod: &Pod) -> String {
             } else if let Some(t) = &state.terminated
                 && t.exit_code != 0
             {
-                reasons.push(format!("{}: {} (exit {})", cs.name, t.reason.clone().unwrap_or_else(|| "terminated".into()), t.exit_code));
+                reasons.push(format!(
+                    "{}: {} (exit {})",
+                    cs.name,
+                    t.reason.clone().unwrap_or_else(|| "terminated".into()),
+                    t.exit_code
+                ));
             } else if state.running.is_some() && !cs.ready {
                 reasons.push(format!("{}: running, not ready", cs.name));
             }
@@ -122,13 +138,20 @@ pub fn pod_summary(pod: &Pod) -> String {
 pub async fn ready_pod(cluster: &Cluster, settings: &ClusterSettings, component: &str) -> Result<Pod> {
     let (workload, selector) = component_selector(cluster, settings, component).await?;
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
-    let mut list = pods.list(&ListParams::default().labels(&selector)).await.map_err(|e| cluster.explain(e, "list", "pods"))?.items;
+    let mut list = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| cluster.explain(e, "list", "pods"))?
+        .items;
     list.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.clone().map(|t| t.0)));
     if let Some(p) = list.iter().find(|p| pod_ready(p)) {
         return Ok(p.clone());
     }
     if list.is_empty() {
-        bail!("{workload} has no pods in namespace {} (scaled to zero, or not applied: `cargo xtask k8s-up`)", cluster.namespace);
+        bail!(
+            "{workload} has no pods in namespace {} (scaled to zero, or not applied: `cargo xtask k8s-up`)",
+            cluster.namespace
+        );
     }
     let lines: Vec<String> = list.iter().map(|p| format!("  {}", pod_summary(p))).collect();
     Err(anyhow!(

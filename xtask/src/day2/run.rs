@@ -24,13 +24,21 @@ impl Ready {
         match self {
             Ready::Local => "on this machine".into(),
             Ready::Container { image } => format!("in a container of {image} (Docker engine)"),
-            Ready::Kubernetes { cluster, pod, container } => format!("in pod {}/{pod} (container {container})", cluster.namespace),
+            Ready::Kubernetes { cluster, pod, container } => {
+                format!("in pod {}/{pod} (container {container})", cluster.namespace)
+            }
         }
     }
 }
 
 /// Whether `executor` can run `task` now; the error says why not.
-fn availability(project: &Project, target: &Target, settings: &ClusterSettings, task: &TaskDef, executor: Executor) -> Result<Ready> {
+fn availability(
+    project: &Project,
+    target: &Target,
+    settings: &ClusterSettings,
+    task: &TaskDef,
+    executor: Executor,
+) -> Result<Ready> {
     match executor {
         Executor::Local => {
             let missing: Vec<&String> = task.requires.iter().filter(|p| crate::process::find(p).is_none()).collect();
@@ -52,8 +60,13 @@ fn availability(project: &Project, target: &Target, settings: &ClusterSettings, 
             let cluster = cluster::connect(target, &settings.namespace).await?;
             super::check_namespace(&cluster).await?;
             let pod = super::ready_pod(&cluster, settings, &task.component).await?;
-            let container = super::pick_container(&pod, None)
-                .or_else(|_| pod.spec.as_ref().and_then(|s| s.containers.first()).map(|c| c.name.clone()).ok_or_else(|| anyhow!("pod without containers")))?;
+            let container = super::pick_container(&pod, None).or_else(|_| {
+                pod.spec
+                    .as_ref()
+                    .and_then(|s| s.containers.first())
+                    .map(|c| c.name.clone())
+                    .ok_or_else(|| anyhow!("pod without containers"))
+            })?;
             let pod = pod.metadata.name.clone().unwrap_or_default();
             Ok(Ready::Kubernetes { cluster, pod, container })
         })?,
@@ -73,7 +86,8 @@ fn execute(project: &Project, task: &TaskDef, ready: Ready) -> Result<i32> {
             Ok(cluster::block_on(container::run_with_stdio(&spec, task.interactive))?? as i32)
         }
         Ready::Kubernetes { cluster, pod, container } => {
-            let req = ExecRequest { command: argv, container, stdin: task.interactive, tty, workdir: None, env: vec![] };
+            let req =
+                ExecRequest { command: argv, container, stdin: task.interactive, tty, workdir: None, env: vec![] };
             cluster::block_on(exec_streaming(&cluster, &pod, &req))?
         }
     }
@@ -112,7 +126,11 @@ pub fn run(project: &Project, args: &RunArgs) -> Result<i32> {
         let names: Vec<&String> = settings.tasks.keys().collect();
         anyhow!(
             "no task `{name}` in k8s/settings.toml; the tasks are: {} (see `cargo xtask run --list`)",
-            if names.is_empty() { "none".into() } else { names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ") }
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            }
         )
     })?;
     let order = match args.executor {

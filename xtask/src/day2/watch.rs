@@ -37,7 +37,12 @@ fn scan(root: &Path, dir: &str, out: &mut Snapshot) {
             let path = e.path();
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if name == "__pycache__" || name.ends_with(".pyc") || name.starts_with(".#") || name.ends_with('~') || name.ends_with(".swp") {
+            if name == "__pycache__"
+                || name.ends_with(".pyc")
+                || name.starts_with(".#")
+                || name.ends_with('~')
+                || name.ends_with(".swp")
+            {
                 continue;
             }
             let Ok(md) = e.metadata() else { continue };
@@ -60,7 +65,8 @@ fn snapshot(root: &Path) -> Snapshot {
 
 /// Paths (relative to the repository) that were added, changed or removed.
 fn diff(old: &Snapshot, new: &Snapshot) -> Vec<PathBuf> {
-    let mut changed: Vec<PathBuf> = new.iter().filter(|(p, v)| old.get(*p) != Some(*v)).map(|(p, _)| p.clone()).collect();
+    let mut changed: Vec<PathBuf> =
+        new.iter().filter(|(p, v)| old.get(*p) != Some(*v)).map(|(p, _)| p.clone()).collect();
     changed.extend(old.keys().filter(|p| !new.contains_key(*p)).cloned());
     changed.sort();
     changed
@@ -114,11 +120,15 @@ impl Checker {
                 let attached = cluster::block_on(container::start(&spec))??;
                 Checker::Container { attached, pending: String::new() }
             }
-            other => bail!("--check {other}: use `image` (the worker image on the Docker engine) or `local` (a virtualenv)"),
+            other => {
+                bail!("--check {other}: use `image` (the worker image on the Docker engine) or `local` (a virtualenv)")
+            }
         };
         match checker.next_result()? {
             Some(v) if v["ready"] == true => Ok(checker),
-            other => bail!("the DAG checker did not start (it said {other:?}); try `cargo xtask dags check` to see why"),
+            other => {
+                bail!("the DAG checker did not start (it said {other:?}); try `cargo xtask dags check` to see why")
+            }
         }
     }
 
@@ -138,7 +148,9 @@ impl Checker {
                         break pending.drain(..=i).collect::<String>();
                     }
                     match cluster::block_on(attached.output.next())? {
-                        Some(chunk) => pending.push_str(&String::from_utf8_lossy(&chunk.context("lost the DAG checker's output")?.into_bytes())),
+                        Some(chunk) => pending.push_str(&String::from_utf8_lossy(
+                            &chunk.context("lost the DAG checker's output")?.into_bytes(),
+                        )),
                         None => return Ok(None),
                     }
                 },
@@ -205,11 +217,17 @@ pub struct ChangeReport {
 /// Files of the change as the image holds them: (path in the image, path on disk).
 fn image_paths(project: &Project, files: &[PathBuf]) -> Result<Vec<(String, PathBuf)>> {
     let defs = config::load_images(project, &ImageOverrides::default())?;
-    let worker = defs.iter().find(|d| d.name == "airflow-worker").or(defs.first()).ok_or_else(|| anyhow!("docker/images.toml defines no image"))?;
+    let worker = defs
+        .iter()
+        .find(|d| d.name == "airflow-worker")
+        .or(defs.first())
+        .ok_or_else(|| anyhow!("docker/images.toml defines no image"))?;
     let mut out = Vec::new();
     for f in files {
         let s = f.to_string_lossy();
-        if let Some(layer) = worker.layers.iter().find(|l| s.starts_with(&format!("{}/", l.source.trim_end_matches('/')))) {
+        if let Some(layer) =
+            worker.layers.iter().find(|l| s.starts_with(&format!("{}/", l.source.trim_end_matches('/'))))
+        {
             let rel = &s[layer.source.trim_end_matches('/').len() + 1..];
             out.push((format!("/{}/{rel}", layer.target), project.root.join(f)));
         }
@@ -281,20 +299,35 @@ fn wait_parsed(cluster: &Cluster, dag_ids: &[String], timeout: Duration) -> Resu
             return Ok(SystemTime::now());
         }
         if Instant::now() > deadline {
-            bail!("not parsed within {} s: {} (see `cargo xtask logs dag-processor`)", timeout.as_secs(), waiting.join(", "));
+            bail!(
+                "not parsed within {} s: {} (see `cargo xtask logs dag-processor`)",
+                timeout.as_secs(),
+                waiting.join(", ")
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-fn handle(project: &Project, args: &WatchArgs, checker: &mut Checker, files: &[PathBuf], human: bool) -> Result<ChangeReport> {
+fn handle(
+    project: &Project,
+    args: &WatchArgs,
+    checker: &mut Checker,
+    files: &[PathBuf],
+    human: bool,
+) -> Result<ChangeReport> {
     let say = |s: &str| {
         if human {
             println!("{s}");
         }
     };
-    let saved = files.iter().filter_map(|f| std::fs::metadata(project.root.join(f)).ok()?.modified().ok()).max().unwrap_or_else(SystemTime::now);
-    let mut report = ChangeReport { files: files.iter().map(|f| f.display().to_string()).collect(), ..Default::default() };
+    let saved = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(project.root.join(f)).ok()?.modified().ok())
+        .max()
+        .unwrap_or_else(SystemTime::now);
+    let mut report =
+        ChangeReport { files: files.iter().map(|f| f.display().to_string()).collect(), ..Default::default() };
     say(&format!("change   {}", report.files.join(", ")));
 
     // 1. Check: the changed DAG files, or every DAG when include/ changed.
@@ -303,18 +336,32 @@ fn handle(project: &Project, args: &WatchArgs, checker: &mut Checker, files: &[P
     let dag_files: Vec<String> = if include_changed {
         let mut s = Snapshot::new();
         scan(&project.root.join("files"), "dags", &mut s);
-        s.keys().filter(|p| p.extension().is_some_and(|e| e == "py")).map(|p| p.strip_prefix("dags").unwrap_or(p).display().to_string()).collect()
+        s.keys()
+            .filter(|p| p.extension().is_some_and(|e| e == "py"))
+            .map(|p| p.strip_prefix("dags").unwrap_or(p).display().to_string())
+            .collect()
     } else {
-        files.iter().filter_map(|f| f.strip_prefix("files/dags").ok()).filter(|p| p.extension().is_some_and(|e| e == "py")).map(|p| p.display().to_string()).collect()
+        files
+            .iter()
+            .filter_map(|f| f.strip_prefix("files/dags").ok())
+            .filter(|p| p.extension().is_some_and(|e| e == "py"))
+            .map(|p| p.display().to_string())
+            .collect()
     };
     let results = checker.check(&dag_files)?;
     report.check_seconds = started.elapsed().as_secs_f64();
     let bad: Vec<&FileResult> = results.iter().filter(|r| r.status == "error").collect();
     if !bad.is_empty() {
         report.outcome = "rejected".into();
-        report.errors = bad.iter().map(|r| format!("{}: {}", r.file, r.error.as_deref().unwrap_or("").lines().last().unwrap_or(""))).collect();
+        report.errors = bad
+            .iter()
+            .map(|r| format!("{}: {}", r.file, r.error.as_deref().unwrap_or("").lines().last().unwrap_or("")))
+            .collect();
         if human {
-            println!("check    {} file(s) do not import; NOT shipped, the cluster keeps running the last good image:", bad.len());
+            println!(
+                "check    {} file(s) do not import; NOT shipped, the cluster keeps running the last good image:",
+                bad.len()
+            );
             for r in &bad {
                 dags::print_result(r);
             }
@@ -343,8 +390,14 @@ fn handle(project: &Project, args: &WatchArgs, checker: &mut Checker, files: &[P
     let shipped = crate::k8s_up::up(project, &up_args)?;
     report.ship_seconds = started.elapsed().as_secs_f64();
     report.image = shipped.images.get("airflow-worker").cloned();
-    let sent: u64 = shipped.deliveries.iter().map(|d| d.bytes).sum::<u64>() + shipped.pushes.iter().map(|p| p.uploaded_bytes).sum::<u64>();
-    say(&format!("ship     {} ({} sent) in {}", report.image.clone().unwrap_or_default(), crate::fsutil::human_bytes(sent), ui::secs(report.ship_seconds)));
+    let sent: u64 = shipped.deliveries.iter().map(|d| d.bytes).sum::<u64>()
+        + shipped.pushes.iter().map(|p| p.uploaded_bytes).sum::<u64>();
+    say(&format!(
+        "ship     {} ({} sent) in {}",
+        report.image.clone().unwrap_or_default(),
+        crate::fsutil::human_bytes(sent),
+        ui::secs(report.ship_seconds)
+    ));
 
     // 3. Parsed in the cluster: the files into the running DAG processor and a reparse
     // request, before the roll restarts it (its strategy may be Recreate).
@@ -359,7 +412,10 @@ fn handle(project: &Project, args: &WatchArgs, checker: &mut Checker, files: &[P
     let live = match synced {
         Ok(()) => true,
         Err(e) => {
-            say(&format!("sync     not copied into a running DAG processor ({}); waiting for the roll instead", e.to_string().lines().next().unwrap_or("")));
+            say(&format!(
+                "sync     not copied into a running DAG processor ({}); waiting for the roll instead",
+                e.to_string().lines().next().unwrap_or("")
+            ));
             false
         }
     };
@@ -410,7 +466,10 @@ pub fn run(project: &Project, args: &WatchArgs) -> Result<()> {
     let mut checker = Checker::start(project, &args.check)?;
     let mut last = snapshot(&project.root);
     if human {
-        println!("watching files/dags and files/include (DAG checker ready in {}); Ctrl+C stops", ui::secs(started.elapsed().as_secs_f64()));
+        println!(
+            "watching files/dags and files/include (DAG checker ready in {}); Ctrl+C stops",
+            ui::secs(started.elapsed().as_secs_f64())
+        );
     } else {
         println!("{}", serde_json::json!({"event": "ready"}));
     }
@@ -440,7 +499,12 @@ pub fn run(project: &Project, args: &WatchArgs) -> Result<()> {
                 if human {
                     println!("failed   {e:#}\n         (watch keeps going; fix the cause and save again)");
                 }
-                ChangeReport { files: files.iter().map(|f| f.display().to_string()).collect(), outcome: "failed".into(), errors: vec![format!("{e:#}")], ..Default::default() }
+                ChangeReport {
+                    files: files.iter().map(|f| f.display().to_string()).collect(),
+                    outcome: "failed".into(),
+                    errors: vec![format!("{e:#}")],
+                    ..Default::default()
+                }
             }
         };
         if !human {
@@ -461,9 +525,14 @@ mod tests {
     #[test]
     fn changes_are_added_modified_and_removed_files() {
         let t = SystemTime::UNIX_EPOCH;
-        let old: Snapshot = [(PathBuf::from("files/dags/a.py"), (t, 1)), (PathBuf::from("files/dags/b.py"), (t, 1))].into();
-        let new: Snapshot = [(PathBuf::from("files/dags/a.py"), (t, 2)), (PathBuf::from("files/dags/c.py"), (t, 1))].into();
-        assert_eq!(diff(&old, &new), vec![PathBuf::from("files/dags/a.py"), PathBuf::from("files/dags/b.py"), PathBuf::from("files/dags/c.py")]);
+        let old: Snapshot =
+            [(PathBuf::from("files/dags/a.py"), (t, 1)), (PathBuf::from("files/dags/b.py"), (t, 1))].into();
+        let new: Snapshot =
+            [(PathBuf::from("files/dags/a.py"), (t, 2)), (PathBuf::from("files/dags/c.py"), (t, 1))].into();
+        assert_eq!(
+            diff(&old, &new),
+            vec![PathBuf::from("files/dags/a.py"), PathBuf::from("files/dags/b.py"), PathBuf::from("files/dags/c.py")]
+        );
         assert!(diff(&new, &new).is_empty());
     }
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::{Api, ResourceExt};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -47,8 +49,13 @@ pub fn api_resource(api_version: &str, kind: &str) -> Option<(ApiResource, bool)
 }
 
 fn api_for(cluster: &Cluster, api_version: &str, kind: &str) -> Result<Api<DynamicObject>> {
-    let (ar, namespaced) = api_resource(api_version, kind).ok_or_else(|| anyhow!("xtask does not apply {api_version} {kind}"))?;
-    Ok(if namespaced { Api::namespaced_with(cluster.client.clone(), &cluster.namespace, &ar) } else { Api::all_with(cluster.client.clone(), &ar) })
+    let (ar, namespaced) =
+        api_resource(api_version, kind).ok_or_else(|| anyhow!("xtask does not apply {api_version} {kind}"))?;
+    Ok(if namespaced {
+        Api::namespaced_with(cluster.client.clone(), &cluster.namespace, &ar)
+    } else {
+        Api::all_with(cluster.client.clone(), &ar)
+    })
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -86,7 +93,12 @@ impl ApplyReport {
 
 /// Applies `objects` (rendered, in dependency order), making the generated secrets once the
 /// namespace exists; with `prune`, deletes what xtask applied earlier and `objects` lacks.
-pub async fn apply(cluster: &Cluster, objects: &[Value], prune: bool, on_object: &mut dyn FnMut(&ObjectResult)) -> Result<ApplyReport> {
+pub async fn apply(
+    cluster: &Cluster,
+    objects: &[Value],
+    prune: bool,
+    on_object: &mut dyn FnMut(&ObjectResult),
+) -> Result<ApplyReport> {
     let mut report = ApplyReport::default();
     let mut secrets_done = false;
     for obj in objects {
@@ -105,7 +117,9 @@ pub async fn apply(cluster: &Cluster, objects: &[Value], prune: bool, on_object:
     if prune {
         let keep: BTreeSet<(String, String)> = objects
             .iter()
-            .map(|o| (o["kind"].as_str().unwrap_or("").to_string(), o["metadata"]["name"].as_str().unwrap_or("").to_string()))
+            .map(|o| {
+                (o["kind"].as_str().unwrap_or("").to_string(), o["metadata"]["name"].as_str().unwrap_or("").to_string())
+            })
             .collect();
         for r in delete_managed(cluster, &keep).await? {
             on_object(&r);
@@ -121,8 +135,10 @@ async fn apply_one(cluster: &Cluster, obj: &Value) -> Result<ObjectResult> {
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
     let api = api_for(cluster, api_version, &kind)?;
     let resource = format!("{}s", kind.to_lowercase());
-    let before = api.get_opt(&name).await.map_err(|e| cluster.explain(e, "get", &resource))?.and_then(|o| o.resource_version());
-    let dynamic: DynamicObject = serde_json::from_value(obj.clone()).with_context(|| format!("{kind} {name} is not a valid object"))?;
+    let before =
+        api.get_opt(&name).await.map_err(|e| cluster.explain(e, "get", &resource))?.and_then(|o| o.resource_version());
+    let dynamic: DynamicObject =
+        serde_json::from_value(obj.clone()).with_context(|| format!("{kind} {name} is not a valid object"))?;
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let applied = match api.patch(&name, &pp, &Patch::Apply(&dynamic)).await {
         Ok(o) => o,
@@ -138,7 +154,9 @@ async fn apply_one(cluster: &Cluster, obj: &Value) -> Result<ObjectResult> {
             api.patch(&name, &pp, &Patch::Apply(&dynamic)).await.map_err(|e| cluster.explain(e, "create", "jobs"))?;
             return Ok(ObjectResult { kind, name, action: "recreated" });
         }
-        Err(kube::Error::Api(s)) if s.code == 422 && !s.message.contains("immutable") => bail!("the cluster refused {kind} {name}: {}", s.message),
+        Err(kube::Error::Api(s)) if s.code == 422 && !s.message.contains("immutable") => {
+            bail!("the cluster refused {kind} {name}: {}", s.message)
+        }
         Err(kube::Error::Api(s)) if s.code == 422 => bail!(
             "the cluster refused {kind} {name}: {}; for a field that cannot change (a StatefulSet's volumeClaimTemplates, a Service's clusterIP), delete the object and run k8s-up again",
             s.message
@@ -190,10 +208,14 @@ pub async fn ensure_secrets(cluster: &Cluster) -> Result<Vec<ObjectResult>> {
             });
             let secret: Secret = serde_json::from_value(body)?;
             if current.is_none() {
-                api.create(&PostParams::default(), &secret).await.map_err(|e| cluster.explain(e, "create", "secrets"))?;
+                api.create(&PostParams::default(), &secret)
+                    .await
+                    .map_err(|e| cluster.explain(e, "create", "secrets"))?;
                 "created"
             } else {
-                api.patch(g.name, &PatchParams::default(), &Patch::Merge(&secret)).await.map_err(|e| cluster.explain(e, "patch", "secrets"))?;
+                api.patch(g.name, &PatchParams::default(), &Patch::Merge(&secret))
+                    .await
+                    .map_err(|e| cluster.explain(e, "patch", "secrets"))?;
                 "configured"
             }
         };
@@ -213,7 +235,8 @@ pub async fn delete_managed(cluster: &Cluster, keep: &BTreeSet<(String, String)>
             continue;
         }
         let api = api_for(cluster, api_version, kind)?;
-        let list = api.list(&ListParams::default().labels(&selector)).await.map_err(|e| cluster.explain(e, "list", plural))?;
+        let list =
+            api.list(&ListParams::default().labels(&selector)).await.map_err(|e| cluster.explain(e, "list", plural))?;
         for o in list.items {
             let name = o.name_any();
             if keep.contains(&(kind.to_string(), name.clone())) {
@@ -235,7 +258,9 @@ pub async fn delete_everything(cluster: &Cluster) -> Result<Vec<ObjectResult>> {
     let api: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
     for g in GENERATED {
         if api.get_opt(g.name).await?.is_some() {
-            api.delete(g.name, &DeleteParams::background()).await.map_err(|e| cluster.explain(e, "delete", "secrets"))?;
+            api.delete(g.name, &DeleteParams::background())
+                .await
+                .map_err(|e| cluster.explain(e, "delete", "secrets"))?;
             out.push(ObjectResult { kind: "Secret".into(), name: g.name.into(), action: "deleted" });
         }
     }

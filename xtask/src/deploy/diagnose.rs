@@ -28,7 +28,15 @@ impl PodState {
     pub fn is_hopeless(&self) -> bool {
         matches!(
             self.reason.as_deref(),
-            Some("ImagePullBackOff" | "ErrImagePull" | "ErrImageNeverPull" | "InvalidImageName" | "CreateContainerConfigError" | "CrashLoopBackOff" | "OOMKilled")
+            Some(
+                "ImagePullBackOff"
+                    | "ErrImagePull"
+                    | "ErrImageNeverPull"
+                    | "InvalidImageName"
+                    | "CreateContainerConfigError"
+                    | "CrashLoopBackOff"
+                    | "OOMKilled"
+            )
         )
     }
 
@@ -125,7 +133,11 @@ pub async fn pod_state(client: &kube::Client, namespace: &str, pod: &Pod) -> Res
     for c in status.conditions.iter().flatten() {
         if c.type_ == "PodScheduled" && c.status == "False" {
             let msg = c.message.clone().unwrap_or_default();
-            let r = if msg.contains("unbound") && msg.contains("PersistentVolumeClaim") { "UnboundPVC" } else { "Unschedulable" };
+            let r = if msg.contains("unbound") && msg.contains("PersistentVolumeClaim") {
+                "UnboundPVC"
+            } else {
+                "Unschedulable"
+            };
             problems.push(format!("not scheduled: {msg}"));
             reason.get_or_insert((r.into(), msg, None));
         }
@@ -166,10 +178,19 @@ mod tests {
 
     #[test]
     fn every_usual_failure_has_a_fix() {
-        for r in ["ImagePullBackOff", "ErrImagePull", "OOMKilled", "CrashLoopBackOff", "CreateContainerConfigError", "Unschedulable", "UnboundPVC"] {
+        for r in [
+            "ImagePullBackOff",
+            "ErrImagePull",
+            "OOMKilled",
+            "CrashLoopBackOff",
+            "CreateContainerConfigError",
+            "Unschedulable",
+            "UnboundPVC",
+        ] {
             assert!(hint(r, "msg", Some("img"), Some("node")).is_some(), "{r}");
         }
-        let h = hint("ImagePullBackOff", "", Some("docker.io/library/airflow-worker@sha256:x"), Some("kind-worker")).unwrap();
+        let h = hint("ImagePullBackOff", "", Some("docker.io/library/airflow-worker@sha256:x"), Some("kind-worker"))
+            .unwrap();
         assert!(h.contains("airflow-worker") && h.contains("kind-worker") && h.contains("k8s-up"));
     }
 }

@@ -146,11 +146,15 @@ pub fn split_documents(file: &str, text: &str) -> Result<Vec<Doc>> {
             bail!("{file}:{start}: a document must be a mapping (a Kubernetes object), not {}", type_name(&value));
         }
         // The first line with content, so messages point at the object rather than a comment.
-        let first = body
-            .lines()
-            .position(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-            .unwrap_or(0);
-        docs.push(Doc { file: file.to_string(), index: docs.len() + 1, line: start + first, text: body, text_line: start, value });
+        let first = body.lines().position(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')).unwrap_or(0);
+        docs.push(Doc {
+            file: file.to_string(),
+            index: docs.len() + 1,
+            line: start + first,
+            text: body,
+            text_line: start,
+            value,
+        });
     }
     Ok(docs)
 }
@@ -328,10 +332,18 @@ pub struct CheckContext<'a> {
 fn pod_specs(t: &Typed) -> Vec<(&PodSpec, &'static str)> {
     match t {
         Typed::Pod(p) => p.spec.iter().map(|s| (s, "spec")).collect(),
-        Typed::Deployment(d) => d.spec.iter().filter_map(|s| s.template.spec.as_ref()).map(|s| (s, "spec.template.spec")).collect(),
-        Typed::StatefulSet(d) => d.spec.iter().filter_map(|s| s.template.spec.as_ref()).map(|s| (s, "spec.template.spec")).collect(),
-        Typed::DaemonSet(d) => d.spec.iter().filter_map(|s| s.template.spec.as_ref()).map(|s| (s, "spec.template.spec")).collect(),
-        Typed::Job(j) => j.spec.iter().filter_map(|s| s.template.spec.as_ref()).map(|s| (s, "spec.template.spec")).collect(),
+        Typed::Deployment(d) => {
+            d.spec.iter().filter_map(|s| s.template.spec.as_ref()).map(|s| (s, "spec.template.spec")).collect()
+        }
+        Typed::StatefulSet(d) => {
+            d.spec.iter().filter_map(|s| s.template.spec.as_ref()).map(|s| (s, "spec.template.spec")).collect()
+        }
+        Typed::DaemonSet(d) => {
+            d.spec.iter().filter_map(|s| s.template.spec.as_ref()).map(|s| (s, "spec.template.spec")).collect()
+        }
+        Typed::Job(j) => {
+            j.spec.iter().filter_map(|s| s.template.spec.as_ref()).map(|s| (s, "spec.template.spec")).collect()
+        }
         Typed::CronJob(c) => c
             .spec
             .iter()
@@ -367,14 +379,24 @@ pub fn check(docs: &[Doc], ctx: &CheckContext<'_>) -> Vec<Problem> {
         let name = docs[*i].name().to_string();
         match t {
             Typed::ConfigMap(c) => {
-                let keys = c.data.iter().flatten().map(|(k, _)| k.clone()).chain(c.binary_data.iter().flatten().map(|(k, _)| k.clone()));
+                let keys = c
+                    .data
+                    .iter()
+                    .flatten()
+                    .map(|(k, _)| k.clone())
+                    .chain(c.binary_data.iter().flatten().map(|(k, _)| k.clone()));
                 config_maps.insert(name, keys.collect());
             }
             Typed::Pod(_) => {
                 config_maps.insert(name, BTreeSet::from([POD_TEMPLATE_KEY.to_string()]));
             }
             Typed::Secret(s) => {
-                let keys = s.data.iter().flatten().map(|(k, _)| k.clone()).chain(s.string_data.iter().flatten().map(|(k, _)| k.clone()));
+                let keys = s
+                    .data
+                    .iter()
+                    .flatten()
+                    .map(|(k, _)| k.clone())
+                    .chain(s.string_data.iter().flatten().map(|(k, _)| k.clone()));
                 secrets.insert(name, keys.collect());
             }
             Typed::ServiceAccount(_) => {
@@ -404,17 +426,30 @@ pub fn check(docs: &[Doc], ctx: &CheckContext<'_>) -> Vec<Problem> {
             if let Some(svc) = s.spec.as_ref().map(|s| &s.service_name).and_then(|s| s.as_ref())
                 && !services.contains(svc)
             {
-                problems.push(problem(doc, "spec.serviceName", format!("Service `{svc}` is not defined in k8s/; add it")));
+                problems.push(problem(
+                    doc,
+                    "spec.serviceName",
+                    format!("Service `{svc}` is not defined in k8s/; add it"),
+                ));
             }
         }
         for (spec, base) in pod_specs(t) {
-            check_pod_spec(doc, t, spec, base, ctx, &own_claims, &Defined {
-                services: &services,
-                config_maps: &config_maps,
-                secrets: &secrets,
-                service_accounts: &service_accounts,
-                pvcs: &pvcs,
-            }, &mut problems);
+            check_pod_spec(
+                doc,
+                t,
+                spec,
+                base,
+                ctx,
+                &own_claims,
+                &Defined {
+                    services: &services,
+                    config_maps: &config_maps,
+                    secrets: &secrets,
+                    service_accounts: &service_accounts,
+                    pvcs: &pvcs,
+                },
+                &mut problems,
+            );
         }
         if let Typed::Pod(p) = t {
             let has_base = p.spec.iter().flat_map(|s| s.containers.iter()).any(|c| c.name == "base");
@@ -431,14 +466,23 @@ pub fn check(docs: &[Doc], ctx: &CheckContext<'_>) -> Vec<Problem> {
             Typed::ClusterRole(_) | Typed::ClusterRoleBinding(_) => problems.push(problem(
                 doc,
                 "kind",
-                "cluster-wide RBAC is broader than Airflow needs; the scheduler's pod launcher is a namespaced Role".into(),
+                "cluster-wide RBAC is broader than Airflow needs; the scheduler's pod launcher is a namespaced Role"
+                    .into(),
             )),
             Typed::RoleBinding(b) => {
                 if b.role_ref.kind == "Role" && !roles.contains(&b.role_ref.name) {
-                    problems.push(problem(doc, "roleRef.name", format!("Role `{}` is not defined in k8s/; add it", b.role_ref.name)));
+                    problems.push(problem(
+                        doc,
+                        "roleRef.name",
+                        format!("Role `{}` is not defined in k8s/; add it", b.role_ref.name),
+                    ));
                 }
                 if b.role_ref.kind == "ClusterRole" {
-                    problems.push(problem(doc, "roleRef.kind", "binds a ClusterRole; bind the namespaced Role instead".into()));
+                    problems.push(problem(
+                        doc,
+                        "roleRef.kind",
+                        "binds a ClusterRole; bind the namespaced Role instead".into(),
+                    ));
                 }
                 for (j, s) in b.subjects.iter().flatten().enumerate() {
                     if s.kind == "ServiceAccount" && !service_accounts.contains(&s.name) {
@@ -489,7 +533,9 @@ fn check_pod_spec(
     problems: &mut Vec<Problem>,
 ) {
     let missing = |what: &str, name: &str| {
-        format!("{what} `{name}` is not defined in k8s/ (nor generated by xtask); add it, or mark the reference `optional: true`")
+        format!(
+            "{what} `{name}` is not defined in k8s/ (nor generated by xtask); add it, or mark the reference `optional: true`"
+        )
     };
     if let Some(sa) = &spec.service_account_name
         && !defined.service_accounts.contains(sa)
@@ -515,7 +561,11 @@ fn check_pod_spec(
             && !defined.pvcs.contains(&pvc.claim_name)
             && !own_claims.contains(&pvc.claim_name)
         {
-            problems.push(problem(doc, &format!("{at}.persistentVolumeClaim.claimName"), missing("PersistentVolumeClaim", &pvc.claim_name)));
+            problems.push(problem(
+                doc,
+                &format!("{at}.persistentVolumeClaim.claimName"),
+                missing("PersistentVolumeClaim", &pvc.claim_name),
+            ));
         }
     }
     let containers: Vec<(&str, usize, &Container)> = spec
@@ -548,7 +598,11 @@ fn check_pod_spec(
                 && !r.optional.unwrap_or(false)
             {
                 match defined.config_maps.get(&r.name) {
-                    None => problems.push(problem(doc, &format!("{at}.env[{j}].valueFrom.configMapKeyRef.name"), missing("ConfigMap", &r.name))),
+                    None => problems.push(problem(
+                        doc,
+                        &format!("{at}.env[{j}].valueFrom.configMapKeyRef.name"),
+                        missing("ConfigMap", &r.name),
+                    )),
                     Some(keys) if !keys.contains(&r.key) => problems.push(problem(
                         doc,
                         &format!("{at}.env[{j}].valueFrom.configMapKeyRef.key"),
@@ -561,7 +615,11 @@ fn check_pod_spec(
                 && !r.optional.unwrap_or(false)
             {
                 match defined.secrets.get(&r.name) {
-                    None => problems.push(problem(doc, &format!("{at}.env[{j}].valueFrom.secretKeyRef.name"), missing("Secret", &r.name))),
+                    None => problems.push(problem(
+                        doc,
+                        &format!("{at}.env[{j}].valueFrom.secretKeyRef.name"),
+                        missing("Secret", &r.name),
+                    )),
                     Some(keys) if !keys.contains(&r.key) => problems.push(problem(
                         doc,
                         &format!("{at}.env[{j}].valueFrom.secretKeyRef.key"),
@@ -577,7 +635,9 @@ fn check_pod_spec(
                     problems.push(problem(
                         doc,
                         &format!("{at}.env[{j}].value"),
-                        format!("refers to Service `{host}`, which is not defined in k8s/; add it or fix the host name"),
+                        format!(
+                            "refers to Service `{host}`, which is not defined in k8s/; add it or fix the host name"
+                        ),
                     ));
                 }
             }
@@ -587,7 +647,11 @@ fn check_pod_spec(
                 && !r.optional.unwrap_or(false)
                 && !defined.config_maps.contains_key(&r.name)
             {
-                problems.push(problem(doc, &format!("{at}.envFrom[{j}].configMapRef.name"), missing("ConfigMap", &r.name)));
+                problems.push(problem(
+                    doc,
+                    &format!("{at}.envFrom[{j}].configMapRef.name"),
+                    missing("ConfigMap", &r.name),
+                ));
             }
             if let Some(r) = &f.secret_ref
                 && !r.optional.unwrap_or(false)
@@ -620,30 +684,49 @@ fn check_pod_spec(
 
 /// `name@sha256:<64 hex>`.
 pub fn is_pinned(image: &str) -> bool {
-    image
-        .split_once('@')
-        .is_some_and(|(name, digest)| !name.is_empty() && crate::oci::Digest::parse(digest).is_ok())
+    image.split_once('@').is_some_and(|(name, digest)| !name.is_empty() && crate::oci::Digest::parse(digest).is_ok())
 }
 
 fn check_rules(doc: &Doc, rules: &[PolicyRule], problems: &mut Vec<Problem>) {
     let allowed: BTreeMap<&str, &[&str]> = ALLOWED_RULES.iter().copied().collect();
-    let allowed_text = ALLOWED_RULES.iter().map(|(r, v)| format!("{r}: {}", v.join(","))).collect::<Vec<_>>().join("; ");
+    let allowed_text =
+        ALLOWED_RULES.iter().map(|(r, v)| format!("{r}: {}", v.join(","))).collect::<Vec<_>>().join("; ");
     for (i, rule) in rules.iter().enumerate() {
         let at = format!("rules[{i}]");
         let groups = rule.api_groups.as_deref().unwrap_or(&[]);
         if groups.iter().any(|g| !g.is_empty()) {
-            problems.push(problem(doc, &format!("{at}.apiGroups"), format!("grants API groups {groups:?}; the pod launcher needs only the core group \"\" ({allowed_text})")));
+            problems.push(problem(
+                doc,
+                &format!("{at}.apiGroups"),
+                format!(
+                    "grants API groups {groups:?}; the pod launcher needs only the core group \"\" ({allowed_text})"
+                ),
+            ));
         }
         if rule.non_resource_urls.as_ref().is_some_and(|u| !u.is_empty()) {
-            problems.push(problem(doc, &format!("{at}.nonResourceURLs"), format!("grants non-resource URLs; the pod launcher needs only: {allowed_text}")));
+            problems.push(problem(
+                doc,
+                &format!("{at}.nonResourceURLs"),
+                format!("grants non-resource URLs; the pod launcher needs only: {allowed_text}"),
+            ));
         }
         for res in rule.resources.iter().flatten() {
             match allowed.get(res.as_str()) {
-                None => problems.push(problem(doc, &format!("{at}.resources"), format!("grants `{res}`, broader than the pod launcher needs ({allowed_text})"))),
+                None => problems.push(problem(
+                    doc,
+                    &format!("{at}.resources"),
+                    format!("grants `{res}`, broader than the pod launcher needs ({allowed_text})"),
+                )),
                 Some(ok) => {
                     for verb in &rule.verbs {
                         if !ok.contains(&verb.as_str()) {
-                            problems.push(problem(doc, &format!("{at}.verbs"), format!("grants `{verb}` on `{res}`, broader than the pod launcher needs ({allowed_text})")));
+                            problems.push(problem(
+                                doc,
+                                &format!("{at}.verbs"),
+                                format!(
+                                    "grants `{verb}` on `{res}`, broader than the pod launcher needs ({allowed_text})"
+                                ),
+                            ));
                         }
                     }
                 }
@@ -823,7 +906,10 @@ mod tests {
 
     #[test]
     fn service_hosts_finds_cluster_names_only() {
-        assert_eq!(service_hosts("execution_api_server_url = http://airflow-api-server:8080/execution/"), ["airflow-api-server"]);
+        assert_eq!(
+            service_hosts("execution_api_server_url = http://airflow-api-server:8080/execution/"),
+            ["airflow-api-server"]
+        );
         assert_eq!(service_hosts("postgresql://u:p@db.airflow.svc.cluster.local:5432/x"), ["db"]);
         assert!(service_hosts("http://localhost:8080 https://example.com:443 http://10.0.0.1:80").is_empty());
     }

@@ -43,7 +43,10 @@ pub fn generate(name: &str, existing: &BTreeMap<String, BTreeMap<String, String>
                 .and_then(|s| s.get("password"))
                 .cloned()
                 .ok_or_else(|| anyhow::anyhow!("the airflow-postgres secret must exist before airflow-secrets"))?;
-            v.insert("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN".into(), format!("postgresql+psycopg2://airflow:{pw}@airflow-postgres:5432/airflow"));
+            v.insert(
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN".into(),
+                format!("postgresql+psycopg2://airflow:{pw}@airflow-postgres:5432/airflow"),
+            );
             v.insert("AIRFLOW__CORE__FERNET_KEY".into(), base64_url(&random_bytes(32)?));
             v.insert("AIRFLOW__API_AUTH__JWT_SECRET".into(), hex32()?);
             v.insert("AIRFLOW__API__SECRET_KEY".into(), hex32()?);
@@ -76,6 +79,9 @@ mod tests {
         let conn = &existing["airflow-secrets"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"];
         assert!(conn.contains(&existing["airflow-postgres"]["password"]));
         // A Fernet key is 32 bytes, URL-safe base64.
-        assert_eq!(crate::encoding::unbase64(&existing["airflow-secrets"]["AIRFLOW__CORE__FERNET_KEY"]).unwrap().len(), 32);
+        assert_eq!(
+            crate::encoding::unbase64(&existing["airflow-secrets"]["AIRFLOW__CORE__FERNET_KEY"]).unwrap().len(),
+            32
+        );
     }
 }

@@ -21,7 +21,11 @@ pub enum Check {
     JobComplete(String),
     DeploymentRolledOut(String),
     /// An HTTP GET through a port-forward to a ready pod of the selector answers 200.
-    Http { selector: String, port: u16, path: String },
+    Http {
+        selector: String,
+        port: u16,
+        path: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -43,14 +47,21 @@ pub fn steps_for(objects: &[serde_json::Value], timeout: Duration) -> Vec<Step> 
     let selector = |objs: &[&serde_json::Value]| -> String {
         let components: Vec<&str> = objs
             .iter()
-            .filter_map(|o| o.pointer("/spec/template/metadata/labels/app.kubernetes.io~1component").and_then(|v| v.as_str()))
+            .filter_map(|o| {
+                o.pointer("/spec/template/metadata/labels/app.kubernetes.io~1component").and_then(|v| v.as_str())
+            })
             .collect();
         format!("app.kubernetes.io/component in ({})", components.join(","))
     };
     let mut steps = Vec::new();
     let mut add = |label: &str, objs: Vec<&serde_json::Value>, check: &dyn Fn(String) -> Check| {
         if !objs.is_empty() {
-            steps.push(Step { label: label.into(), checks: objs.iter().map(|o| check(name(o))).collect(), selector: selector(&objs), timeout });
+            steps.push(Step {
+                label: label.into(),
+                checks: objs.iter().map(|o| check(name(o))).collect(),
+                selector: selector(&objs),
+                timeout,
+            });
         }
     };
     add("postgres", of("StatefulSet"), &Check::StatefulSetReady);
@@ -60,7 +71,11 @@ pub fn steps_for(objects: &[serde_json::Value], timeout: Duration) -> Vec<Step> 
         let component = "app.kubernetes.io/name=airflow,app.kubernetes.io/component=api-server".to_string();
         steps.push(Step {
             label: "api-server health".into(),
-            checks: vec![Check::Http { selector: component.clone(), port: 8080, path: "/api/v2/monitor/health".into() }],
+            checks: vec![Check::Http {
+                selector: component.clone(),
+                port: 8080,
+                path: "/api/v2/monitor/health".into(),
+            }],
             selector: component,
             timeout,
         });
@@ -80,7 +95,11 @@ async fn look(cluster: &Cluster, check: &Check) -> Result<Result<(), String>> {
             let want = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
             let st = s.status.unwrap_or_default();
             let ready = st.ready_replicas.unwrap_or(0);
-            if ready >= want && st.current_revision == st.update_revision { Ok(()) } else { Err(format!("{name}: {ready}/{want} ready")) }
+            if ready >= want && st.current_revision == st.update_revision {
+                Ok(())
+            } else {
+                Err(format!("{name}: {ready}/{want} ready"))
+            }
         }
         Check::JobComplete(name) => {
             let Some(j) = Api::<Job>::namespaced(c.clone(), ns).get_opt(name).await? else {
@@ -106,7 +125,11 @@ async fn look(cluster: &Cluster, check: &Check) -> Result<Result<(), String>> {
             let updated = st.updated_replicas.unwrap_or(0);
             let available = st.available_replicas.unwrap_or(0);
             let total = st.replicas.unwrap_or(0);
-            if st.observed_generation.unwrap_or(0) >= generation && updated >= want && available >= want && total <= want {
+            if st.observed_generation.unwrap_or(0) >= generation
+                && updated >= want
+                && available >= want
+                && total <= want
+            {
                 Ok(())
             } else {
                 Err(format!("{name}: {available}/{want} available, {updated} updated"))
@@ -116,7 +139,10 @@ async fn look(cluster: &Cluster, check: &Check) -> Result<Result<(), String>> {
             let pods = Api::<Pod>::namespaced(c.clone(), ns).list(&ListParams::default().labels(selector)).await?;
             let ready = pods.items.iter().find(|p| {
                 p.metadata.deletion_timestamp.is_none()
-                    && p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                    && p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
             });
             let Some(pod) = ready.and_then(|p| p.metadata.name.clone()) else {
                 return Ok(Err("no ready pod to ask".into()));
@@ -124,7 +150,11 @@ async fn look(cluster: &Cluster, check: &Check) -> Result<Result<(), String>> {
             let pf = PortForward::start(c, ns, &pod, *port).await?;
             let url = format!("{}{path}", pf.base_url());
             let answer = tokio::task::spawn_blocking(move || -> Result<(u16, String)> {
-                let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(10))).build().into();
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(10)))
+                    .build()
+                    .into();
                 let mut resp = agent.get(&url).call()?;
                 let status = resp.status().as_u16();
                 Ok((status, resp.body_mut().read_to_string().unwrap_or_default()))
@@ -134,7 +164,11 @@ async fn look(cluster: &Cluster, check: &Check) -> Result<Result<(), String>> {
             match answer {
                 (200, body) => {
                     // Airflow's health: every part must say healthy (the metadatabase at least).
-                    if body.contains("\"metadatabase\":{\"status\":\"healthy\"") || !body.contains("unhealthy") { Ok(()) } else { Err(format!("{pod}: {body}")) }
+                    if body.contains("\"metadatabase\":{\"status\":\"healthy\"") || !body.contains("unhealthy") {
+                        Ok(())
+                    } else {
+                        Err(format!("{pod}: {body}"))
+                    }
                 }
                 (status, body) => Err(format!("{pod}: HTTP {status} {}", body.chars().take(200).collect::<String>())),
             }
@@ -179,7 +213,8 @@ pub async fn wait(cluster: &Cluster, steps: &[Step], on_progress: &mut dyn FnMut
             hopeless_since = if hopeless.is_empty() { None } else { hopeless_since.or(Some(Instant::now())) };
             let timed_out = started.elapsed() > step.timeout;
             // A bad image or missing secret will not fix itself: say so after a short grace.
-            let give_up = failure.is_some() || timed_out || hopeless_since.is_some_and(|t| t.elapsed() > Duration::from_secs(20));
+            let give_up =
+                failure.is_some() || timed_out || hopeless_since.is_some_and(|t| t.elapsed() > Duration::from_secs(20));
             if give_up {
                 let why = failure.unwrap_or_else(|| {
                     if timed_out {
@@ -188,7 +223,8 @@ pub async fn wait(cluster: &Cluster, steps: &[Step], on_progress: &mut dyn FnMut
                         format!("{} cannot become ready", step.label)
                     }
                 });
-                let troubled: Vec<&diagnose::PodState> = pods.iter().filter(|p| !p.ready && p.phase != "Succeeded").collect();
+                let troubled: Vec<&diagnose::PodState> =
+                    pods.iter().filter(|p| !p.ready && p.phase != "Succeeded").collect();
                 let details = if troubled.is_empty() {
                     format!("no pod of `{}` is failing; the last state: {last}", step.selector)
                 } else {

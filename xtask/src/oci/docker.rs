@@ -54,17 +54,23 @@ impl Read for ChannelReader {
 
 /// Exports `name` from the engine (what `docker save` writes) and streams it into the
 /// store: each file of the stream becomes a blob as it passes, nothing is buffered whole.
-pub fn import_base(name: &str, platform: &Platform, store: &Store, progress: &mut dyn ImportProgress) -> Result<BaseImage> {
+pub fn import_base(
+    name: &str,
+    platform: &Platform,
+    store: &Store,
+    progress: &mut dyn ImportProgress,
+) -> Result<BaseImage> {
     let (tx, rx) = mpsc::sync_channel::<io::Result<bytes::Bytes>>(16);
     let image = name.to_string();
     let producer = std::thread::spawn(move || -> Result<()> {
         let rt = runtime()?;
         rt.block_on(async move {
             let (docker, _) = connect().await?;
-            docker
-                .inspect_image(&image)
-                .await
-                .map_err(|e| anyhow!("the Docker engine has no image `{image}` ({e}); pull or build it first, or fix the base reference"))?;
+            docker.inspect_image(&image).await.map_err(|e| {
+                anyhow!(
+                    "the Docker engine has no image `{image}` ({e}); pull or build it first, or fix the base reference"
+                )
+            })?;
             let mut stream = docker.export_image(&image);
             while let Some(chunk) = stream.next().await {
                 let item = chunk.map_err(|e| io::Error::other(format!("export of {image} failed: {e}")));
@@ -117,7 +123,8 @@ pub fn load(store: &Store, images: &[ArchiveImage]) -> Result<Vec<LoadResult>> {
                 // The store is locked by this process already; a read-only view suffices.
                 let view = Store::open_view(&store_root)?;
                 let mut sink = ChannelWriter { tx };
-                let stats = archive::write_archive(&view, &one, &archive::ArchiveOptions::default(), &mut sink, &mut |_| {})?;
+                let stats =
+                    archive::write_archive(&view, &one, &archive::ArchiveOptions::default(), &mut sink, &mut |_| {})?;
                 Ok(stats.bytes)
             });
             let body = async_stream(rx);
@@ -136,7 +143,9 @@ pub fn load(store: &Store, images: &[ArchiveImage]) -> Result<Vec<LoadResult>> {
     })
 }
 
-fn async_stream(mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> impl futures::Stream<Item = Result<bytes::Bytes, io::Error>> {
+fn async_stream(
+    mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, io::Error>> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok)))
 }
 

@@ -8,10 +8,7 @@ use serde_json::{Value, json};
 use super::layer::LayerBlob;
 use super::source::BaseImage;
 use super::store::Store;
-use super::{
-    ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME, Descriptor, MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST,
-    Manifest,
-};
+use super::{ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME, Descriptor, MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST, Manifest};
 
 /// What the image definition adds to the base's config.
 #[derive(Clone, Debug, Default)]
@@ -39,7 +36,12 @@ pub struct Assembled {
 }
 
 /// Writes config and manifest for `base` + `layers` into the store.
-pub fn assemble(store: &Store, base: &BaseImage, layers: &[NewLayer<'_>], changes: &ConfigChanges) -> Result<Assembled> {
+pub fn assemble(
+    store: &Store,
+    base: &BaseImage,
+    layers: &[NewLayer<'_>],
+    changes: &ConfigChanges,
+) -> Result<Assembled> {
     let mut config: Value = store.read_json(&base.config.digest).context("cannot read the base image's config")?;
     let Some(obj) = config.as_object_mut() else { bail!("the base image's config is not a JSON object") };
 

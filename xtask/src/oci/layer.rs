@@ -8,9 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{BufWriter, Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 #[cfg(test)]
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::Instant;
 
@@ -147,7 +147,10 @@ pub fn scan(plan: &LayerPlan) -> Result<Vec<Input>> {
 fn walk(plan: &LayerPlan, dir: &Path, rel_dir: &str, out: &mut Vec<Input>) -> Result<()> {
     let label = |rel: &str| format!("{}/{}", plan.source_label, rel);
     let entries = fs::read_dir(dir).with_context(|| {
-        format!("cannot list {}: check its permissions", if rel_dir.is_empty() { plan.source_label.clone() } else { label(rel_dir) })
+        format!(
+            "cannot list {}: check its permissions",
+            if rel_dir.is_empty() { plan.source_label.clone() } else { label(rel_dir) }
+        )
     })?;
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
@@ -405,7 +408,11 @@ struct LayerDirFacts {
 /// The owner and mode the base image gives each of `wanted` (directories), after applying
 /// all its layers in order. Every entry of every layer is checked for paths that escape
 /// the root. Results are cached per layer digest.
-pub fn base_dirs(store: &Store, layers: &[(Digest, String)], wanted: &BTreeSet<String>) -> Result<BTreeMap<String, DirInfo>> {
+pub fn base_dirs(
+    store: &Store,
+    layers: &[(Digest, String)],
+    wanted: &BTreeSet<String>,
+) -> Result<BTreeMap<String, DirInfo>> {
     if wanted.is_empty() {
         return Ok(BTreeMap::new());
     }
@@ -452,7 +459,12 @@ fn is_strictly_under(path: &str, dir: &str) -> bool {
     dir.is_empty() || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
 }
 
-fn scan_layer_dirs(store: &Store, digest: &Digest, media_type: &str, wanted: &BTreeSet<String>) -> Result<LayerDirFacts> {
+fn scan_layer_dirs(
+    store: &Store,
+    digest: &Digest,
+    media_type: &str,
+    wanted: &BTreeSet<String>,
+) -> Result<LayerDirFacts> {
     let file = store.open_blob(digest)?;
     let reader: Box<dyn Read> = match Compression::of_media_type(media_type) {
         _ if media_type == MEDIA_OCI_LAYER_ZSTD => {

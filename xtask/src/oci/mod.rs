@@ -26,8 +26,7 @@ pub const MEDIA_OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const MEDIA_OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const MEDIA_OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const MEDIA_DOCKER_MANIFEST_LIST: &str =
-    "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const MEDIA_DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const MEDIA_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 pub const MEDIA_DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
 
@@ -113,11 +112,9 @@ impl Platform {
         let parts: Vec<&str> = s.split('/').collect();
         match parts.as_slice() {
             [os, arch] => Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: None }),
-            [os, arch, variant] => Ok(Platform {
-                os: os.to_string(),
-                architecture: arch.to_string(),
-                variant: Some(variant.to_string()),
-            }),
+            [os, arch, variant] => {
+                Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: Some(variant.to_string()) })
+            }
             _ => anyhow::bail!("platform `{s}` is not of the form os/arch[/variant], for example linux/amd64"),
         }
     }
@@ -232,9 +229,9 @@ pub fn oci_layer_media_type(media_type: &str) -> anyhow::Result<&'static str> {
         MEDIA_OCI_LAYER | MEDIA_DOCKER_LAYER => MEDIA_OCI_LAYER,
         MEDIA_OCI_LAYER_GZIP | MEDIA_DOCKER_LAYER_GZIP => MEDIA_OCI_LAYER_GZIP,
         MEDIA_OCI_LAYER_ZSTD => MEDIA_OCI_LAYER_ZSTD,
-        other => anyhow::bail!(
-            "layer media type `{other}` is not supported (only tar, tar+gzip and tar+zstd layers are)"
-        ),
+        other => {
+            anyhow::bail!("layer media type `{other}` is not supported (only tar, tar+gzip and tar+zstd layers are)")
+        }
     })
 }
 
@@ -338,9 +335,6 @@ mod tests {
 
     #[test]
     fn digest_of_empty_input_is_the_well_known_one() {
-        assert_eq!(
-            Digest::of(b"").as_str(),
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        assert_eq!(Digest::of(b"").as_str(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     }
 }

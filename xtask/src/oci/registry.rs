@@ -144,7 +144,12 @@ pub fn credentials_for(host: &str) -> Option<Credentials> {
         if h == "docker.io" || h == "registry-1.docker.io" { "index.docker.io" } else { h }
     }
     let wanted = hub(host);
-    let helper = cfg.cred_helpers.iter().find(|(k, _)| hub(host_of(k)) == wanted).map(|(_, v)| v.clone()).or(cfg.creds_store.clone());
+    let helper = cfg
+        .cred_helpers
+        .iter()
+        .find(|(k, _)| hub(host_of(k)) == wanted)
+        .map(|(_, v)| v.clone())
+        .or(cfg.creds_store.clone());
     if let Some(helper) = helper
         && let Some(c) = from_helper(&helper, host)
     {
@@ -252,20 +257,21 @@ impl Client {
             }
             let resp = match &mut body {
                 Body::Empty => self.agent.run(req.body(()).expect("valid request")),
-                Body::Bytes(b) => self.agent.run(req.header("Content-Length", b.len().to_string()).body(*b).expect("valid request")),
+                Body::Bytes(b) => {
+                    self.agent.run(req.header("Content-Length", b.len().to_string()).body(*b).expect("valid request"))
+                }
                 Body::Reader(r, len) => {
-                    let req = req.header("Content-Length", len.to_string()).body(ureq::SendBody::from_reader(r)).expect("valid request");
+                    let req = req
+                        .header("Content-Length", len.to_string())
+                        .body(ureq::SendBody::from_reader(r))
+                        .expect("valid request");
                     self.agent.run(req)
                 }
             }
             .map_err(|e| self.unreachable(e))?;
             if resp.status() == 401 && attempt == 0 {
-                let challenge = resp
-                    .headers()
-                    .get("WWW-Authenticate")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string();
+                let challenge =
+                    resp.headers().get("WWW-Authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
                 self.authenticate(&challenge, scope)?;
                 if matches!(body, Body::Reader(..)) {
                     // A streamed body cannot be sent twice; the caller retries from the start.
@@ -314,7 +320,9 @@ impl Client {
             "basic" => self.creds.as_ref().ok_or_else(|| self.auth_error(scope))?.basic(),
             "bearer" => {
                 let p = parse_challenge(params);
-                let realm = p.get("realm").ok_or_else(|| anyhow!("registry {} sent a Bearer challenge without realm", self.host))?;
+                let realm = p
+                    .get("realm")
+                    .ok_or_else(|| anyhow!("registry {} sent a Bearer challenge without realm", self.host))?;
                 let mut url = format!("{realm}?scope={}", scope.replace(' ', "&scope="));
                 if let Some(service) = p.get("service") {
                     url.push_str(&format!("&service={service}"));
@@ -332,8 +340,10 @@ impl Client {
                     token: Option<String>,
                     access_token: Option<String>,
                 }
-                let body = resp.body_mut().with_config().limit(1 << 20).read_to_vec().context("cannot read the token")?;
-                let t: Token = serde_json::from_slice(&body).with_context(|| format!("token service {realm} answered something other than a token"))?;
+                let body =
+                    resp.body_mut().with_config().limit(1 << 20).read_to_vec().context("cannot read the token")?;
+                let t: Token = serde_json::from_slice(&body)
+                    .with_context(|| format!("token service {realm} answered something other than a token"))?;
                 format!("Bearer {}", t.token.or(t.access_token).unwrap_or_default())
             }
             _ => bail!("registry {} asks for `{kind}` authentication, which xtask does not speak", self.host),
@@ -348,15 +358,29 @@ impl Client {
 
     /// A manifest or index: its bytes, media type and digest.
     pub fn get_manifest(&self, repo: &str, reference: &str) -> Result<(Vec<u8>, String, Digest)> {
-        let accept = [MEDIA_OCI_MANIFEST, MEDIA_OCI_INDEX, MEDIA_DOCKER_MANIFEST, MEDIA_DOCKER_MANIFEST_LIST].join(", ");
+        let accept =
+            [MEDIA_OCI_MANIFEST, MEDIA_OCI_INDEX, MEDIA_DOCKER_MANIFEST, MEDIA_DOCKER_MANIFEST_LIST].join(", ");
         let scope = format!("repository:{repo}:pull");
-        let mut resp = self.send("GET", &format!("/v2/{repo}/manifests/{reference}"), &scope, &[("Accept", &accept)], Body::Empty)?;
+        let mut resp = self.send(
+            "GET",
+            &format!("/v2/{repo}/manifests/{reference}"),
+            &scope,
+            &[("Accept", &accept)],
+            Body::Empty,
+        )?;
         if resp.status() == 404 {
-            bail!("manifest unknown: {}/{repo}:{reference} does not exist on the registry (check the name and tag)", self.host);
+            bail!(
+                "manifest unknown: {}/{repo}:{reference} does not exist on the registry (check the name and tag)",
+                self.host
+            );
         }
         if !resp.status().is_success() {
             let status = resp.status();
-            bail!("registry {} answered {status} for manifest {repo}:{reference}: {}", self.host, Self::error_body(&mut resp));
+            bail!(
+                "registry {} answered {status} for manifest {repo}:{reference}: {}",
+                self.host,
+                Self::error_body(&mut resp)
+            );
         }
         let media_type = resp.headers().get("Content-Type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         let bytes = resp.body_mut().with_config().limit(16 << 20).read_to_vec().context("cannot read the manifest")?;
@@ -364,7 +388,12 @@ impl Client {
         if let Ok(d) = Digest::parse(reference)
             && d != digest
         {
-            bail!(super::store::DigestMismatch { what: format!("manifest {}/{repo}", self.host), expected: d, actual: digest, size: bytes.len() as u64 });
+            bail!(super::store::DigestMismatch {
+                what: format!("manifest {}/{repo}", self.host),
+                expected: d,
+                actual: digest,
+                size: bytes.len() as u64
+            });
         }
         Ok((bytes, media_type, digest))
     }
@@ -379,16 +408,17 @@ impl Client {
         if !resp.status().is_success() {
             bail!("registry {} answered {} for blob {digest}", self.host, resp.status());
         }
-        Ok(resp
-            .headers()
-            .get("Content-Length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .or(Some(0)))
+        Ok(resp.headers().get("Content-Length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).or(Some(0)))
     }
 
     /// Streams a blob into the store, checked against its digest.
-    pub fn pull_blob(&self, repo: &str, desc: &Descriptor, store: &Store, on_bytes: &mut dyn FnMut(u64)) -> Result<u64> {
+    pub fn pull_blob(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        store: &Store,
+        on_bytes: &mut dyn FnMut(u64),
+    ) -> Result<u64> {
         if let Some(size) = store.blob_size(&desc.digest) {
             on_bytes(size);
             return Ok(0);
@@ -404,7 +434,14 @@ impl Client {
     }
 
     /// Uploads a blob from the store unless the registry has it; returns bytes sent.
-    pub fn push_blob(&self, repo: &str, desc: &Descriptor, store: &Store, chunk: u64, on_bytes: &mut dyn FnMut(u64)) -> Result<u64> {
+    pub fn push_blob(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        store: &Store,
+        chunk: u64,
+        on_bytes: &mut dyn FnMut(u64),
+    ) -> Result<u64> {
         if self.blob_size(repo, &desc.digest)?.is_some() {
             return Ok(0);
         }
@@ -418,11 +455,23 @@ impl Client {
         unreachable!("two attempts at most")
     }
 
-    fn upload(&self, repo: &str, desc: &Descriptor, store: &Store, scope: &str, chunk: u64, on_bytes: &mut dyn FnMut(u64)) -> Result<u64> {
+    fn upload(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        store: &Store,
+        scope: &str,
+        chunk: u64,
+        on_bytes: &mut dyn FnMut(u64),
+    ) -> Result<u64> {
         let mut resp = self.send("POST", &format!("/v2/{repo}/blobs/uploads/"), scope, &[], Body::Empty)?;
         if resp.status() != 202 {
             let status = resp.status();
-            bail!("registry {} refused to start an upload to {repo} ({status}): {}", self.host, Self::error_body(&mut resp));
+            bail!(
+                "registry {} refused to start an upload to {repo} ({status}): {}",
+                self.host,
+                Self::error_body(&mut resp)
+            );
         }
         let mut location = self.location(&resp)?;
         let mut file = store.open_blob(&desc.digest)?;
@@ -451,16 +500,32 @@ impl Client {
             let mut resp = self.send("PUT", &url, scope, &[], Body::Empty)?;
             if resp.status() != 201 {
                 let status = resp.status();
-                bail!("registry {} did not accept blob {} ({status}): {}", self.host, desc.digest, Self::error_body(&mut resp));
+                bail!(
+                    "registry {} did not accept blob {} ({status}): {}",
+                    self.host,
+                    desc.digest,
+                    Self::error_body(&mut resp)
+                );
             }
         } else {
             // Monolithic: one PUT with the whole blob.
             let url = with_digest(&location, &desc.digest);
             let mut counting = CountingReader { inner: &mut file, on_bytes: &mut *on_bytes };
-            let mut resp = self.send("PUT", &url, scope, &[("Content-Type", "application/octet-stream")], Body::Reader(&mut counting, desc.size))?;
+            let mut resp = self.send(
+                "PUT",
+                &url,
+                scope,
+                &[("Content-Type", "application/octet-stream")],
+                Body::Reader(&mut counting, desc.size),
+            )?;
             if resp.status() != 201 {
                 let status = resp.status();
-                bail!("registry {} did not accept blob {} ({status}): {}", self.host, desc.digest, Self::error_body(&mut resp));
+                bail!(
+                    "registry {} did not accept blob {} ({status}): {}",
+                    self.host,
+                    desc.digest,
+                    Self::error_body(&mut resp)
+                );
             }
             sent = desc.size;
         }
@@ -477,10 +542,20 @@ impl Client {
 
     pub fn put_manifest(&self, repo: &str, tag: &str, media_type: &str, bytes: &[u8]) -> Result<()> {
         let scope = format!("repository:{repo}:pull,push");
-        let mut resp = self.send("PUT", &format!("/v2/{repo}/manifests/{tag}"), &scope, &[("Content-Type", media_type)], Body::Bytes(bytes))?;
+        let mut resp = self.send(
+            "PUT",
+            &format!("/v2/{repo}/manifests/{tag}"),
+            &scope,
+            &[("Content-Type", media_type)],
+            Body::Bytes(bytes),
+        )?;
         if resp.status() != 201 {
             let status = resp.status();
-            bail!("registry {} did not accept the manifest for {repo}:{tag} ({status}): {}", self.host, Self::error_body(&mut resp));
+            bail!(
+                "registry {} did not accept the manifest for {repo}:{tag} ({status}): {}",
+                self.host,
+                Self::error_body(&mut resp)
+            );
         }
         Ok(())
     }
@@ -529,7 +604,13 @@ impl Read for CountingReader<'_> {
 }
 
 /// Pulls `reference` (a registry image) into the store as a base.
-pub fn pull(reference: &str, platform: &Platform, insecure: &[String], store: &Store, progress: &mut dyn ImportProgress) -> Result<BaseImage> {
+pub fn pull(
+    reference: &str,
+    platform: &Platform,
+    insecure: &[String],
+    store: &Store,
+    progress: &mut dyn ImportProgress,
+) -> Result<BaseImage> {
     let r = ImageRef::parse(reference)?;
     let client = Client::new(&r.registry, insecure)?;
     let (mut bytes, mut media_type, mut digest) = client.get_manifest(&r.repository, &r.reference())?;
@@ -541,13 +622,18 @@ pub fn pull(reference: &str, platform: &Platform, insecure: &[String], store: &S
             .iter()
             .find(|d| d.platform.as_ref().is_some_and(|p| p.matches(platform)))
             .ok_or_else(|| {
-                let have: Vec<String> = index.manifests.iter().filter_map(|d| d.platform.as_ref().map(|p| p.to_string())).collect();
-                anyhow!("{reference} has no image for {platform}; it has: {} (choose one with --platform)", have.join(", "))
+                let have: Vec<String> =
+                    index.manifests.iter().filter_map(|d| d.platform.as_ref().map(|p| p.to_string())).collect();
+                anyhow!(
+                    "{reference} has no image for {platform}; it has: {} (choose one with --platform)",
+                    have.join(", ")
+                )
             })?
             .clone();
         (bytes, media_type, digest) = client.get_manifest(&r.repository, desc.digest.as_str())?;
     }
-    let manifest: Manifest = serde_json::from_slice(&bytes).with_context(|| format!("{reference}: not a valid image manifest"))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).with_context(|| format!("{reference}: not a valid image manifest"))?;
     let total: u64 = manifest.layers.iter().map(|l| l.size).sum::<u64>() + manifest.config.size;
     progress.start(total);
     client.pull_blob(&r.repository, &manifest.config, store, &mut |n| progress.advance(n))?;
@@ -566,10 +652,15 @@ pub fn pull(reference: &str, platform: &Platform, insecure: &[String], store: &S
     struct RootFs {
         diff_ids: Vec<Digest>,
     }
-    let cfg: Cfg = serde_json::from_slice(&config_bytes).with_context(|| format!("{reference}: image config has no rootfs.diff_ids"))?;
+    let cfg: Cfg = serde_json::from_slice(&config_bytes)
+        .with_context(|| format!("{reference}: image config has no rootfs.diff_ids"))?;
     let manifest_digest = store.put_bytes(&bytes)?;
     debug_assert_eq!(manifest_digest, digest);
-    let media = if media_type.is_empty() { manifest.media_type.clone().unwrap_or_else(|| MEDIA_OCI_MANIFEST.into()) } else { media_type };
+    let media = if media_type.is_empty() {
+        manifest.media_type.clone().unwrap_or_else(|| MEDIA_OCI_MANIFEST.into())
+    } else {
+        media_type
+    };
     let mut pinned = r.clone();
     pinned.digest = Some(digest.clone());
     Ok(BaseImage {
@@ -594,7 +685,13 @@ pub struct PushReport {
 }
 
 /// Pushes an image of the store to `target`, uploading only missing blobs.
-pub fn push(store: &Store, manifest: &Descriptor, target: &ImageRef, insecure: &[String], on_bytes: &mut dyn FnMut(u64)) -> Result<PushReport> {
+pub fn push(
+    store: &Store,
+    manifest: &Descriptor,
+    target: &ImageRef,
+    insecure: &[String],
+    on_bytes: &mut dyn FnMut(u64),
+) -> Result<PushReport> {
     let client = Client::new(&target.registry, insecure)?;
     let m: Manifest = store.read_json(&manifest.digest)?;
     let chunk: u64 = std::env::var("XTASK_PUSH_CHUNK_SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(64 << 20);
@@ -625,9 +722,15 @@ mod tests {
     #[test]
     fn references_expand_like_docker() {
         let r = ImageRef::parse("busybox").unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()), ("docker.io", "library/busybox", Some("latest")));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("docker.io", "library/busybox", Some("latest"))
+        );
         let r = ImageRef::parse("localhost:5000/team/worker:dev").unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()), ("localhost:5000", "team/worker", Some("dev")));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("localhost:5000", "team/worker", Some("dev"))
+        );
         let d = format!("sha256:{}", "b".repeat(64));
         let r = ImageRef::parse(&format!("ghcr.io/a/b@{d}")).unwrap();
         assert_eq!(r.reference(), d);
@@ -636,7 +739,9 @@ mod tests {
 
     #[test]
     fn bearer_challenges_parse() {
-        let p = parse_challenge(r#"realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#);
+        let p = parse_challenge(
+            r#"realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#,
+        );
         assert_eq!(p["realm"], "https://auth.docker.io/token");
         assert_eq!(p["scope"], "repository:library/busybox:pull");
     }

@@ -18,19 +18,32 @@ use sha2::{Digest as _, Sha256};
 use super::store::{DigestMismatch, Store};
 use super::tar::safe_entry_path;
 use super::{
-    ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, Descriptor, Digest, Index, MEDIA_OCI_CONFIG,
-    MEDIA_OCI_LAYER, MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_LAYER_ZSTD, MEDIA_OCI_MANIFEST, Manifest, Platform,
-    canonical_json, is_index_media_type, oci_layer_media_type,
+    ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, Descriptor, Digest, Index, MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER,
+    MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_LAYER_ZSTD, MEDIA_OCI_MANIFEST, Manifest, Platform, canonical_json,
+    is_index_media_type, oci_layer_media_type,
 };
 
 /// A parsed base image reference.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BaseRef {
-    OciDir { path: PathBuf, tag: Option<String> },
-    OciArchive { path: PathBuf, tag: Option<String> },
-    DockerArchive { path: PathBuf, name: Option<String> },
-    DockerDaemon { name: String },
-    Registry { reference: String },
+    OciDir {
+        path: PathBuf,
+        tag: Option<String>,
+    },
+    OciArchive {
+        path: PathBuf,
+        tag: Option<String>,
+    },
+    DockerArchive {
+        path: PathBuf,
+        name: Option<String>,
+    },
+    DockerDaemon {
+        name: String,
+    },
+    Registry {
+        reference: String,
+    },
     /// No base: the image holds only its own layers.
     Scratch,
 }
@@ -196,7 +209,11 @@ trait LayoutFiles {
         let mut bytes = Vec::with_capacity(size as usize);
         r.read_to_end(&mut bytes).with_context(|| format!("{}: cannot read {path}", self.describe()))?;
         if (bytes.len() as u64) < size {
-            bail!("{}: {path} is truncated ({} of {size} bytes); the archive is incomplete", self.describe(), bytes.len());
+            bail!(
+                "{}: {path} is truncated ({} of {size} bytes); the archive is incomplete",
+                self.describe(),
+                bytes.len()
+            );
         }
         Ok(Some(bytes))
     }
@@ -255,13 +272,19 @@ struct TarFiles {
 impl TarFiles {
     fn open(path: &Path, reference: &str) -> Result<TarFiles> {
         let file = File::open(path).with_context(|| {
-            format!("{} does not exist or cannot be read; check the path in `{reference}` (docker/images.toml)", path.display())
+            format!(
+                "{} does not exist or cannot be read; check the path in `{reference}` (docker/images.toml)",
+                path.display()
+            )
         })?;
         let file_len = file.metadata()?.len();
         let mut archive = ::tar::Archive::new(file);
         let mut entries = HashMap::new();
         let corrupt = |e: std::io::Error| {
-            anyhow!("{} is not a readable tar archive ({e}); it is corrupt or truncated, export it again", path.display())
+            anyhow!(
+                "{} is not a readable tar archive ({e}); it is corrupt or truncated, export it again",
+                path.display()
+            )
         };
         for entry in archive.entries_with_seek().map_err(corrupt)? {
             let entry = entry.map_err(corrupt)?;
@@ -269,18 +292,17 @@ impl TarFiles {
             let name = safe_entry_path(&raw).map_err(|e| anyhow!("{}: {e}; refusing to read it", path.display()))?;
             let kind = entry.header().entry_type();
             let loc = if kind.is_symlink() || kind.is_hard_link() {
-                let link = entry
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
+                let link =
+                    entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
                 let resolved = if kind.is_symlink() {
                     let dir = name.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
                     format!("{dir}/{link}")
                 } else {
                     link.clone()
                 };
-                let resolved = normalize_within(&resolved)
-                    .ok_or_else(|| anyhow!("{}: link {name} -> {link} escapes the archive; refusing to read it", path.display()))?;
+                let resolved = normalize_within(&resolved).ok_or_else(|| {
+                    anyhow!("{}: link {name} -> {link} escapes the archive; refusing to read it", path.display())
+                })?;
                 TarLoc::Link(resolved)
             } else if kind.is_file() {
                 let offset = entry.raw_file_position();
@@ -372,7 +394,9 @@ fn pick_from_index<'a>(index: &'a Index, tag: Option<&str>, what: &str) -> Resul
         let list: Vec<String> = index
             .manifests
             .iter()
-            .filter_map(|d| d.annotation(ANNOTATION_REF_NAME).or(d.annotation(ANNOTATION_CONTAINERD_NAME)).map(String::from))
+            .filter_map(|d| {
+                d.annotation(ANNOTATION_REF_NAME).or(d.annotation(ANNOTATION_CONTAINERD_NAME)).map(String::from)
+            })
             .collect();
         if list.is_empty() { "(none named)".into() } else { list.join(", ") }
     };
@@ -380,7 +404,9 @@ fn pick_from_index<'a>(index: &'a Index, tag: Option<&str>, what: &str) -> Resul
         Some(tag) => index
             .manifests
             .iter()
-            .find(|d| d.annotation(ANNOTATION_REF_NAME) == Some(tag) || d.annotation(ANNOTATION_CONTAINERD_NAME) == Some(tag))
+            .find(|d| {
+                d.annotation(ANNOTATION_REF_NAME) == Some(tag) || d.annotation(ANNOTATION_CONTAINERD_NAME) == Some(tag)
+            })
             .ok_or_else(|| anyhow!("{what} has no image tagged `{tag}`; it has: {}", names())),
         None => match index.manifests.as_slice() {
             [one] => Ok(one),
@@ -391,15 +417,11 @@ fn pick_from_index<'a>(index: &'a Index, tag: Option<&str>, what: &str) -> Resul
 }
 
 fn pick_platform<'a>(index: &'a Index, platform: &Platform, what: &str) -> Result<&'a Descriptor> {
-    index
-        .manifests
-        .iter()
-        .find(|d| d.platform.as_ref().is_some_and(|p| p.matches(platform)))
-        .ok_or_else(|| {
-            let have: Vec<String> =
-                index.manifests.iter().filter_map(|d| d.platform.as_ref().map(|p| p.to_string())).collect();
-            anyhow!("{what} has no image for {platform}; it has: {}", have.join(", "))
-        })
+    index.manifests.iter().find(|d| d.platform.as_ref().is_some_and(|p| p.matches(platform))).ok_or_else(|| {
+        let have: Vec<String> =
+            index.manifests.iter().filter_map(|d| d.platform.as_ref().map(|p| p.to_string())).collect();
+        anyhow!("{what} has no image for {platform}; it has: {}", have.join(", "))
+    })
 }
 
 fn check_config_platform(config: &[u8], platform: &Platform, what: &str) -> Result<()> {
@@ -412,7 +434,9 @@ fn check_config_platform(config: &[u8], platform: &Platform, what: &str) -> Resu
     if let (Some(arch), Some(os)) = (p.architecture, p.os)
         && (arch != platform.architecture || os != platform.os)
     {
-        bail!("{what} is an image for {os}/{arch}, but the build targets {platform}; set `platform` in docker/images.toml or pick another base");
+        bail!(
+            "{what} is an image for {os}/{arch}, but the build targets {platform}; set `platform` in docker/images.toml or pick another base"
+        );
     }
     Ok(())
 }
@@ -426,7 +450,8 @@ fn diff_ids_of(config: &[u8], what: &str) -> Result<Vec<Digest>> {
     struct Cfg {
         rootfs: RootFs,
     }
-    let c: Cfg = serde_json::from_slice(config).with_context(|| format!("{what}: image config has no valid rootfs.diff_ids"))?;
+    let c: Cfg =
+        serde_json::from_slice(config).with_context(|| format!("{what}: image config has no valid rootfs.diff_ids"))?;
     Ok(c.rootfs.diff_ids)
 }
 
@@ -441,12 +466,16 @@ fn import_oci_layout(
     let index_bytes = files
         .read_small("index.json")?
         .ok_or_else(|| anyhow!("{what} has no index.json; it is not an OCI image layout"))?;
-    let index: Index = serde_json::from_slice(&index_bytes).with_context(|| format!("{what}: index.json is not a valid OCI index"))?;
+    let index: Index =
+        serde_json::from_slice(&index_bytes).with_context(|| format!("{what}: index.json is not a valid OCI index"))?;
     let mut desc = pick_from_index(&index, tag, &what)?.clone();
     let mut manifest_bytes = read_layout_blob(files, &desc)?;
     // A multi-platform image: one more level to the manifest for our platform.
-    if is_index_media_type(&desc.media_type) || serde_json::from_slice::<Index>(&manifest_bytes).is_ok_and(|i| !i.manifests.is_empty()) {
-        let inner: Index = serde_json::from_slice(&manifest_bytes).with_context(|| format!("{what}: {} is not a valid index", desc.digest))?;
+    if is_index_media_type(&desc.media_type)
+        || serde_json::from_slice::<Index>(&manifest_bytes).is_ok_and(|i| !i.manifests.is_empty())
+    {
+        let inner: Index = serde_json::from_slice(&manifest_bytes)
+            .with_context(|| format!("{what}: {} is not a valid index", desc.digest))?;
         desc = pick_platform(&inner, platform, &what)?.clone();
         manifest_bytes = read_layout_blob(files, &desc)?;
     }
@@ -456,7 +485,11 @@ fn import_oci_layout(
     check_config_platform(&config_bytes, platform, &what)?;
     let diff_ids = diff_ids_of(&config_bytes, &what)?;
     if diff_ids.len() != manifest.layers.len() {
-        bail!("{what}: the manifest lists {} layers but the config {} diff_ids; the image is corrupt", manifest.layers.len(), diff_ids.len());
+        bail!(
+            "{what}: the manifest lists {} layers but the config {} diff_ids; the image is corrupt",
+            manifest.layers.len(),
+            diff_ids.len()
+        );
     }
     progress.start(manifest.layers.iter().map(|l| l.size).sum());
     let mut layers = Vec::new();
@@ -466,9 +499,15 @@ fn import_oci_layout(
             .open(&blob_path(&layer.digest))?
             .ok_or_else(|| anyhow!("{what}: layer blob {} is missing", layer.digest))?;
         if size != layer.size {
-            bail!("{what}: layer {} is {size} bytes but the manifest says {}; the image is corrupt", layer.digest, layer.size);
+            bail!(
+                "{what}: layer {} is {size} bytes but the manifest says {}; the image is corrupt",
+                layer.digest,
+                layer.size
+            );
         }
-        store.ingest(&mut r, &layer.digest, &format!("{what} layer {}", blob_path(&layer.digest)), &mut |n| progress.advance(n))?;
+        store.ingest(&mut r, &layer.digest, &format!("{what} layer {}", blob_path(&layer.digest)), &mut |n| {
+            progress.advance(n)
+        })?;
         let mut d = Descriptor::new(media_type, layer.digest.clone(), layer.size);
         d.annotations = layer.annotations.clone();
         layers.push(d);
@@ -542,8 +581,8 @@ fn import_docker_archive(
     let manifest_bytes = files
         .read_small("manifest.json")?
         .ok_or_else(|| anyhow!("{what} has no manifest.json; it is not what `docker save` writes"))?;
-    let entries: Vec<DockerSaveEntry> =
-        serde_json::from_slice(&manifest_bytes).with_context(|| format!("{what}: manifest.json is not what `docker save` writes"))?;
+    let entries: Vec<DockerSaveEntry> = serde_json::from_slice(&manifest_bytes)
+        .with_context(|| format!("{what}: manifest.json is not what `docker save` writes"))?;
     let entry = match name {
         Some(n) => {
             let want = normalize_docker_name(n);
@@ -557,25 +596,34 @@ fn import_docker_archive(
             _ => bail!("{what} holds {} images; name one with docker-archive:FILE:NAME:TAG", entries.len()),
         },
     };
-    let config_bytes = files
-        .read_small(&entry.config)?
-        .ok_or_else(|| anyhow!("{what}: config {} is missing", entry.config))?;
+    let config_bytes =
+        files.read_small(&entry.config)?.ok_or_else(|| anyhow!("{what}: config {} is missing", entry.config))?;
     if let Some(hex) = entry.config.strip_prefix("blobs/sha256/").or(entry.config.strip_suffix(".json"))
         && let Ok(expected) = Digest::parse(&format!("sha256:{hex}"))
     {
         let actual = Digest::of(&config_bytes);
         if actual != expected {
-            bail!(DigestMismatch { what: format!("{what} {}", entry.config), expected, actual, size: config_bytes.len() as u64 });
+            bail!(DigestMismatch {
+                what: format!("{what} {}", entry.config),
+                expected,
+                actual,
+                size: config_bytes.len() as u64
+            });
         }
     }
     check_config_platform(&config_bytes, platform, &what)?;
     let diff_ids = diff_ids_of(&config_bytes, &what)?;
     if diff_ids.len() != entry.layers.len() {
-        bail!("{what}: manifest.json lists {} layers but the config {} diff_ids; the archive is corrupt", entry.layers.len(), diff_ids.len());
+        bail!(
+            "{what}: manifest.json lists {} layers but the config {} diff_ids; the archive is corrupt",
+            entry.layers.len(),
+            diff_ids.len()
+        );
     }
     let mut total = 0;
     for l in &entry.layers {
-        let (_, size) = files.open(l)?.ok_or_else(|| anyhow!("{what}: layer {l} is missing; the archive is incomplete"))?;
+        let (_, size) =
+            files.open(l)?.ok_or_else(|| anyhow!("{what}: layer {l} is missing; the archive is incomplete"))?;
         total += size;
     }
     progress.start(total);
@@ -679,7 +727,13 @@ pub fn import_docker_save_stream(
     progress: &mut dyn ImportProgress,
 ) -> Result<BaseImage> {
     let label = format!("docker-daemon:{}", name.unwrap_or("?"));
-    let mut files = StoredFiles { label: label.clone(), store, small: HashMap::new(), blobs: HashMap::new(), links: HashMap::new() };
+    let mut files = StoredFiles {
+        label: label.clone(),
+        store,
+        small: HashMap::new(),
+        blobs: HashMap::new(),
+        links: HashMap::new(),
+    };
     let mut archive = ::tar::Archive::new(reader);
     let broken = |e: std::io::Error| anyhow!("{label}: the export stream broke off or is not a tar ({e})");
     for entry in archive.entries().map_err(broken)? {

@@ -16,14 +16,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, Descriptor, Digest, HashingWriter, Index,
-    canonical_json,
+    ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, Descriptor, Digest, HashingWriter, Index, canonical_json,
 };
 use crate::fsutil::write_atomic;
 
 /// A blob's bytes did not hash to the digest they were fetched or read under.
 #[derive(Debug, thiserror::Error)]
-#[error("digest mismatch for {what}: expected {expected}, got {actual} ({size} bytes read); the source is corrupt or was changed while reading")]
+#[error(
+    "digest mismatch for {what}: expected {expected}, got {actual} ({size} bytes read); the source is corrupt or was changed while reading"
+)]
 pub struct DigestMismatch {
     pub what: String,
     pub expected: Digest,
@@ -80,7 +81,8 @@ impl Store {
     /// A second handle on a store this process has already opened (and locked), for a
     /// reader on another thread. It takes no lock and cleans nothing.
     pub fn open_view(root: &Path) -> Result<Store> {
-        let lock = File::open(root.join("lock")).with_context(|| format!("{} is not an image store", root.display()))?;
+        let lock =
+            File::open(root.join("lock")).with_context(|| format!("{} is not an image store", root.display()))?;
         Ok(Store { root: root.to_path_buf(), _lock: lock })
     }
 
@@ -113,9 +115,7 @@ impl Store {
     /// Reads a small blob (a manifest or config) and checks its digest.
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
         let mut bytes = Vec::new();
-        self.open_blob(digest)?
-            .read_to_end(&mut bytes)
-            .with_context(|| format!("cannot read blob {digest}"))?;
+        self.open_blob(digest)?.read_to_end(&mut bytes).with_context(|| format!("cannot read blob {digest}"))?;
         let actual = Digest::of(&bytes);
         if &actual != digest {
             let _ = fs::remove_file(self.blob_path(digest));
@@ -200,9 +200,8 @@ impl Store {
     pub fn index(&self) -> Result<Index> {
         let p = self.root.join("index.json");
         let bytes = fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
-        serde_json::from_slice(&bytes).with_context(|| {
-            format!("{} is not a valid OCI index; delete it and run the build again", p.display())
-        })
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a valid OCI index; delete it and run the build again", p.display()))
     }
 
     fn write_index(&self, index: &Index) -> Result<()> {
@@ -262,8 +261,7 @@ impl BlobWriter {
         if dest.exists() {
             let _ = fs::remove_file(&self.tmp);
         } else {
-            fs::rename(&self.tmp, &dest)
-                .with_context(|| format!("cannot move blob into {}", dest.display()))?;
+            fs::rename(&self.tmp, &dest).with_context(|| format!("cannot move blob into {}", dest.display()))?;
         }
         Ok((digest, size))
     }

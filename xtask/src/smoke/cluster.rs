@@ -61,10 +61,12 @@ fn track(pods: &Mutex<BTreeMap<String, PodTrack>>, pod: &Pod, start: std::time::
     let status = pod.status.clone().unwrap_or_default();
     t.phase = status.phase.unwrap_or_default();
     for cs in status.container_statuses.iter().flatten() {
-        let started = cs
-            .state
-            .as_ref()
-            .and_then(|s| s.running.as_ref().and_then(|r| r.started_at.clone()).or(s.terminated.as_ref().and_then(|r| r.started_at.clone())));
+        let started = cs.state.as_ref().and_then(|s| {
+            s.running
+                .as_ref()
+                .and_then(|r| r.started_at.clone())
+                .or(s.terminated.as_ref().and_then(|r| r.started_at.clone()))
+        });
         if let (Some(s), None) = (started, t.started) {
             t.started = Some(secs_since(&s, start));
         }
@@ -88,17 +90,33 @@ pub fn api_session(cluster: &Cluster) -> Result<(PortForward, ApiClient, String)
     let client = cluster.client.clone();
     let (user, password, pod) = cluster::block_on(async {
         let secret = Api::<Secret>::namespaced(client.clone(), &ns).get_opt("airflow-admin").await?;
-        let secret = secret.ok_or_else(|| anyhow!("no Secret airflow-admin in namespace {ns}: run `cargo xtask k8s-up` first"))?;
-        let get = |k: &str| secret.data.as_ref().and_then(|d| d.get(k)).map(|v| String::from_utf8_lossy(&v.0).into_owned()).unwrap_or_default();
+        let secret = secret
+            .ok_or_else(|| anyhow!("no Secret airflow-admin in namespace {ns}: run `cargo xtask k8s-up` first"))?;
+        let get = |k: &str| {
+            secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(k))
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                .unwrap_or_default()
+        };
         let selector = "app.kubernetes.io/name=airflow,app.kubernetes.io/component=api-server";
         let pods = Api::<Pod>::namespaced(client.clone(), &ns).list(&ListParams::default().labels(selector)).await?;
-        let ready = pods.items.iter().find(|p| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")));
+        let ready = pods.items.iter().find(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        });
         match ready.and_then(|p| p.metadata.name.clone()) {
             Some(pod) => Ok((get("username"), get("password"), pod)),
             None => {
                 let states = diagnose::pods(&client, &ns, selector).await.unwrap_or_default();
                 let why: Vec<String> = states.iter().map(|p| p.explain(&ns)).collect();
-                bail!("no ready api-server pod in namespace {ns}; run `cargo xtask k8s-up`{}", if why.is_empty() { String::new() } else { format!(":\n  {}", why.join("\n  ")) })
+                bail!(
+                    "no ready api-server pod in namespace {ns}; run `cargo xtask k8s-up`{}",
+                    if why.is_empty() { String::new() } else { format!(":\n  {}", why.join("\n  ")) }
+                )
             }
         }
     })??;
@@ -126,7 +144,14 @@ pub fn run(project: &Project, args: &SmokeArgs) -> Result<()> {
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut results: BTreeMap<String, DagResult> = BTreeMap::new();
-    let fail = |dag: &str, state: &str, why: String| DagResult { dag: dag.into(), state: state.into(), seconds: 0.0, tasks: vec![], xcoms: serde_json::Value::Null, log_tail: Some(why) };
+    let fail = |dag: &str, state: &str, why: String| DagResult {
+        dag: dag.into(),
+        state: state.into(),
+        seconds: 0.0,
+        tasks: vec![],
+        xcoms: serde_json::Value::Null,
+        log_tail: Some(why),
+    };
 
     // 2. Parsed, or an import error now.
     let mut pending: Vec<String> = dags.clone();
@@ -134,7 +159,9 @@ pub fn run(project: &Project, args: &SmokeArgs) -> Result<()> {
         let errors = api.import_errors()?;
         let mut still = Vec::new();
         for dag in pending {
-            if let Some(e) = errors.iter().find(|e| e.filename.ends_with(&format!("/{dag}.py")) || e.filename == format!("{dag}.py")) {
+            if let Some(e) =
+                errors.iter().find(|e| e.filename.ends_with(&format!("/{dag}.py")) || e.filename == format!("{dag}.py"))
+            {
                 say(&format!("parse      {dag}: import error"));
                 results.insert(dag.clone(), fail(&dag, "import error", e.stack_trace.clone()));
             } else if api.dag(&dag)?.is_some() {
@@ -210,7 +237,14 @@ pub fn run(project: &Project, args: &SmokeArgs) -> Result<()> {
             let mut map = pods.lock().expect("pods lock");
             for t in map.values_mut() {
                 if t.phase != t.reported_phase {
-                    say(&format!("{:>7.1}s  pod  {} ({}.{}): {}", started.elapsed().as_secs_f64(), t.name, t.dag, t.task, t.phase));
+                    say(&format!(
+                        "{:>7.1}s  pod  {} ({}.{}): {}",
+                        started.elapsed().as_secs_f64(),
+                        t.name,
+                        t.dag,
+                        t.task,
+                        t.phase
+                    ));
                     t.reported_phase = t.phase.clone();
                 }
             }
@@ -220,7 +254,12 @@ pub fn run(project: &Project, args: &SmokeArgs) -> Result<()> {
         for st in states.iter().filter(|p| p.is_hopeless()) {
             let dag = pods.lock().expect("pods lock").get(&st.name).map(|t| t.dag.clone()).unwrap_or_default();
             if runs.contains_key(&dag) && !done.contains_key(&dag) {
-                say(&format!("{:>7.1}s  pod  {} cannot run: {}", started.elapsed().as_secs_f64(), st.name, st.reason.clone().unwrap_or_default()));
+                say(&format!(
+                    "{:>7.1}s  pod  {} cannot run: {}",
+                    started.elapsed().as_secs_f64(),
+                    st.name,
+                    st.reason.clone().unwrap_or_default()
+                ));
                 broken_pods.insert(dag.clone(), st.explain(&ns));
                 done.insert(dag, ("failed".into(), started.elapsed().as_secs_f64()));
             }
@@ -234,11 +273,17 @@ pub fn run(project: &Project, args: &SmokeArgs) -> Result<()> {
                 // resources, a node selector, a quota), or that none was ever made.
                 let stuck: Vec<String> = states
                     .iter()
-                    .filter(|p| pods.lock().expect("pods lock").get(&p.name).is_some_and(|t| &t.dag == dag) && p.phase != "Succeeded")
+                    .filter(|p| {
+                        pods.lock().expect("pods lock").get(&p.name).is_some_and(|t| &t.dag == dag)
+                            && p.phase != "Succeeded"
+                    })
                     .map(|p| p.explain(&ns))
                     .collect();
                 let why = if stuck.is_empty() {
-                    format!("no worker pod started within {} s; the scheduler may not be able to create pods: check `cargo xtask status` and the scheduler's log", args.timeout)
+                    format!(
+                        "no worker pod started within {} s; the scheduler may not be able to create pods: check `cargo xtask status` and the scheduler's log",
+                        args.timeout
+                    )
                 } else {
                     stuck.join("\n")
                 };
@@ -266,14 +311,26 @@ pub fn run(project: &Project, args: &SmokeArgs) -> Result<()> {
             if ti.state.as_deref() == Some("failed") && log_tail.is_none() {
                 let log = api.task_log(dag, run_id, &ti.task_id, ti.try_number.unwrap_or(1)).unwrap_or_default();
                 let lines: Vec<&str> = log.lines().collect();
-                log_tail = Some(format!("task {} failed; the end of its log:\n{}", ti.task_id, lines[lines.len().saturating_sub(30)..].join("\n")));
+                log_tail = Some(format!(
+                    "task {} failed; the end of its log:\n{}",
+                    ti.task_id,
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                ));
             }
         }
         let tasks = tis
             .iter()
-            .map(|t| TaskResult { task_id: t.task_id.clone(), state: t.state.clone().unwrap_or_else(|| "none".into()), seconds: t.duration, hostname: t.hostname.clone() })
+            .map(|t| TaskResult {
+                task_id: t.task_id.clone(),
+                state: t.state.clone().unwrap_or_else(|| "none".into()),
+                seconds: t.duration,
+                hostname: t.hostname.clone(),
+            })
             .collect();
-        results.insert(dag.clone(), DagResult { dag: dag.clone(), state, seconds, tasks, xcoms: serde_json::Value::Object(xcoms), log_tail });
+        results.insert(
+            dag.clone(),
+            DagResult { dag: dag.clone(), state, seconds, tasks, xcoms: serde_json::Value::Object(xcoms), log_tail },
+        );
     }
     let results: Vec<DagResult> = results.into_values().collect();
     let pods: Vec<PodTrack> = pods.lock().expect("pods lock").values().cloned().collect();
@@ -283,7 +340,13 @@ pub fn run(project: &Project, args: &SmokeArgs) -> Result<()> {
     let dir = project.work_dir().join("smoke");
     let junit = dir.join("cluster-junit.xml");
     report::write_junit(&junit, &results.iter().map(DagResult::suite).collect::<Vec<_>>())?;
-    let summary = Summary { dags: &results, pods: pods.clone(), trigger_to_done_seconds: total, pod_start_wait_seconds: pod_wait, failed };
+    let summary = Summary {
+        dags: &results,
+        pods: pods.clone(),
+        trigger_to_done_seconds: total,
+        pod_start_wait_seconds: pod_wait,
+        failed,
+    };
     report::write_json(&dir.join("cluster-summary.json"), &summary)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -291,7 +354,14 @@ pub fn run(project: &Project, args: &SmokeArgs) -> Result<()> {
         println!("\n{:<24} {:<44} {:<12} {:>9}  pods", "DAG", "run", "state", "time");
         for r in &results {
             let used: Vec<&str> = pods.iter().filter(|p| p.dag == r.dag).map(|p| p.name.as_str()).collect();
-            println!("{:<24} {:<44} {:<12} {:>9}  {}", r.dag, runs.get(&r.dag).map(String::as_str).unwrap_or("-"), r.state, ui::secs(r.seconds), used.len());
+            println!(
+                "{:<24} {:<44} {:<12} {:>9}  {}",
+                r.dag,
+                runs.get(&r.dag).map(String::as_str).unwrap_or("-"),
+                r.state,
+                ui::secs(r.seconds),
+                used.len()
+            );
             if let Some(t) = &r.log_tail
                 && !r.succeeded()
             {

@@ -12,9 +12,8 @@ pub const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
 
 /// Panics (never skips) when a program the test needs is missing: CI installs them all.
 pub fn require(program: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false);
+    let found =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file())).unwrap_or(false);
     assert!(found, "`{program}` is not installed; run `bash .ci/run` (or see README.md) to install the test tools");
 }
 
@@ -53,28 +52,30 @@ pub fn busybox_base() -> &'static Path {
         let bundle = dir.join("bundle");
         sh(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
         sh(Command::new("umoci").args(["new", "--image"]).arg(format!("{}:1", layout.display())));
-        sh(Command::new("umoci")
-            .args(["unpack", "--image"])
-            .arg(format!("{}:1", layout.display()))
-            .arg(&bundle));
+        sh(Command::new("umoci").args(["unpack", "--image"]).arg(format!("{}:1", layout.display())).arg(&bundle));
         let rootfs = bundle.join("rootfs");
         for d in ["bin", "tmp", "opt/airflow/dags"] {
             fs::create_dir_all(rootfs.join(d)).unwrap();
         }
         fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static is installed at /bin/busybox");
-        for applet in ["sh", "cat", "ls", "stat", "find", "readlink", "id", "sleep", "env", "echo", "tar", "rm", "true", "pwd"] {
+        for applet in
+            ["sh", "cat", "ls", "stat", "find", "readlink", "id", "sleep", "env", "echo", "tar", "rm", "true", "pwd"]
+        {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
         }
         sh(Command::new("chown").args(["-R", "50000:0"]).arg(rootfs.join("opt/airflow")));
         fs::set_permissions(rootfs.join("opt/airflow/dags"), fs::Permissions::from_mode(0o775)).unwrap();
-        sh(Command::new("umoci")
-            .args(["repack", "--image"])
-            .arg(format!("{}:1", layout.display()))
-            .arg(&bundle));
-        sh(Command::new("umoci")
-            .args(["config", "--image"])
-            .arg(format!("{}:1", layout.display()))
-            .args(["--config.env", "PATH=/bin", "--config.cmd", "/bin/sh", "--os", "linux", "--architecture", "amd64"]));
+        sh(Command::new("umoci").args(["repack", "--image"]).arg(format!("{}:1", layout.display())).arg(&bundle));
+        sh(Command::new("umoci").args(["config", "--image"]).arg(format!("{}:1", layout.display())).args([
+            "--config.env",
+            "PATH=/bin",
+            "--config.cmd",
+            "/bin/sh",
+            "--os",
+            "linux",
+            "--architecture",
+            "amd64",
+        ]));
         fs::remove_dir_all(&bundle).unwrap();
         layout
     })
@@ -162,11 +163,7 @@ impl Repo {
     /// Runs `xtask ARGS` and expects failure, returning stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.xtask().args(args).output().unwrap();
-        assert!(
-            !out.status.success(),
-            "xtask {args:?} should have failed but succeeded:\n{}",
-            stdout(&out)
-        );
+        assert!(!out.status.success(), "xtask {args:?} should have failed but succeeded:\n{}", stdout(&out));
         stderr(&out)
     }
 
@@ -208,11 +205,8 @@ pub fn layer<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::V
 
 /// Entries of a (gzip or plain) tar blob: (path, uid, gid, mode, kind, link target).
 pub fn tar_entries(bytes: &[u8]) -> Vec<(String, u64, u64, u32, char, Option<String>)> {
-    let reader: Box<dyn std::io::Read> = if bytes.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::read::GzDecoder::new(bytes))
-    } else {
-        Box::new(bytes)
-    };
+    let reader: Box<dyn std::io::Read> =
+        if bytes.starts_with(&[0x1f, 0x8b]) { Box::new(flate2::read::GzDecoder::new(bytes)) } else { Box::new(bytes) };
     let mut ar = tar::Archive::new(reader);
     ar.entries()
         .unwrap()
@@ -270,9 +264,8 @@ pub const CLUSTER_CONTAINERD: &str = "/run/xtask-local-cluster/containerd.sock";
 pub async fn kube_client() -> kube::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let kubeconfig = kube::config::Kubeconfig::read_from(test_kubeconfig()).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-        .await
-        .unwrap();
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default()).await.unwrap();
     kube::Client::try_from(config).unwrap()
 }
 
@@ -301,7 +294,9 @@ impl Drop for TestNamespace {
             tokio::runtime::Runtime::new().unwrap().block_on(async move {
                 let client = kube_client().await;
                 let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), api.delete(&name, &Default::default())).await;
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(10), api.delete(&name, &Default::default()))
+                        .await;
             })
         })
         .join();
@@ -334,7 +329,10 @@ impl Registry {
             require("htpasswd");
             let out = sh(Command::new("htpasswd").args(["-Bbn", user, password]));
             fs::write(dir.path().join("htpasswd"), out.stdout).unwrap();
-            config.push_str(&format!("auth: {{htpasswd: {{realm: xtask-test, path: {}/htpasswd}}}}\n", dir.path().display()));
+            config.push_str(&format!(
+                "auth: {{htpasswd: {{realm: xtask-test, path: {}/htpasswd}}}}\n",
+                dir.path().display()
+            ));
         }
         fs::write(dir.path().join("config.yml"), config).unwrap();
         let log = fs::File::create(dir.path().join("registry.log")).unwrap();
@@ -352,7 +350,10 @@ impl Registry {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        panic!("docker-registry did not start: {}", fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default());
+        panic!(
+            "docker-registry did not start: {}",
+            fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default()
+        );
     }
 
     /// Every blob the registry stores: digest -> size.
@@ -481,4 +482,3 @@ impl Drop for Containerd {
         let _ = Command::new("umount").arg("-R").arg(self.dir.path().join("root")).output();
     }
 }
-
