@@ -308,9 +308,6 @@ pub struct K8sUpArgs {
     /// Print a JSON report on stdout
     #[arg(long)]
     pub json: bool,
-    /// Stop after the images reached the cluster (for `watch`, which applies later)
-    #[arg(skip)]
-    pub deliver_only: bool,
 }
 
 #[derive(Debug, Args)]

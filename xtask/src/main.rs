@@ -1,26 +1,20 @@
 //! `cargo xtask`: the monorepo's build automation, from DAG source to tasks on Kubernetes.
 
 mod airflow;
-mod base;
-mod bench;
-mod ci;
 mod cli;
 mod cluster;
+mod commands;
 mod config;
-mod dags;
-mod day2;
 mod deploy;
 mod encoding;
+mod error;
 mod fsutil;
-mod images;
-mod k8s_down;
-mod k8s_up;
-mod manifests;
+mod image_build;
 mod oci;
+mod pipeline;
 mod process;
 mod report;
-mod smoke;
-mod status;
+mod term;
 mod ui;
 
 use std::process::ExitCode;
@@ -28,12 +22,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
+use crate::commands::*;
 use crate::config::Project;
-
-/// A command that already reported its failure and only needs a non-zero exit.
-#[derive(Debug, thiserror::Error)]
-#[error("failed")]
-pub struct Reported(pub u8);
+use crate::error::{Reported, exit_with};
 
 fn main() -> ExitCode {
     // One TLS crypto provider for every client (kube, registries).
@@ -68,17 +59,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::K8sDown(args) => k8s_down::run(&project, args),
         Command::Status(args) => status::run(&project, args),
         Command::Bench(args) => bench::run(&project, args),
-        Command::Exec(args) => exit_with(day2::exec::run(&project, args)?),
-        Command::Run(args) => exit_with(day2::run::run(&project, args)?),
-        Command::Logs(args) => day2::logs::run(&project, args),
-        Command::Doctor(args) => day2::doctor::run(&project, args),
-        Command::Watch(args) => day2::watch::run(&project, args),
+        Command::Exec(args) => exit_with(exec::run(&project, args)?),
+        Command::Run(args) => exit_with(run::run(&project, args)?),
+        Command::Logs(args) => logs::run(&project, args),
+        Command::Doctor(args) => doctor::run(&project, args),
+        Command::Watch(args) => watch::run(&project, args),
     }
-}
-
-/// A remote command's exit code becomes ours.
-fn exit_with(code: i32) -> anyhow::Result<()> {
-    if code == 0 { Ok(()) } else { Err(Reported(code.clamp(1, 255) as u8).into()) }
 }
 
 fn init_tracing(verbose: u8) {

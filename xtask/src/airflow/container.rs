@@ -115,9 +115,9 @@ impl Attached {
 /// exit code; the container is removed afterwards.
 pub async fn run_with_stdio(spec: &Spec, forward_stdin: bool) -> Result<i64> {
     let mut c = start(spec).await?;
-    let raw = if spec.tty { crate::day2::exec::RawMode::enter() } else { None };
+    let raw = if spec.tty { crate::term::RawMode::enter() } else { None };
     if spec.tty
-        && let Some(size) = crate::day2::exec::terminal_size()
+        && let Some(size) = crate::term::terminal_size()
     {
         c.resize(size.width, size.height).await;
     }

@@ -1,6 +1,12 @@
-//! Airflow itself: the base image recipe, DAG checks, and the API client for smoke runs.
+//! Airflow itself: the base image recipe, the DAG check, where Python runs (image or
+//! virtualenv), containers of the worker image, and the API client and its session.
 
 pub mod api;
 pub mod container;
+pub mod dagcheck;
 pub mod recipe;
 pub mod runner;
+pub mod session;
+
+/// `airflow dags test` of each smoke DAG, for `smoke --local`.
+pub const SMOKE_LOCAL_SCRIPT: &str = include_str!("smoke_local.py");

@@ -218,9 +218,9 @@ pub fn for_project(project: &Project, local: bool, venv: Option<&Path>, image: &
             include: project.root.join("files/include"),
         });
     }
-    let opts = crate::images::BuildOptions { only: vec![image.to_string()], ..Default::default() };
-    let (store, reports) = crate::images::build(project, &opts, false)?;
-    let images: Vec<_> = reports.iter().map(crate::images::ImageReport::archive_image).collect();
+    let opts = crate::image_build::BuildOptions { only: vec![image.to_string()], ..Default::default() };
+    let (store, reports) = crate::image_build::build(project, &opts, false)?;
+    let images: Vec<_> = reports.iter().map(crate::image_build::ImageReport::archive_image).collect();
     crate::oci::docker::load(&store, &images)?;
     Ok(Runner::Image(reports[0].reference.clone()))
 }

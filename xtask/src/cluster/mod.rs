@@ -2,7 +2,10 @@
 //! a kube-rs client for it, with errors that say what to check.
 
 pub mod delivery;
+pub mod exec;
+pub mod inspect;
 pub mod kind;
+pub mod pods;
 pub mod portforward;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,5 @@
-//! `cargo xtask k8s-up`: from nothing to a healthy Airflow on Kubernetes running the
-//! images just built. Preflight, cluster, images (built, then shipped only where missing),
-//! server-side apply of k8s/, waits with diagnosis, and how to reach it.
+//! Build -> deliver -> apply -> wait: what `k8s-up` does, and what `watch`, `ci` and the
+//! benchmarks reuse. Each step prints one line (unless JSON was asked for) and is timed.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -16,9 +15,21 @@ use crate::deploy::apply::{self, ApplyReport};
 use crate::deploy::manifests::{self, CheckContext, RenderOptions};
 use crate::deploy::wait;
 use crate::fsutil::human_bytes;
-use crate::images::{self, BuildOptions, BuiltImage, ImageReport};
+use crate::image_build::{self, BuildOptions, BuiltImage, ImageReport};
 use crate::oci::registry::{self, PushReport};
 use crate::ui;
+
+/// How far the pipeline goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Until {
+    /// The images are on the nodes (or in the registry); nothing is applied (`watch`
+    /// ships first and rolls after the change was parsed).
+    Delivered,
+    /// k8s/ is applied; nothing is waited for (`--no-wait`).
+    Applied,
+    /// Every component is healthy.
+    Healthy,
+}
 
 /// What k8s-up did, for `--json` and for `status` (written to target/xtask/k8s-up.json).
 #[derive(Serialize, serde::Deserialize, Default)]
@@ -58,37 +69,9 @@ impl Steps {
     }
 }
 
-pub fn run(project: &Project, args: &K8sUpArgs) -> Result<()> {
-    let report = up(project, args)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
-    }
-    if !report.changed {
-        println!("nothing changed: no image rebuilt, nothing shipped, every object already as in k8s/");
-    }
-    let ns = &report.namespace;
-    if args.cluster.kubeconfig.is_none() {
-        println!("Airflow UI and API: http://127.0.0.1:8080 (kind maps the api-server's nodePort 30080)");
-    } else {
-        println!(
-            "Airflow UI and API: kubectl -n {ns} port-forward svc/airflow-api-server 8080:8080, then http://127.0.0.1:8080"
-        );
-    }
-    println!(
-        "login: admin; password: kubectl -n {ns} get secret airflow-admin -o jsonpath='{{.data.password}}' | base64 -d"
-    );
-    println!(
-        "took {} ({})",
-        ui::secs(report.steps.iter().map(|(_, s)| s).sum()),
-        report.steps.iter().map(|(n, s)| format!("{n} {}", ui::secs(*s))).collect::<Vec<_>>().join(", ")
-    );
-    Ok(())
-}
-
 /// Everything k8s-up does, reporting progress lines unless `args.json`; the report is also
 /// written to target/xtask/k8s-up.json.
-pub fn up(project: &Project, args: &K8sUpArgs) -> Result<UpReport> {
+pub fn up(project: &Project, args: &K8sUpArgs, until: Until) -> Result<UpReport> {
     let human = !args.json;
     let (target, settings) = Target::from_args(project, &args.cluster)?;
     let mut steps = Steps { human, times: Vec::new(), started: Instant::now() };
@@ -101,8 +84,8 @@ pub fn up(project: &Project, args: &K8sUpArgs) -> Result<UpReport> {
     if matches!(target, Target::Kind { .. }) && !overlays.iter().any(|o| o == "kind") {
         overlays.push("kind".into());
     }
-    let docs = crate::manifests::load_docs(project, &overlays)?;
-    let placeholders = crate::manifests::placeholders(project)?;
+    let docs = crate::deploy::load_docs(project, &overlays)?;
+    let placeholders = crate::deploy::placeholders(project)?;
     let problems = manifests::check(&docs, &CheckContext { placeholders: &placeholders });
     if !problems.is_empty() {
         let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
@@ -168,13 +151,13 @@ pub fn up(project: &Project, args: &K8sUpArgs) -> Result<UpReport> {
 
     // 3. Images: built (unless --no-build), then shipped where missing.
     let built: Vec<BuiltImage> = if args.no_build {
-        images::last_built(project)?
+        image_build::last_built(project)?
     } else {
         let opts = BuildOptions {
-            overrides: crate::config::ImageOverrides { mtime: images::source_date_epoch()?, ..Default::default() },
+            overrides: crate::config::ImageOverrides { mtime: image_build::source_date_epoch()?, ..Default::default() },
             ..Default::default()
         };
-        let (_, reports) = images::build(project, &opts, false)?;
+        let (_, reports) = image_build::build(project, &opts, false)?;
         for r in &reports {
             let rebuilt: Vec<&str> =
                 r.layers.iter().filter(|l| l.status == "rebuilt").map(|l| l.name.as_str()).collect();
@@ -200,7 +183,7 @@ pub fn up(project: &Project, args: &K8sUpArgs) -> Result<UpReport> {
     let archive_images: Vec<_> = built.iter().map(BuiltImage::archive_image).collect();
     if let Some(dest) = &args.registry {
         for r in &built {
-            let target_ref = images::push_target(&r.reference, &r.name, dest)?;
+            let target_ref = image_build::push_target(&r.reference, &r.name, dest)?;
             let p = registry::push(&store, &r.manifest, &target_ref, &args.insecure_registry, &mut |_| {})
                 .with_context(|| format!("cannot push {} to {target_ref}", r.name))?;
             steps.line(&format!(
@@ -246,7 +229,7 @@ pub fn up(project: &Project, args: &K8sUpArgs) -> Result<UpReport> {
     }
     drop(store);
     steps.done("deliver");
-    if args.deliver_only {
+    if until == Until::Delivered {
         report.steps = steps.times.clone();
         return Ok(report);
     }
@@ -263,7 +246,7 @@ pub fn up(project: &Project, args: &K8sUpArgs) -> Result<UpReport> {
     steps.done("apply");
 
     // 5. Wait until healthy.
-    if !args.no_wait {
+    if until == Until::Healthy {
         let timeout = Duration::from_secs(args.timeout);
         cluster::block_on(wait::wait(&cluster, &wait::steps_for(&objects, timeout), &mut |line| {
             steps.line(&format!("wait       {line}"))

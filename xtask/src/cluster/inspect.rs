@@ -1,5 +1,6 @@
-//! `cargo xtask status`: the cluster and its nodes, whether each node has the images as
-//! last built (stale?), each component's state, and failing pods with their reasons.
+//! What runs on the cluster next to what was last built: nodes and the images they hold,
+//! components and whether they run a stale image, failing pods with their reasons. What
+//! `status` prints and `doctor` checks.
 
 use anyhow::Result;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -8,12 +9,9 @@ use kube::Api;
 use kube::api::ListParams;
 use serde::Serialize;
 
-use crate::Reported;
-use crate::cli::StatusArgs;
-use crate::cluster::{self, Cluster, Target};
-use crate::config::Project;
+use super::Cluster;
 use crate::deploy::diagnose::{self, PodState};
-use crate::images::{self, BuiltImage};
+use crate::image_build::BuiltImage;
 
 #[derive(Serialize)]
 pub struct NodeStatus {
@@ -53,22 +51,6 @@ impl Status {
             && self.components.iter().all(|c| c.ready >= c.desired && !c.stale)
             && self.nodes.iter().all(|n| n.ready)
     }
-}
-
-pub fn run(project: &Project, args: &StatusArgs) -> Result<()> {
-    let (target, settings) = Target::from_args(project, &args.cluster)?;
-    let built = images::last_built(project).unwrap_or_default();
-    let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
-    let status = cluster::block_on(collect(&cluster, &built))??;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-    } else {
-        print(&status);
-    }
-    if !status.healthy() {
-        return Err(Reported(1).into());
-    }
-    Ok(())
 }
 
 pub fn node_has(node: &Node, image: &BuiltImage) -> bool {
@@ -173,41 +155,4 @@ pub async fn collect(cluster: &Cluster, built: &[BuiltImage]) -> Result<Status> 
         components,
         failing_pods: failing,
     })
-}
-
-fn print(s: &Status) {
-    println!("cluster    {} at {} (Kubernetes {})", s.cluster, s.server, s.version);
-    for n in &s.nodes {
-        let imgs: Vec<String> = n
-            .images
-            .iter()
-            .map(|(name, has)| format!("{name} {}", if *has { "current" } else { "STALE or missing" }))
-            .collect();
-        println!(
-            "node       {} {} kubelet {}  {}",
-            n.name,
-            if n.ready { "Ready" } else { "NOT READY" },
-            n.kubelet,
-            imgs.join(", ")
-        );
-    }
-    for (name, digest) in &s.built {
-        println!("built      {name} {digest}");
-    }
-    if s.components.is_empty() {
-        println!("components none in namespace {} (run `cargo xtask k8s-up`)", s.namespace);
-    }
-    for c in &s.components {
-        println!(
-            "component  {:<24} {}/{} ready{}",
-            c.name,
-            c.ready,
-            c.desired,
-            if c.stale { "  runs an image older than the last build (run `cargo xtask k8s-up`)" } else { "" }
-        );
-    }
-    for p in &s.failing_pods {
-        println!("failing    {}", p.explain(&s.namespace).replace('\n', "\n           "));
-    }
-    println!("{}", if s.healthy() { "healthy" } else { "NOT healthy" });
 }

@@ -7,17 +7,15 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::Reported;
 use crate::airflow::runner;
 use crate::cli::SmokeArgs;
 use crate::config::Project;
 use crate::deploy::manifests;
+use crate::error::Reported;
 use crate::report::{self, Case, Suite};
 
 pub mod cluster;
 use crate::ui;
-
-const LOCAL_SCRIPT: &str = include_str!("airflow/smoke_local.py");
 
 /// The smoke DAGs: files/dags/smoke_*.py, each defining the DAG named like its file.
 pub fn smoke_dags(project: &Project, only: &[String]) -> Result<Vec<String>> {
@@ -133,7 +131,7 @@ fn local(project: &Project, args: &SmokeArgs) -> Result<()> {
         env.push(("AIRFLOW_HOME".into(), home.path().display().to_string()));
     }
     let mut results: Vec<DagResult> = Vec::new();
-    let out = runner.run_python(LOCAL_SCRIPT, &dags, &env, &mut |v| {
+    let out = runner.run_python(crate::airflow::SMOKE_LOCAL_SCRIPT, &dags, &env, &mut |v| {
         if let Some(err) = v.get("setup_error").and_then(|e| e.as_str()) {
             bail!("`airflow db migrate` failed before any DAG ran:\n{err}");
         }

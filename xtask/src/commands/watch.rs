@@ -17,11 +17,12 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
+use crate::airflow::dagcheck::{self, FileResult};
 use crate::airflow::{container, runner};
 use crate::cli::{K8sUpArgs, WatchArgs};
 use crate::cluster::{self, Cluster, Target};
 use crate::config::{self, ImageOverrides, Project};
-use crate::dags::{self, FileResult};
+use crate::pipeline::{self, Until};
 use crate::ui;
 
 /// Where the DAG and include trees sit in the worker image.
@@ -81,14 +82,14 @@ enum Checker {
 
 impl Checker {
     fn start(project: &Project, mode: &str) -> Result<Checker> {
-        let skip = serde_json::to_string(&dags::exceptions(project))?;
+        let skip = serde_json::to_string(&dagcheck::exceptions(project))?;
         let dags_dir = project.root.join("files/dags");
         let include_dir = project.root.join("files/include");
         let mut checker = match mode {
             "local" => {
                 let python = runner::ensure_venv(project, &project.work_dir().join("venv"), true)?;
                 let mut child = Command::new(python)
-                    .args(["-c", dags::CHECK_SCRIPT, "--serve"])
+                    .args(["-c", dagcheck::CHECK_SCRIPT, "--serve"])
                     .env("XTASK_DAGS_DIR", &dags_dir)
                     .env("XTASK_INCLUDE_DIR", &include_dir)
                     .env("AIRFLOW__CORE__DAGS_FOLDER", &dags_dir)
@@ -108,7 +109,7 @@ impl Checker {
                 let runner::Runner::Image(image) = runner else { bail!("no worker image to check DAGs in") };
                 let spec = container::Spec {
                     image,
-                    cmd: vec!["python".into(), "-c".into(), dags::CHECK_SCRIPT.into(), "--serve".into()],
+                    cmd: vec!["python".into(), "-c".into(), dagcheck::CHECK_SCRIPT.into(), "--serve".into()],
                     env: vec![format!("XTASK_SKIP={skip}")],
                     binds: vec![
                         format!("{}:{DAGS_IN_IMAGE}:ro", dags_dir.display()),
@@ -255,14 +256,14 @@ async fn sync_into(cluster: &Cluster, pod: &str, container: &str, files: &[(Stri
     }
     let bytes = tar.into_inner()?;
     let argv = vec!["tar".into(), "-x".into(), "-o".into(), "-C".into(), "/".into()];
-    let (code, _, err) = super::exec::exec_capture(cluster, pod, container, argv, Some(bytes)).await?;
+    let (code, _, err) = crate::cluster::exec::exec_capture(cluster, pod, container, argv, Some(bytes)).await?;
     if code != 0 {
         bail!("copying into {pod} failed: {}", String::from_utf8_lossy(&err).trim());
     }
     if !removed.is_empty() {
         let mut argv = vec!["rm".to_string(), "-f".to_string()];
         argv.extend(removed);
-        super::exec::exec_capture(cluster, pod, container, argv, None).await?;
+        crate::cluster::exec::exec_capture(cluster, pod, container, argv, None).await?;
     }
     Ok(())
 }
@@ -272,7 +273,7 @@ async fn sync_into(cluster: &Cluster, pod: &str, container: &str, files: &[(Stri
 fn wait_parsed(cluster: &Cluster, dag_ids: &[String], timeout: Duration) -> Result<SystemTime> {
     let deadline = Instant::now() + timeout;
     let (_pf, api, _) = loop {
-        match crate::smoke::cluster::api_session(cluster) {
+        match crate::airflow::session::api_session(cluster) {
             Ok(s) => break s,
             Err(e) if Instant::now() > deadline => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(300)),
@@ -363,7 +364,7 @@ fn handle(
                 bad.len()
             );
             for r in &bad {
-                dags::print_result(r);
+                dagcheck::print_result(r);
             }
         }
         return Ok(report);
@@ -377,17 +378,16 @@ fn handle(
 
     // 2. Build and ship: the new image on the nodes (or in the registry).
     let started = Instant::now();
-    let mut up_args = K8sUpArgs {
+    let up_args = K8sUpArgs {
         cluster: args.cluster.clone(),
         no_wait: true,
         json: true,
         registry: args.registry.clone(),
         node_containerd: args.node_containerd.clone(),
         timeout: 600,
-        deliver_only: true,
         ..Default::default()
     };
-    let shipped = crate::k8s_up::up(project, &up_args)?;
+    let shipped = pipeline::up(project, &up_args, Until::Delivered)?;
     report.ship_seconds = started.elapsed().as_secs_f64();
     report.image = shipped.images.get("airflow-worker").cloned();
     let sent: u64 = shipped.deliveries.iter().map(|d| d.bytes).sum::<u64>()
@@ -405,8 +405,8 @@ fn handle(
     let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
     let in_image = image_paths(project, files)?;
     let synced = cluster::block_on(async {
-        let pod = super::ready_pod(&cluster, &settings, "dag-processor").await?;
-        let container = super::pick_container(&pod, None)?;
+        let pod = crate::cluster::pods::ready_pod(&cluster, &settings, "dag-processor").await?;
+        let container = crate::cluster::pods::pick_container(&pod, None)?;
         sync_into(&cluster, pod.metadata.name.as_deref().unwrap_or_default(), &container, &in_image).await
     })?;
     let live = match synced {
@@ -419,9 +419,8 @@ fn handle(
             false
         }
     };
-    let mut roll = |report: &mut ChangeReport| -> Result<()> {
-        up_args.deliver_only = false;
-        let up = crate::k8s_up::up(project, &up_args)?;
+    let roll = |report: &mut ChangeReport| -> Result<()> {
+        let up = pipeline::up(project, &up_args, Until::Applied)?;
         report.image = up.images.get("airflow-worker").cloned();
         say(&format!("roll     {}", up.apply.summary()));
         Ok(())
@@ -459,7 +458,7 @@ pub fn run(project: &Project, args: &WatchArgs) -> Result<()> {
     let (target, settings) = Target::from_args(project, &args.cluster)?;
     // The cluster must be up with Airflow in it: watch ships changes, it does not deploy.
     let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
-    cluster::block_on(super::ready_pod(&cluster, &settings, "dag-processor"))?
+    cluster::block_on(crate::cluster::pods::ready_pod(&cluster, &settings, "dag-processor"))?
         .map_err(|e| anyhow!("{e}\nwatch ships changes to a running Airflow: run `cargo xtask k8s-up` first"))?;
     drop(cluster);
     let started = Instant::now();

@@ -28,7 +28,7 @@ fn last_parsed(project: &Project, bench: &BenchClusterArgs) -> Result<Option<Str
     };
     let (target, settings) = Target::from_args(project, &args)?;
     let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
-    let (_pf, api, _) = crate::smoke::cluster::api_session(&cluster)?;
+    let (_pf, api, _) = crate::airflow::session::api_session(&cluster)?;
     Ok(api.dag_details(EDITED_DAG_ID)?.and_then(|d| d["last_parsed_time"].as_str().map(String::from)))
 }
 

@@ -8,9 +8,10 @@ use anyhow::{Result, anyhow, bail};
 
 use crate::airflow::container;
 use crate::cli::RunArgs;
+use crate::cluster::exec::{ExecRequest, exec_streaming};
+use crate::cluster::pods::{check_namespace, pick_container, ready_pod};
 use crate::cluster::{self, Cluster, Target};
 use crate::config::{ClusterSettings, Executor, Project, TaskDef};
-use crate::day2::exec::{ExecRequest, exec_streaming};
 
 /// An executor that can run the task now, with what it runs on.
 enum Ready {
@@ -58,9 +59,9 @@ fn availability(
         }
         Executor::Kubernetes => cluster::block_on(async {
             let cluster = cluster::connect(target, &settings.namespace).await?;
-            super::check_namespace(&cluster).await?;
-            let pod = super::ready_pod(&cluster, settings, &task.component).await?;
-            let container = super::pick_container(&pod, None).or_else(|_| {
+            check_namespace(&cluster).await?;
+            let pod = ready_pod(&cluster, settings, &task.component).await?;
+            let container = pick_container(&pod, None).or_else(|_| {
                 pod.spec
                     .as_ref()
                     .and_then(|s| s.containers.first())

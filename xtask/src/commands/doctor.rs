@@ -10,10 +10,10 @@ use k8s_openapi::api::authorization::v1::{
 use kube::api::{Api, PostParams};
 use serde::Serialize;
 
-use crate::Reported;
 use crate::cli::DoctorArgs;
 use crate::cluster::{self, Cluster, Target};
 use crate::config::Project;
+use crate::error::Reported;
 
 #[derive(Serialize)]
 pub struct Check {
@@ -154,7 +154,7 @@ fn checks(project: &Project, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) 
     push(ok("cluster", format!("{} at {} (Kubernetes {version})", target.describe(), cluster.url)));
 
     // 3. The namespace.
-    if let Err(e) = cluster::block_on(super::check_namespace(&cluster))? {
+    if let Err(e) = cluster::block_on(crate::cluster::pods::check_namespace(&cluster))? {
         push(broken("namespace", e.to_string(), "`cargo xtask k8s-up` creates it and deploys Airflow into it"));
         return Ok(false);
     }
@@ -211,8 +211,8 @@ fn checks(project: &Project, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) 
     }
 
     // 5-7. Images on the nodes, components, worker pods.
-    let built = crate::images::last_built(project).unwrap_or_default();
-    let status = cluster::block_on(crate::status::collect(&cluster, &built))??;
+    let built = crate::image_build::last_built(project).unwrap_or_default();
+    let status = cluster::block_on(crate::cluster::inspect::collect(&cluster, &built))??;
     let stale: Vec<String> = status
         .nodes
         .iter()
@@ -300,7 +300,7 @@ fn checks(project: &Project, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) 
     }
 
     // 8. DAG import errors, from the API.
-    let c = match crate::smoke::cluster::api_session(&cluster) {
+    let c = match crate::airflow::session::api_session(&cluster) {
         Err(e) => broken("dags", format!("the Airflow API is not reachable: {e}"), "`cargo xtask logs api-server`"),
         Ok((_pf, api, _)) => match api.import_errors() {
             Err(e) => broken("dags", e.to_string(), "`cargo xtask logs api-server`"),

@@ -1,17 +1,16 @@
-//! `cargo xtask exec COMPONENT -- CMD...`: a command in a component's pod through the
-//! API server's exec subresource, with live output, the remote exit code as ours, and an
-//! interactive TTY that follows window resizes.
+//! Commands in a pod through the API server's exec subresource: with our stdio (and a TTY
+//! that follows window resizes), or with the output collected. The remote exit code is
+//! returned.
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use futures::SinkExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
-use kube::api::{Api, AttachParams, TerminalSize};
+use kube::api::{Api, AttachParams};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::cli::ExecArgs;
-use crate::cluster::{self, Cluster, Target};
-use crate::config::Project;
+use super::Cluster;
+use crate::term::{RawMode, terminal_size};
 
 /// What to run and how.
 pub struct ExecRequest {
@@ -61,42 +60,6 @@ pub fn exit_code(status: Option<Status>) -> Result<i32> {
         return Ok(code);
     }
     bail!("the command could not run: {}", s.message.unwrap_or_else(|| format!("{:?}", s.reason)))
-}
-
-/// Restores the terminal's mode when dropped.
-pub struct RawMode(libc::termios);
-
-impl RawMode {
-    pub fn enter() -> Option<RawMode> {
-        unsafe {
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(0, &mut t) != 0 {
-                return None;
-            }
-            let saved = t;
-            libc::cfmakeraw(&mut t);
-            if libc::tcsetattr(0, libc::TCSANOW, &t) != 0 {
-                return None;
-            }
-            Some(RawMode(saved))
-        }
-    }
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        unsafe {
-            libc::tcsetattr(0, libc::TCSANOW, &self.0);
-        }
-    }
-}
-
-pub fn terminal_size() -> Option<TerminalSize> {
-    unsafe {
-        let mut ws: libc::winsize = std::mem::zeroed();
-        (libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_col > 0)
-            .then_some(TerminalSize { width: ws.ws_col, height: ws.ws_row })
-    }
 }
 
 async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin) {
@@ -205,36 +168,6 @@ pub async fn exec_capture(
     r2?;
     let code = exit_code(status.await)?;
     Ok((code, o, e))
-}
-
-pub fn run(project: &Project, args: &ExecArgs) -> Result<i32> {
-    if args.command.is_empty() {
-        bail!("no command: put it after the component, for example `cargo xtask exec scheduler -- airflow dags list`");
-    }
-    let (target, settings) = Target::from_args(project, &args.cluster)?;
-    let tty = args.tty && std::io::IsTerminal::is_terminal(&std::io::stdin());
-    if args.tty && !tty {
-        eprintln!("note: stdin is not a terminal; running without a TTY");
-    }
-    cluster::block_on(async {
-        let cluster = cluster::connect(&target, &settings.namespace).await?;
-        super::check_namespace(&cluster).await?;
-        let pod = super::ready_pod(&cluster, &settings, &args.component).await?;
-        let container = super::pick_container(&pod, args.container.as_deref())?;
-        let name = pod.metadata.name.clone().ok_or_else(|| anyhow!("pod without a name"))?;
-        if !args.quiet {
-            eprintln!("exec in {}/{name} (container {container})", cluster.namespace);
-        }
-        let req = ExecRequest {
-            command: args.command.clone(),
-            container,
-            stdin: args.stdin || tty,
-            tty,
-            workdir: args.workdir.clone(),
-            env: args.env.clone(),
-        };
-        exec_streaming(&cluster, &name, &req).await
-    })?
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ async fn print_logs(
     for pod in pods {
         let name = pod.metadata.name.clone().unwrap_or_default();
         let containers: Vec<String> = match container {
-            Some(c) => vec![super::pick_container(pod, Some(c))?],
+            Some(c) => vec![crate::cluster::pods::pick_container(pod, Some(c))?],
             None => pod.spec.iter().flat_map(|s| s.containers.iter().map(|c| c.name.clone())).collect(),
         };
         for c in containers {
@@ -64,11 +64,11 @@ async fn print_logs(
 pub fn run(project: &Project, args: &LogsArgs) -> Result<()> {
     let (target, settings) = Target::from_args(project, &args.cluster)?;
     let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
-    cluster::block_on(super::check_namespace(&cluster))??;
+    cluster::block_on(crate::cluster::pods::check_namespace(&cluster))??;
     let pods_api: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
 
     // A component?
-    let component = cluster::block_on(super::component_selector(&cluster, &settings, &args.what))?;
+    let component = cluster::block_on(crate::cluster::pods::component_selector(&cluster, &settings, &args.what))?;
     let component_error = match component {
         Ok((workload, selector)) => {
             let mut pods = cluster::block_on(pods_api.list(&ListParams::default().labels(&selector)))?
@@ -116,7 +116,7 @@ pub fn run(project: &Project, args: &LogsArgs) -> Result<()> {
     }
 
     // The pod is gone: the task log from the API.
-    let (_pf, api, _) = crate::smoke::cluster::api_session(&cluster).map_err(|e| {
+    let (_pf, api, _) = crate::airflow::session::api_session(&cluster).map_err(|e| {
         anyhow!(
             "{component_error}\nnor a worker pod of DAG {dag_id}, and the API is not reachable for its task log: {e}"
         )

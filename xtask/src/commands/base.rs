@@ -7,7 +7,7 @@ use crate::airflow::recipe::{self, BuildOpts};
 use crate::cli::BaseArgs;
 use crate::config::Project;
 use crate::fsutil::human_bytes;
-use crate::images::source_date_epoch;
+use crate::image_build::source_date_epoch;
 use crate::oci::store::Store;
 use crate::ui;
 

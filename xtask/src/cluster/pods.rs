@@ -1,11 +1,4 @@
-//! Day-two commands: exec, run, logs, doctor, watch. What they share: finding a
-//! component's pod and container, with errors that list what does exist.
-
-pub mod doctor;
-pub mod exec;
-pub mod logs;
-pub mod run;
-pub mod watch;
+//! Finding a component's pod and container, with errors that list what does exist.
 
 use std::collections::BTreeMap;
 

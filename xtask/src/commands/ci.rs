@@ -13,10 +13,10 @@ use kube::Api;
 use kube::api::{ListParams, LogParams};
 use serde::Serialize;
 
-use crate::Reported;
 use crate::cli::{CiArgs, ClusterArgs};
 use crate::cluster::{self, Target, kind};
 use crate::config::Project;
+use crate::error::Reported;
 use crate::ui;
 
 #[derive(Serialize)]

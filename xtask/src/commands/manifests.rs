@@ -1,64 +1,16 @@
 //! `cargo xtask manifests check|render`: the documents in k8s/, as typed objects.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use serde_json::json;
 
-use crate::Reported;
 use crate::cli::{ManifestsArgs, ManifestsCommand};
-use crate::config::{self, ImageOverrides, Project};
-use crate::deploy::manifests::{self, CheckContext, Doc, RenderOptions};
+use crate::config::{self, Project};
+use crate::deploy::manifests::{self, CheckContext, RenderOptions};
 use crate::deploy::secrets::GENERATED;
-use crate::oci::store::Store;
-
-/// The directories whose documents are applied: k8s/airflow, then each overlay asked for.
-pub fn manifest_dirs(project: &Project, overlays: &[String]) -> Result<Vec<PathBuf>> {
-    let mut dirs = vec![project.root.join("k8s/airflow")];
-    for o in overlays {
-        let d = project.root.join("k8s/overlays").join(o);
-        if !d.is_dir() {
-            let known: Vec<String> = std::fs::read_dir(project.root.join("k8s/overlays"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
-            bail!("no overlay `{o}` in k8s/overlays/; there are: {}", known.join(", "));
-        }
-        dirs.push(d);
-    }
-    Ok(dirs)
-}
-
-pub fn load_docs(project: &Project, overlays: &[String]) -> Result<Vec<Doc>> {
-    let dirs = manifest_dirs(project, overlays)?;
-    let refs: Vec<&std::path::Path> = dirs.iter().map(PathBuf::as_path).collect();
-    manifests::load(&project.root, &refs)
-}
-
-/// The image names k8s/ may use as placeholders: the images of docker/images.toml.
-pub fn placeholders(project: &Project) -> Result<BTreeSet<String>> {
-    Ok(config::load_images(project, &ImageOverrides::default())?.into_iter().map(|d| d.name).collect())
-}
-
-/// Placeholder -> `name@sha256:...` for each image the store holds a build of.
-pub fn built_images(project: &Project) -> Result<(BTreeMap<String, String>, Vec<String>)> {
-    let defs = config::load_images(project, &ImageOverrides::default())?;
-    let store = Store::open(&project.store_dir())?;
-    let mut map = BTreeMap::new();
-    let mut missing = Vec::new();
-    for def in defs {
-        match store.lookup(&def.full_name())? {
-            Some(desc) => {
-                map.insert(def.name.clone(), format!("{}/{}@{}", def.registry, def.name, desc.digest));
-            }
-            None => missing.push(def.name),
-        }
-    }
-    Ok((map, missing))
-}
+use crate::deploy::{built_images, load_docs, placeholders};
+use crate::error::Reported;
 
 pub fn run(project: &Project, args: &ManifestsArgs) -> Result<()> {
     match &args.command {

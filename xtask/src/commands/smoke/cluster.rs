@@ -6,22 +6,19 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::Result;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::ListParams;
 use kube::runtime::watcher;
 use serde::Serialize;
 
 use super::{DagResult, TaskResult, smoke_dags};
-use crate::Reported;
-use crate::airflow::api::ApiClient;
 use crate::cli::SmokeArgs;
-use crate::cluster::portforward::PortForward;
-use crate::cluster::{self, Cluster, Target};
+use crate::cluster::{self, Target};
 use crate::config::Project;
 use crate::deploy::diagnose;
+use crate::error::Reported;
 use crate::report;
 use crate::ui;
 
@@ -83,48 +80,6 @@ struct Summary<'a> {
     failed: usize,
 }
 
-/// Airflow's REST API on the cluster: a port-forward to a ready api-server pod, logged in
-/// with the credentials k8s-up generated. Keep the PortForward alive while using the client.
-pub fn api_session(cluster: &Cluster) -> Result<(PortForward, ApiClient, String)> {
-    let ns = cluster.namespace.clone();
-    let client = cluster.client.clone();
-    let (user, password, pod) = cluster::block_on(async {
-        let secret = Api::<Secret>::namespaced(client.clone(), &ns).get_opt("airflow-admin").await?;
-        let secret = secret
-            .ok_or_else(|| anyhow!("no Secret airflow-admin in namespace {ns}: run `cargo xtask k8s-up` first"))?;
-        let get = |k: &str| {
-            secret
-                .data
-                .as_ref()
-                .and_then(|d| d.get(k))
-                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-                .unwrap_or_default()
-        };
-        let selector = "app.kubernetes.io/name=airflow,app.kubernetes.io/component=api-server";
-        let pods = Api::<Pod>::namespaced(client.clone(), &ns).list(&ListParams::default().labels(selector)).await?;
-        let ready = pods.items.iter().find(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        });
-        match ready.and_then(|p| p.metadata.name.clone()) {
-            Some(pod) => Ok((get("username"), get("password"), pod)),
-            None => {
-                let states = diagnose::pods(&client, &ns, selector).await.unwrap_or_default();
-                let why: Vec<String> = states.iter().map(|p| p.explain(&ns)).collect();
-                bail!(
-                    "no ready api-server pod in namespace {ns}; run `cargo xtask k8s-up`{}",
-                    if why.is_empty() { String::new() } else { format!(":\n  {}", why.join("\n  ")) }
-                )
-            }
-        }
-    })??;
-    let pf = cluster::block_on(PortForward::start(&client, &ns, &pod, 8080))??;
-    let api = ApiClient::login(&pf.base_url(), &user, &password)?;
-    Ok((pf, api, pod))
-}
-
 pub fn run(project: &Project, args: &SmokeArgs) -> Result<()> {
     let human = !args.json;
     let say = |s: &str| {
@@ -139,7 +94,7 @@ pub fn run(project: &Project, args: &SmokeArgs) -> Result<()> {
     let client = cluster.client.clone();
 
     // 1. The API through a port-forward, with the credentials k8s-up generated.
-    let (pf, api, pod) = api_session(&cluster)?;
+    let (pf, api, pod) = crate::airflow::session::api_session(&cluster)?;
     say(&format!("smoke      {} DAG(s) in namespace {ns} through api-server pod {pod}", dags.len()));
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
