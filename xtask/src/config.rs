@@ -51,7 +51,7 @@ impl Project {
         self.work_dir().join("oci")
     }
 
-    pub fn rel<'a>(&self, p: &'a Path) -> String {
+    pub fn rel(&self, p: &Path) -> String {
         crate::fsutil::display_rel(p, &self.root)
     }
 }

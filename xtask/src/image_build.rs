@@ -19,6 +19,7 @@ use crate::oci::store::Store;
 use crate::oci::tar::Meta;
 use crate::oci::{Descriptor, Digest, Platform};
 use crate::ui;
+use tokio::runtime::Handle;
 
 /// Base references of this form name a recipe in docker/base/ that `cargo xtask base` builds.
 pub const XTASK_BASE: &str = "xtask-base:";
@@ -147,13 +148,14 @@ impl ImportProgress for BarProgress {
 
 /// Builds the selected images into the store and returns the store (still locked) and a
 /// report per image. With `human`, prints a line per step.
-pub fn build(project: &Project, opts: &BuildOptions, human: bool) -> Result<(Store, Vec<ImageReport>)> {
+pub fn build(project: &Project, rt: &Handle, opts: &BuildOptions, human: bool) -> Result<(Store, Vec<ImageReport>)> {
     let defs = config::load_images(project, &opts.overrides)?;
     let defs = select(defs, &opts.only)?;
     let store = Store::open(&project.store_dir())?;
     let mut reports = Vec::new();
     for def in &defs {
-        reports.push(build_one(project, &store, def, opts, human).with_context(|| format!("image `{}`", def.name))?);
+        reports
+            .push(build_one(project, rt, &store, def, opts, human).with_context(|| format!("image `{}`", def.name))?);
     }
     Ok((store, reports))
 }
@@ -185,7 +187,7 @@ fn ancestors(target: &str) -> Vec<String> {
     out
 }
 
-pub fn import_base(project: &Project, store: &Store, def: &ImageDef, human: bool) -> Result<BaseImage> {
+pub fn import_base(project: &Project, rt: &Handle, store: &Store, def: &ImageDef, human: bool) -> Result<BaseImage> {
     if let Some(name) = def.base.strip_prefix(XTASK_BASE) {
         let opts = recipe::BuildOpts { human, ..Default::default() };
         let outcome = recipe::ensure(project, store, name, def.mtime, &opts)?;
@@ -197,13 +199,14 @@ pub fn import_base(project: &Project, store: &Store, def: &ImageDef, human: bool
     let platform = Platform::parse(&def.platform)?;
     let bar = ui::bytes_bar("base", 0);
     let base =
-        source::import(&def.base, &project.root, &platform, &def.insecure, store, &mut BarProgress(bar.clone()))?;
+        source::import(&def.base, &project.root, &platform, &def.insecure, store, rt, &mut BarProgress(bar.clone()))?;
     bar.finish_and_clear();
     Ok(base)
 }
 
 fn build_one(
     project: &Project,
+    rt: &Handle,
     store: &Store,
     def: &ImageDef,
     opts: &BuildOptions,
@@ -214,7 +217,7 @@ fn build_one(
     if human {
         println!("{}  {full_name}", def.name);
     }
-    let base = import_base(project, store, def, human)?;
+    let base = import_base(project, rt, store, def, human)?;
     if human {
         println!(
             "  base     {}  {}  ({} layers, {})",

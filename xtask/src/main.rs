@@ -5,6 +5,7 @@ mod cli;
 mod cluster;
 mod commands;
 mod config;
+mod ctx;
 mod deploy;
 mod encoding;
 mod error;
@@ -24,6 +25,7 @@ use clap::Parser;
 use crate::cli::{Cli, Command};
 use crate::commands::*;
 use crate::config::Project;
+use crate::ctx::Ctx;
 use crate::error::{Reported, exit_with};
 
 fn main() -> ExitCode {
@@ -47,23 +49,24 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let project = Project::discover(cli.root.as_deref())?;
+    let ctx = Ctx::new(Project::discover(cli.root.as_deref())?)?;
+    let ctx = &ctx;
     match &cli.command {
-        Command::Images(args) => images::run(&project, args),
-        Command::Base(args) => base::run(&project, args),
-        Command::Dags(args) => dags::run(&project, args),
-        Command::Smoke(args) => smoke::run(&project, args),
-        Command::Manifests(args) => manifests::run(&project, args),
-        Command::K8sUp(args) => k8s_up::run(&project, args),
-        Command::Ci(args) => ci::run(&project, args),
-        Command::K8sDown(args) => k8s_down::run(&project, args),
-        Command::Status(args) => status::run(&project, args),
-        Command::Bench(args) => bench::run(&project, args),
-        Command::Exec(args) => exit_with(exec::run(&project, args)?),
-        Command::Run(args) => exit_with(run::run(&project, args)?),
-        Command::Logs(args) => logs::run(&project, args),
-        Command::Doctor(args) => doctor::run(&project, args),
-        Command::Watch(args) => watch::run(&project, args),
+        Command::Images(args) => images::run(ctx, args),
+        Command::Base(args) => base::run(ctx, args),
+        Command::Dags(args) => dags::run(ctx, args),
+        Command::Smoke(args) => smoke::run(ctx, args),
+        Command::Manifests(args) => manifests::run(ctx, args),
+        Command::K8sUp(args) => k8s_up::run(ctx, args),
+        Command::Ci(args) => ci::run(ctx, args),
+        Command::K8sDown(args) => k8s_down::run(ctx, args),
+        Command::Status(args) => status::run(ctx, args),
+        Command::Bench(args) => bench::run(ctx, args),
+        Command::Exec(args) => exit_with(exec::run(ctx, args)?),
+        Command::Run(args) => exit_with(run::run(ctx, args)?),
+        Command::Logs(args) => logs::run(ctx, args),
+        Command::Doctor(args) => doctor::run(ctx, args),
+        Command::Watch(args) => watch::run(ctx, args),
     }
 }
 

@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use crate::cli::K8sUpArgs;
 use crate::cluster::delivery::{self, Delivered, KindNode, LocalContainerd, Node};
-use crate::cluster::{self, Target, kind};
-use crate::config::Project;
+use crate::cluster::{Target, kind};
+use crate::ctx::Ctx;
 use crate::deploy::apply::{self, ApplyReport};
 use crate::deploy::manifests::{self, CheckContext, RenderOptions};
 use crate::deploy::wait;
@@ -71,7 +71,8 @@ impl Steps {
 
 /// Everything k8s-up does, reporting progress lines unless `args.json`; the report is also
 /// written to target/xtask/k8s-up.json.
-pub fn up(project: &Project, args: &K8sUpArgs, until: Until) -> Result<UpReport> {
+pub fn up(ctx: &Ctx, args: &K8sUpArgs, until: Until) -> Result<UpReport> {
+    let project = &ctx.project;
     let human = !args.json;
     let (target, settings) = Target::from_args(project, &args.cluster)?;
     let mut steps = Steps { human, times: Vec::new(), started: Instant::now() };
@@ -94,7 +95,7 @@ pub fn up(project: &Project, args: &K8sUpArgs, until: Until) -> Result<UpReport>
     // 1. Preflight: what this path needs, with versions, or how to get it.
     match &target {
         Target::Kind { .. } => {
-            let docker = cluster::block_on(crate::oci::docker::connect())??.1;
+            let docker = ctx.docker()?.1;
             let (_, kind_version) = kind::require()?;
             steps.line(&format!("preflight  Docker engine {docker}, {kind_version}"));
         }
@@ -116,6 +117,7 @@ pub fn up(project: &Project, args: &K8sUpArgs, until: Until) -> Result<UpReport>
         if exists && args.recreate {
             steps.line(&format!("cluster    deleting {name} (--recreate)"));
             kind::delete(name)?;
+            ctx.forget_clusters();
         }
         if !exists || args.recreate {
             let node_image = args.node_image.clone().unwrap_or_else(|| kind::node_image(&settings.kubernetes_version));
@@ -139,8 +141,8 @@ pub fn up(project: &Project, args: &K8sUpArgs, until: Until) -> Result<UpReport>
             kind::export_kubeconfig(name)?;
         }
     }
-    let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
-    let version = cluster::block_on(cluster.version())??;
+    let cluster = ctx.connect(&target, &settings.namespace)?;
+    let version = ctx.block_on(cluster.version())?;
     steps.line(&format!(
         "cluster    {} at {} (Kubernetes {version}), kubeconfig {}",
         target.describe(),
@@ -157,7 +159,7 @@ pub fn up(project: &Project, args: &K8sUpArgs, until: Until) -> Result<UpReport>
             overrides: crate::config::ImageOverrides { mtime: image_build::source_date_epoch()?, ..Default::default() },
             ..Default::default()
         };
-        let (_, reports) = image_build::build(project, &opts, false)?;
+        let (_, reports) = image_build::build(project, ctx.handle(), &opts, false)?;
         for r in &reports {
             let rebuilt: Vec<&str> =
                 r.layers.iter().filter(|l| l.status == "rebuilt").map(|l| l.name.as_str()).collect();
@@ -202,9 +204,10 @@ pub fn up(project: &Project, args: &K8sUpArgs, until: Until) -> Result<UpReport>
     } else {
         let nodes: Vec<Box<dyn Node>> = match (&target, &args.node_containerd) {
             (_, Some(socket)) => vec![Box::new(LocalContainerd { socket: socket.clone() })],
-            (Target::Kind { name, .. }, None) => {
-                kind::nodes(name)?.into_iter().map(|c| Box::new(KindNode { container: c }) as Box<dyn Node>).collect()
-            }
+            (Target::Kind { name, .. }, None) => kind::nodes(name)?
+                .into_iter()
+                .map(|c| Box::new(KindNode { container: c, rt: ctx.handle().clone() }) as Box<dyn Node>)
+                .collect(),
             (Target::Existing { .. }, None) => unreachable!("checked in preflight"),
         };
         report.deliveries = delivery::deliver(&store, &archive_images, &nodes, &mut |d| {
@@ -236,11 +239,11 @@ pub fn up(project: &Project, args: &K8sUpArgs, until: Until) -> Result<UpReport>
 
     // 4. Apply k8s/, pruning what xtask applied before and k8s/ dropped.
     let objects = manifests::render(&docs, &RenderOptions { namespace: &settings.namespace, images: &report.images })?;
-    let applied = cluster::block_on(apply::apply(&cluster, &objects, true, &mut |o| {
+    let applied = ctx.block_on(apply::apply(&cluster, &objects, true, &mut |o| {
         if o.action != "unchanged" {
             steps.line(&format!("apply      {} {} {}", o.kind, o.name, o.action));
         }
-    }))??;
+    }))?;
     steps.line(&format!("apply      {} in namespace {}", applied.summary(), settings.namespace));
     report.apply = applied;
     steps.done("apply");
@@ -248,9 +251,9 @@ pub fn up(project: &Project, args: &K8sUpArgs, until: Until) -> Result<UpReport>
     // 5. Wait until healthy.
     if until == Until::Healthy {
         let timeout = Duration::from_secs(args.timeout);
-        cluster::block_on(wait::wait(&cluster, &wait::steps_for(&objects, timeout), &mut |line| {
+        ctx.block_on(wait::wait(&cluster, &wait::steps_for(&objects, timeout), &mut |line| {
             steps.line(&format!("wait       {line}"))
-        }))??;
+        }))?;
         steps.done("wait");
     }
 

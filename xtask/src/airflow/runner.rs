@@ -17,8 +17,9 @@ use crate::process;
 pub const RESULT_PREFIX: &str = "@@xtask ";
 
 pub enum Runner {
-    /// A container of this image (fully qualified name, present in the Docker engine).
-    Image(String),
+    /// A container of this image (fully qualified name, present in the Docker engine),
+    /// driven on the process's runtime.
+    Image { name: String, rt: tokio::runtime::Handle },
     /// A virtualenv with Airflow; DAGs and include come from the repository.
     Venv { python: PathBuf, dags: PathBuf, include: PathBuf },
 }
@@ -32,7 +33,7 @@ pub struct Output {
 impl Runner {
     pub fn describe(&self) -> String {
         match self {
-            Runner::Image(name) => format!("in the image {name} (Docker engine)"),
+            Runner::Image { name, .. } => format!("in the image {name} (Docker engine)"),
             Runner::Venv { python, .. } => format!("in the virtualenv of {}", python.display()),
         }
     }
@@ -40,7 +41,7 @@ impl Runner {
     /// Where the DAGs are, as the script sees them.
     pub fn dags_dir(&self) -> String {
         match self {
-            Runner::Image(_) => "/opt/airflow/dags".into(),
+            Runner::Image { .. } => "/opt/airflow/dags".into(),
             Runner::Venv { dags, .. } => dags.display().to_string(),
         }
     }
@@ -94,9 +95,8 @@ impl Runner {
                 let out = reader.try_wait()?.ok_or_else(|| anyhow!("the script's output ended before it exited"))?;
                 i64::from(out.status.code().unwrap_or(-1))
             }
-            Runner::Image(image) => {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                rt.block_on(run_in_container(image, script, args, env, &mut |l| handle_line(l, on_result)))?
+            Runner::Image { name, rt } => {
+                rt.block_on(run_in_container(name, script, args, env, &mut |l| handle_line(l, on_result)))?
             }
         };
         Ok(Output { exit_code, tail: tail.into_iter().collect::<Vec<_>>().join("\n") })
@@ -208,7 +208,14 @@ pub fn ensure_venv(project: &Project, venv: &Path, human: bool) -> Result<PathBu
 
 /// Where checks run for a command: `--local` (a virtualenv) or the built worker image,
 /// built and loaded into the Docker engine first (both skipped when unchanged).
-pub fn for_project(project: &Project, local: bool, venv: Option<&Path>, image: &str, human: bool) -> Result<Runner> {
+pub fn for_project(
+    project: &Project,
+    rt: &tokio::runtime::Handle,
+    local: bool,
+    venv: Option<&Path>,
+    image: &str,
+    human: bool,
+) -> Result<Runner> {
     if local {
         let venv = venv.map(Path::to_path_buf).unwrap_or_else(|| project.work_dir().join("venv"));
         let python = ensure_venv(project, &venv, human)?;
@@ -219,8 +226,8 @@ pub fn for_project(project: &Project, local: bool, venv: Option<&Path>, image: &
         });
     }
     let opts = crate::image_build::BuildOptions { only: vec![image.to_string()], ..Default::default() };
-    let (store, reports) = crate::image_build::build(project, &opts, false)?;
+    let (store, reports) = crate::image_build::build(project, rt, &opts, false)?;
     let images: Vec<_> = reports.iter().map(crate::image_build::ImageReport::archive_image).collect();
-    crate::oci::docker::load(&store, &images)?;
-    Ok(Runner::Image(reports[0].reference.clone()))
+    crate::oci::docker::load(rt, &store, &images)?;
+    Ok(Runner::Image { name: reports[0].reference.clone(), rt: rt.clone() })
 }

@@ -7,16 +7,18 @@ use kube::Api;
 use kube::api::ListParams;
 
 use crate::airflow::api::ApiClient;
+use crate::cluster::Cluster;
+use crate::cluster::pods::pod_ready;
 use crate::cluster::portforward::PortForward;
-use crate::cluster::{self, Cluster};
+use crate::ctx::Ctx;
 use crate::deploy::diagnose;
 
 /// Airflow's REST API on the cluster: a port-forward to a ready api-server pod, logged in
 /// with the credentials k8s-up generated. Keep the PortForward alive while using the client.
-pub fn api_session(cluster: &Cluster) -> Result<(PortForward, ApiClient, String)> {
+pub fn api_session(ctx: &Ctx, cluster: &Cluster) -> Result<(PortForward, ApiClient, String)> {
     let ns = cluster.namespace.clone();
     let client = cluster.client.clone();
-    let (user, password, pod) = cluster::block_on(async {
+    let (user, password, pod) = ctx.block_on(async {
         let secret = Api::<Secret>::namespaced(client.clone(), &ns).get_opt("airflow-admin").await?;
         let secret = secret
             .ok_or_else(|| anyhow!("no Secret airflow-admin in namespace {ns}: run `cargo xtask k8s-up` first"))?;
@@ -30,12 +32,7 @@ pub fn api_session(cluster: &Cluster) -> Result<(PortForward, ApiClient, String)
         };
         let selector = "app.kubernetes.io/name=airflow,app.kubernetes.io/component=api-server";
         let pods = Api::<Pod>::namespaced(client.clone(), &ns).list(&ListParams::default().labels(selector)).await?;
-        let ready = pods.items.iter().find(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        });
+        let ready = pods.items.iter().find(|p| pod_ready(p));
         match ready.and_then(|p| p.metadata.name.clone()) {
             Some(pod) => Ok((get("username"), get("password"), pod)),
             None => {
@@ -47,8 +44,8 @@ pub fn api_session(cluster: &Cluster) -> Result<(PortForward, ApiClient, String)
                 )
             }
         }
-    })??;
-    let pf = cluster::block_on(PortForward::start(&client, &ns, &pod, 8080))??;
+    })?;
+    let pf = ctx.block_on(PortForward::start(&client, &ns, &pod, 8080))?;
     let api = ApiClient::login(&pf.base_url(), &user, &password)?;
     Ok((pf, api, pod))
 }

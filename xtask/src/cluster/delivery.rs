@@ -17,11 +17,14 @@ use crate::oci::archive::{self, ArchiveImage};
 use crate::oci::store::Store;
 use crate::oci::{Digest, Manifest};
 
+/// Writes a standard input to `ctr` and says how many bytes it wrote.
+pub type Feed<'a> = &'a mut dyn FnMut(&mut dyn Write) -> Result<u64>;
+
 /// A node's containerd, as far as delivery needs it: run `ctr -n k8s.io ARGS` there,
 /// optionally feeding it standard input.
 pub trait Node {
     fn name(&self) -> String;
-    fn ctr(&self, args: &[&str], stdin: Option<&mut dyn FnMut(&mut dyn Write) -> Result<u64>>) -> Result<CtrOutput>;
+    fn ctr(&self, args: &[&str], stdin: Option<Feed<'_>>) -> Result<CtrOutput>;
 }
 
 pub struct CtrOutput {
@@ -43,7 +46,7 @@ impl Node for LocalContainerd {
         format!("containerd at {}", self.socket.display())
     }
 
-    fn ctr(&self, args: &[&str], stdin: Option<&mut dyn FnMut(&mut dyn Write) -> Result<u64>>) -> Result<CtrOutput> {
+    fn ctr(&self, args: &[&str], stdin: Option<Feed<'_>>) -> Result<CtrOutput> {
         crate::process::require("ctr", "sudo apt-get install containerd")?;
         let mut child = Command::new("ctr")
             .arg("--address")
@@ -83,6 +86,8 @@ impl Node for LocalContainerd {
 /// A kind node: a container on the Docker engine, reached through the engine's exec API.
 pub struct KindNode {
     pub container: String,
+    /// The process's runtime, which runs the Docker exec API calls.
+    pub rt: tokio::runtime::Handle,
 }
 
 impl Node for KindNode {
@@ -90,8 +95,8 @@ impl Node for KindNode {
         format!("kind node {}", self.container)
     }
 
-    fn ctr(&self, args: &[&str], stdin: Option<&mut dyn FnMut(&mut dyn Write) -> Result<u64>>) -> Result<CtrOutput> {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    fn ctr(&self, args: &[&str], stdin: Option<Feed<'_>>) -> Result<CtrOutput> {
+        let rt = &self.rt;
         let container = self.container.clone();
         let mut cmd: Vec<String> = vec!["ctr".into(), "--namespace".into(), "k8s.io".into()];
         cmd.extend(args.iter().map(|s| s.to_string()));

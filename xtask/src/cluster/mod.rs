@@ -70,6 +70,7 @@ pub fn kind_kubeconfig(project: &Project, name: &str) -> PathBuf {
 }
 
 /// A connected cluster: the client, the API server's address, the namespace.
+#[derive(Clone)]
 pub struct Cluster {
     pub client: kube::Client,
     pub url: String,
@@ -152,22 +153,4 @@ impl Cluster {
             _ => self.unreachable(e),
         }
     }
-}
-
-/// Runs async cluster work from the synchronous commands, on one runtime for the whole
-/// process: a kube client keeps a worker on the runtime that made it.
-pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
-    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    let rt = match RUNTIME.get() {
-        Some(rt) => rt,
-        None => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .context("cannot start an async runtime")?;
-            RUNTIME.get_or_init(|| rt)
-        }
-    };
-    Ok(rt.block_on(f))
 }

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::airflow::recipe::{self, BuildOpts};
 use crate::cli::BaseArgs;
-use crate::config::Project;
+use crate::ctx::Ctx;
 use crate::fsutil::human_bytes;
 use crate::image_build::source_date_epoch;
 use crate::oci::store::Store;
@@ -24,7 +24,8 @@ struct Report<'a> {
     seconds: f64,
 }
 
-pub fn run(project: &Project, args: &BaseArgs) -> Result<()> {
+pub fn run(ctx: &Ctx, args: &BaseArgs) -> Result<()> {
+    let project = &ctx.project;
     let store = Store::open(&project.store_dir())?;
     let mtime = source_date_epoch()?.unwrap_or(crate::config::DEFAULT_MTIME);
     let opts = BuildOpts { force: args.force || args.update_lock, update_lock: args.update_lock, human: !args.json };

@@ -14,8 +14,8 @@ use kube::api::{ListParams, LogParams};
 use serde::Serialize;
 
 use crate::cli::{CiArgs, ClusterArgs};
-use crate::cluster::{self, Target, kind};
-use crate::config::Project;
+use crate::cluster::{Target, kind};
+use crate::ctx::Ctx;
 use crate::error::Reported;
 use crate::ui;
 
@@ -52,7 +52,8 @@ fn cluster_flags(c: &ClusterArgs) -> Vec<String> {
     v
 }
 
-pub fn run(project: &Project, args: &CiArgs) -> Result<()> {
+pub fn run(ctx: &Ctx, args: &CiArgs) -> Result<()> {
+    let project = &ctx.project;
     let started = Instant::now();
     let exe = std::env::current_exe().context("cannot find the xtask binary")?;
     let cluster_args = cluster_flags(&args.cluster);
@@ -108,7 +109,7 @@ pub fn run(project: &Project, args: &CiArgs) -> Result<()> {
     let mut diagnostics = None;
     if failed {
         let dir = project.work_dir().join("ci/diagnostics");
-        match save_diagnostics(project, &args.cluster, &dir) {
+        match save_diagnostics(ctx, &args.cluster, &dir) {
             Ok(()) => {
                 eprintln!("==> diagnostics saved in {}", project.rel(&dir));
                 diagnostics = Some(project.rel(&dir));
@@ -155,7 +156,8 @@ pub fn run(project: &Project, args: &CiArgs) -> Result<()> {
 
 /// Pod descriptions, events and every container's log in the namespace; with kind, also
 /// `kind export logs` (the nodes' own logs).
-fn save_diagnostics(project: &Project, args: &ClusterArgs, dir: &Path) -> Result<()> {
+fn save_diagnostics(ctx: &Ctx, args: &ClusterArgs, dir: &Path) -> Result<()> {
+    let project = &ctx.project;
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir)?;
     let (target, settings) = Target::from_args(project, args)?;
@@ -167,9 +169,9 @@ fn save_diagnostics(project: &Project, args: &ClusterArgs, dir: &Path) -> Result
             .stderr_null()
             .run();
     }
-    let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
+    let cluster = ctx.connect(&target, &settings.namespace)?;
     let ns = settings.namespace.clone();
-    cluster::block_on(async {
+    ctx.block_on(async {
         let pods = Api::<Pod>::namespaced(cluster.client.clone(), &ns);
         let list = pods.list(&ListParams::default()).await?;
         fs::write(dir.join("pods.yaml"), serde_yaml_ng::to_string(&list.items)?)?;
@@ -199,6 +201,6 @@ fn save_diagnostics(project: &Project, args: &ClusterArgs, dir: &Path) -> Result
             }
         }
         Ok::<(), anyhow::Error>(())
-    })??;
+    })?;
     Ok(())
 }

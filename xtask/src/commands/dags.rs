@@ -8,14 +8,15 @@ use anyhow::{Result, bail};
 use crate::airflow::dagcheck::{CHECK_SCRIPT, FileResult, error_line, exceptions, print_result};
 use crate::airflow::runner;
 use crate::cli::{DagsArgs, DagsCheckArgs, DagsCommand};
-use crate::config::Project;
+use crate::ctx::Ctx;
 use crate::error::Reported;
 use crate::ui;
 
-pub fn run(project: &Project, args: &DagsArgs) -> Result<()> {
+pub fn run(ctx: &Ctx, args: &DagsArgs) -> Result<()> {
+    let _project = &ctx.project;
     match &args.command {
         DagsCommand::Check(a) => {
-            let results = check(project, a)?;
+            let results = check(ctx, a)?;
             if results.iter().any(|r| r.status == "error") {
                 return Err(Reported(1).into());
             }
@@ -24,10 +25,11 @@ pub fn run(project: &Project, args: &DagsArgs) -> Result<()> {
     }
 }
 
-pub fn check(project: &Project, a: &DagsCheckArgs) -> Result<Vec<FileResult>> {
+pub fn check(ctx: &Ctx, a: &DagsCheckArgs) -> Result<Vec<FileResult>> {
+    let project = &ctx.project;
     let started = Instant::now();
     let human = !a.json;
-    let runner = runner::for_project(project, a.local, a.venv.as_deref(), &a.image, human)?;
+    let runner = runner::for_project(project, ctx.handle(), a.local, a.venv.as_deref(), &a.image, human)?;
     let skip = exceptions(project);
     if human {
         println!("dags check {}", runner.describe());

@@ -11,8 +11,8 @@ use kube::api::{Api, PostParams};
 use serde::Serialize;
 
 use crate::cli::DoctorArgs;
-use crate::cluster::{self, Cluster, Target};
-use crate::config::Project;
+use crate::cluster::{Cluster, Target};
+use crate::ctx::Ctx;
 use crate::error::Reported;
 
 #[derive(Serialize)]
@@ -106,17 +106,18 @@ pub async fn self_denied(
 }
 
 /// Runs the checks in order, calling `report` on each, and stops at the first broken one.
-fn checks(project: &Project, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) -> Result<bool> {
+fn checks(ctx: &Ctx, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) -> Result<bool> {
     let mut push = |c: Check| -> bool {
         report(&c);
         c.ok
     };
+    let project = &ctx.project;
     let (target, settings) = Target::from_args(project, &args.cluster)?;
 
     // 1. Tools.
     match &target {
         Target::Kind { .. } => {
-            let docker = cluster::block_on(crate::oci::docker::connect())?;
+            let docker = ctx.docker();
             let kind = crate::process::find("kind");
             let c = match (docker, kind) {
                 (Err(e), _) => broken(
@@ -139,7 +140,7 @@ fn checks(project: &Project, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) 
     }
 
     // 2. The cluster answers.
-    let cluster = match cluster::block_on(cluster::connect(&target, &settings.namespace))? {
+    let cluster = match ctx.connect(&target, &settings.namespace) {
         Ok(c) => c,
         Err(e) => {
             push(broken(
@@ -150,18 +151,18 @@ fn checks(project: &Project, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) 
             return Ok(false);
         }
     };
-    let version = cluster::block_on(cluster.version())??;
+    let version = ctx.block_on(cluster.version())?;
     push(ok("cluster", format!("{} at {} (Kubernetes {version})", target.describe(), cluster.url)));
 
     // 3. The namespace.
-    if let Err(e) = cluster::block_on(crate::cluster::pods::check_namespace(&cluster))? {
+    if let Err(e) = ctx.block_on(crate::cluster::pods::check_namespace(&cluster)) {
         push(broken("namespace", e.to_string(), "`cargo xtask k8s-up` creates it and deploys Airflow into it"));
         return Ok(false);
     }
     push(ok("namespace", cluster.namespace.clone()));
 
     // 4. RBAC: the scheduler's service account on pods, and ours for what xtask does.
-    let rbac = cluster::block_on(async {
+    let rbac = ctx.block_on(async {
         let scheduler = Api::<Deployment>::namespaced(cluster.client.clone(), &cluster.namespace)
             .get_opt(settings.workload_of("scheduler"))
             .await
@@ -187,7 +188,7 @@ fn checks(project: &Project, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) 
             problems.push("your credentials may not create pods/exec (xtask exec, run, watch)".into());
         }
         Ok::<_, anyhow::Error>((sa, problems))
-    })?;
+    });
     let c = match rbac {
         Ok((sa, problems)) if problems.is_empty() => {
             ok("rbac", format!("{sa} may {} pods and get pods/log; you may exec", SCHEDULER_POD_VERBS.join("/")))
@@ -212,7 +213,7 @@ fn checks(project: &Project, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) 
 
     // 5-7. Images on the nodes, components, worker pods.
     let built = crate::image_build::last_built(project).unwrap_or_default();
-    let status = cluster::block_on(crate::cluster::inspect::collect(&cluster, &built))??;
+    let status = ctx.block_on(crate::cluster::inspect::collect(&cluster, &built))?;
     let stale: Vec<String> = status
         .nodes
         .iter()
@@ -300,7 +301,7 @@ fn checks(project: &Project, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) 
     }
 
     // 8. DAG import errors, from the API.
-    let c = match crate::airflow::session::api_session(&cluster) {
+    let c = match crate::airflow::session::api_session(ctx, &cluster) {
         Err(e) => broken("dags", format!("the Airflow API is not reachable: {e}"), "`cargo xtask logs api-server`"),
         Ok((_pf, api, _)) => match api.import_errors() {
             Err(e) => broken("dags", e.to_string(), "`cargo xtask logs api-server`"),
@@ -325,10 +326,10 @@ fn checks(project: &Project, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) 
     Ok(push(c))
 }
 
-pub fn run(project: &Project, args: &DoctorArgs) -> Result<()> {
+pub fn run(ctx: &Ctx, args: &DoctorArgs) -> Result<()> {
     let mut all = Vec::new();
     let human = !args.json;
-    let healthy = checks(project, args, &mut |c: &Check| {
+    let healthy = checks(ctx, args, &mut |c: &Check| {
         if human {
             let mark = if c.ok { "ok  " } else { "FAIL" };
             println!("{mark} {:<11} {}", c.name, c.detail.replace('\n', "\n                 "));

@@ -4,12 +4,13 @@
 use anyhow::{Result, anyhow, bail};
 
 use crate::cli::ExecArgs;
+use crate::cluster::Target;
 use crate::cluster::exec::{ExecRequest, exec_streaming};
 use crate::cluster::pods::{check_namespace, pick_container, ready_pod};
-use crate::cluster::{self, Target};
-use crate::config::Project;
+use crate::ctx::Ctx;
 
-pub fn run(project: &Project, args: &ExecArgs) -> Result<i32> {
+pub fn run(ctx: &Ctx, args: &ExecArgs) -> Result<i32> {
+    let project = &ctx.project;
     if args.command.is_empty() {
         bail!("no command: put it after the component, for example `cargo xtask exec scheduler -- airflow dags list`");
     }
@@ -18,8 +19,8 @@ pub fn run(project: &Project, args: &ExecArgs) -> Result<i32> {
     if args.tty && !tty {
         eprintln!("note: stdin is not a terminal; running without a TTY");
     }
-    cluster::block_on(async {
-        let cluster = cluster::connect(&target, &settings.namespace).await?;
+    let cluster = ctx.connect(&target, &settings.namespace)?;
+    ctx.block_on(async {
         check_namespace(&cluster).await?;
         let pod = ready_pod(&cluster, &settings, &args.component).await?;
         let container = pick_container(&pod, args.container.as_deref())?;
@@ -36,5 +37,5 @@ pub fn run(project: &Project, args: &ExecArgs) -> Result<i32> {
             env: args.env.clone(),
         };
         exec_streaming(&cluster, &name, &req).await
-    })?
+    })
 }

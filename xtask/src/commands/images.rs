@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::cli::{ImagesArgs, LoadTarget};
 use crate::cluster::delivery::{self, LocalContainerd, Node};
 use crate::config::{ImageOverrides, Project};
+use crate::ctx::Ctx;
 use crate::fsutil::human_bytes;
 use crate::image_build::{BuildOptions, ImageReport, build, push_target, source_date_epoch};
 use crate::oci::archive::{self, ArchiveImage, ArchiveStats};
@@ -39,7 +40,8 @@ struct ArchiveReport {
     stats: ArchiveStats,
 }
 
-pub fn run(project: &Project, args: &ImagesArgs) -> Result<()> {
+pub fn run(ctx: &Ctx, args: &ImagesArgs) -> Result<()> {
+    let project = &ctx.project;
     let started = Instant::now();
     let opts = BuildOptions {
         only: args.images.clone(),
@@ -54,7 +56,7 @@ pub fn run(project: &Project, args: &ImagesArgs) -> Result<()> {
         },
         no_cache: args.no_cache,
     };
-    let (store, reports) = build(project, &opts, !args.json)?;
+    let (store, reports) = build(project, ctx.handle(), &opts, !args.json)?;
     let mut archive_report = None;
     if let Some(path) = &args.archive {
         let path = if path.is_absolute() { path.clone() } else { project.root.join(path) };
@@ -71,7 +73,7 @@ pub fn run(project: &Project, args: &ImagesArgs) -> Result<()> {
     let images: Vec<ArchiveImage> = reports.iter().map(ImageReport::archive_image).collect();
     match args.load {
         Some(LoadTarget::Docker) => {
-            loads = docker::load(&store, &images)?;
+            loads = docker::load(ctx.handle(), &store, &images)?;
             if !args.json {
                 for l in &loads {
                     println!("docker   {}  {}  ({})", l.name, l.status, l.image_id);

@@ -3,11 +3,12 @@
 use anyhow::Result;
 
 use crate::cli::K8sDownArgs;
-use crate::cluster::{self, Target, kind};
-use crate::config::Project;
+use crate::cluster::{Target, kind};
+use crate::ctx::Ctx;
 use crate::deploy::apply;
 
-pub fn run(project: &Project, args: &K8sDownArgs) -> Result<()> {
+pub fn run(ctx: &Ctx, args: &K8sDownArgs) -> Result<()> {
+    let project = &ctx.project;
     let (target, settings) = Target::from_args(project, &args.cluster)?;
     match &target {
         Target::Kind { name, kubeconfig } if !args.keep_cluster => {
@@ -24,8 +25,8 @@ pub fn run(project: &Project, args: &K8sDownArgs) -> Result<()> {
             if matches!(target, Target::Existing { .. }) && !args.keep_cluster {
                 println!("{} was not made by xtask, so it stays; removing what xtask applied", target.describe());
             }
-            let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
-            let removed = cluster::block_on(apply::delete_everything(&cluster))??;
+            let cluster = ctx.connect(&target, &settings.namespace)?;
+            let removed = ctx.block_on(apply::delete_everything(&cluster))?;
             for r in &removed {
                 println!("deleted {} {}", r.kind, r.name);
             }

@@ -5,12 +5,13 @@
 use anyhow::Result;
 
 use crate::cli::K8sUpArgs;
-use crate::config::Project;
+use crate::ctx::Ctx;
 use crate::pipeline::{Until, up};
 use crate::ui;
 
-pub fn run(project: &Project, args: &K8sUpArgs) -> Result<()> {
-    let report = up(project, args, if args.no_wait { Until::Applied } else { Until::Healthy })?;
+pub fn run(ctx: &Ctx, args: &K8sUpArgs) -> Result<()> {
+    let _project = &ctx.project;
+    let report = up(ctx, args, if args.no_wait { Until::Applied } else { Until::Healthy })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

@@ -7,8 +7,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, LogParams};
 
 use crate::cli::LogsArgs;
-use crate::cluster::{self, Cluster, Target};
-use crate::config::Project;
+use crate::cluster::{Cluster, Target};
+use crate::ctx::Ctx;
 
 /// Worker pods' labels, as the KubernetesExecutor sets them.
 pub fn worker_selector(dag_id: &str, task_id: Option<&str>) -> String {
@@ -61,24 +61,26 @@ async fn print_logs(
     Ok(())
 }
 
-pub fn run(project: &Project, args: &LogsArgs) -> Result<()> {
+pub fn run(ctx: &Ctx, args: &LogsArgs) -> Result<()> {
+    let project = &ctx.project;
     let (target, settings) = Target::from_args(project, &args.cluster)?;
-    let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
-    cluster::block_on(crate::cluster::pods::check_namespace(&cluster))??;
+    let cluster = ctx.connect(&target, &settings.namespace)?;
+    ctx.block_on(crate::cluster::pods::check_namespace(&cluster))?;
     let pods_api: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
 
     // A component?
-    let component = cluster::block_on(crate::cluster::pods::component_selector(&cluster, &settings, &args.what))?;
+    let component = ctx.block_on(crate::cluster::pods::component_selector(&cluster, &settings, &args.what));
     let component_error = match component {
         Ok((workload, selector)) => {
-            let mut pods = cluster::block_on(pods_api.list(&ListParams::default().labels(&selector)))?
+            let mut pods = ctx
+                .block_on(pods_api.list(&ListParams::default().labels(&selector)))
                 .map_err(|e| cluster.explain(e, "list", "pods"))?
                 .items;
             if pods.is_empty() {
                 bail!("{workload} has no pods in namespace {}", cluster.namespace);
             }
             pods.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.clone().map(|t| t.0)));
-            return cluster::block_on(print_logs(&cluster, &pods, args.container.as_deref(), args.follow, args.tail))?;
+            return ctx.block_on(print_logs(&cluster, &pods, args.container.as_deref(), args.follow, args.tail));
         }
         Err(e) => e,
     };
@@ -89,7 +91,8 @@ pub fn run(project: &Project, args: &LogsArgs) -> Result<()> {
         None => (args.what.clone(), None),
     };
     let selector = worker_selector(&dag_id, task_id.as_deref());
-    let mut workers = cluster::block_on(pods_api.list(&ListParams::default().labels(&selector)))?
+    let mut workers = ctx
+        .block_on(pods_api.list(&ListParams::default().labels(&selector)))
         .map_err(|e| cluster.explain(e, "list", "pods"))?
         .items;
     workers.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.clone().map(|t| t.0)));
@@ -106,17 +109,17 @@ pub fn run(project: &Project, args: &LogsArgs) -> Result<()> {
         );
         // Worker pods run the task in the pod template's container `base`.
         let container = args.container.as_deref().unwrap_or("base");
-        return cluster::block_on(print_logs(
+        return ctx.block_on(print_logs(
             &cluster,
             std::slice::from_ref(newest),
             Some(container),
             args.follow,
             args.tail,
-        ))?;
+        ));
     }
 
     // The pod is gone: the task log from the API.
-    let (_pf, api, _) = crate::airflow::session::api_session(&cluster).map_err(|e| {
+    let (_pf, api, _) = crate::airflow::session::api_session(ctx, &cluster).map_err(|e| {
         anyhow!(
             "{component_error}\nnor a worker pod of DAG {dag_id}, and the API is not reachable for its task log: {e}"
         )

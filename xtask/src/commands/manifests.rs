@@ -6,13 +6,15 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::cli::{ManifestsArgs, ManifestsCommand};
-use crate::config::{self, Project};
+use crate::config::{self};
+use crate::ctx::Ctx;
 use crate::deploy::manifests::{self, CheckContext, RenderOptions};
 use crate::deploy::secrets::GENERATED;
 use crate::deploy::{built_images, load_docs, placeholders};
 use crate::error::Reported;
 
-pub fn run(project: &Project, args: &ManifestsArgs) -> Result<()> {
+pub fn run(ctx: &Ctx, args: &ManifestsArgs) -> Result<()> {
+    let project = &ctx.project;
     match &args.command {
         ManifestsCommand::Check { overlay, json } => {
             let docs = load_docs(project, overlay)?;

@@ -6,25 +6,31 @@ use std::io::IsTerminal;
 
 use anyhow::{Result, anyhow, bail};
 
-use crate::airflow::container;
+use crate::airflow::{container, runner};
 use crate::cli::RunArgs;
 use crate::cluster::exec::{ExecRequest, exec_streaming};
 use crate::cluster::pods::{check_namespace, pick_container, ready_pod};
-use crate::cluster::{self, Cluster, Target};
-use crate::config::{ClusterSettings, Executor, Project, TaskDef};
+use crate::cluster::{Cluster, Target};
+use crate::config::{ClusterSettings, Executor, TaskDef};
+use crate::ctx::Ctx;
 
 /// An executor that can run the task now, with what it runs on.
 enum Ready {
     Local,
-    Container { image: String },
-    Kubernetes { cluster: Cluster, pod: String, container: String },
+    /// The worker image on the local Docker engine; built and loaded when the task runs.
+    Container,
+    Kubernetes {
+        cluster: Box<Cluster>,
+        pod: String,
+        container: String,
+    },
 }
 
 impl Ready {
     fn describe(&self) -> String {
         match self {
             Ready::Local => "on this machine".into(),
-            Ready::Container { image } => format!("in a container of {image} (Docker engine)"),
+            Ready::Container => "in a container of the worker image (Docker engine)".into(),
             Ready::Kubernetes { cluster, pod, container } => {
                 format!("in pod {}/{pod} (container {container})", cluster.namespace)
             }
@@ -34,7 +40,7 @@ impl Ready {
 
 /// Whether `executor` can run `task` now; the error says why not.
 fn availability(
-    project: &Project,
+    ctx: &Ctx,
     target: &Target,
     settings: &ClusterSettings,
     task: &TaskDef,
@@ -50,31 +56,32 @@ fn availability(
             }
         }
         Executor::Container => {
-            cluster::block_on(crate::oci::docker::connect())??;
-            let runner = crate::airflow::runner::for_project(project, false, None, "airflow-worker", false)?;
-            match runner {
-                crate::airflow::runner::Runner::Image(image) => Ok(Ready::Container { image }),
-                crate::airflow::runner::Runner::Venv { .. } => Err(anyhow!("no worker image")),
-            }
+            // Only whether the engine answers: the image is built and loaded when the task
+            // runs, not to list what could run.
+            ctx.docker()?;
+            Ok(Ready::Container)
         }
-        Executor::Kubernetes => cluster::block_on(async {
-            let cluster = cluster::connect(target, &settings.namespace).await?;
-            check_namespace(&cluster).await?;
-            let pod = ready_pod(&cluster, settings, &task.component).await?;
-            let container = pick_container(&pod, None).or_else(|_| {
-                pod.spec
-                    .as_ref()
-                    .and_then(|s| s.containers.first())
-                    .map(|c| c.name.clone())
-                    .ok_or_else(|| anyhow!("pod without containers"))
-            })?;
-            let pod = pod.metadata.name.clone().unwrap_or_default();
-            Ok(Ready::Kubernetes { cluster, pod, container })
-        })?,
+        Executor::Kubernetes => {
+            let cluster = Box::new(ctx.connect(target, &settings.namespace)?);
+            ctx.block_on(async move {
+                check_namespace(&cluster).await?;
+                let pod = ready_pod(&cluster, settings, &task.component).await?;
+                let container = pick_container(&pod, None).or_else(|_| {
+                    pod.spec
+                        .as_ref()
+                        .and_then(|s| s.containers.first())
+                        .map(|c| c.name.clone())
+                        .ok_or_else(|| anyhow!("pod without containers"))
+                })?;
+                let pod = pod.metadata.name.clone().unwrap_or_default();
+                Ok(Ready::Kubernetes { cluster, pod, container })
+            })
+        }
     }
 }
 
-fn execute(project: &Project, task: &TaskDef, ready: Ready) -> Result<i32> {
+fn execute(ctx: &Ctx, task: &TaskDef, ready: Ready) -> Result<i32> {
+    let project = &ctx.project;
     let tty = task.interactive && std::io::stdin().is_terminal();
     let argv = vec!["sh".to_string(), "-c".to_string(), task.script.clone()];
     match ready {
@@ -82,19 +89,23 @@ fn execute(project: &Project, task: &TaskDef, ready: Ready) -> Result<i32> {
             let status = std::process::Command::new(&argv[0]).args(&argv[1..]).current_dir(&project.root).status()?;
             Ok(status.code().unwrap_or(1))
         }
-        Ready::Container { image } => {
+        Ready::Container => {
+            let image = match runner::for_project(project, ctx.handle(), false, None, "airflow-worker", false)? {
+                runner::Runner::Image { name, .. } => name,
+                runner::Runner::Venv { .. } => bail!("no worker image to run the task in"),
+            };
             let spec = container::Spec { image, cmd: argv, env: vec![], binds: vec![], tty, auto_remove: false };
-            Ok(cluster::block_on(container::run_with_stdio(&spec, task.interactive))?? as i32)
+            Ok(ctx.block_on(container::run_with_stdio(&spec, task.interactive))? as i32)
         }
         Ready::Kubernetes { cluster, pod, container } => {
             let req =
                 ExecRequest { command: argv, container, stdin: task.interactive, tty, workdir: None, env: vec![] };
-            cluster::block_on(exec_streaming(&cluster, &pod, &req))?
+            ctx.block_on(exec_streaming(&cluster, &pod, &req))
         }
     }
 }
 
-fn list(project: &Project, target: &Target, settings: &ClusterSettings) -> Result<()> {
+fn list(ctx: &Ctx, target: &Target, settings: &ClusterSettings) -> Result<()> {
     if settings.tasks.is_empty() {
         println!("no tasks: add [tasks.NAME] sections to k8s/settings.toml");
         return Ok(());
@@ -102,7 +113,7 @@ fn list(project: &Project, target: &Target, settings: &ClusterSettings) -> Resul
     for (name, task) in &settings.tasks {
         println!("{name:<16} {}", task.description);
         for x in &task.executors {
-            let state = match availability(project, target, settings, task, *x) {
+            let state = match availability(ctx, target, settings, task, *x) {
                 Ok(r) => format!("available, {}", r.describe()),
                 Err(e) => format!("unavailable: {}", first_line(&e)),
             };
@@ -116,10 +127,11 @@ fn first_line(e: &anyhow::Error) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
-pub fn run(project: &Project, args: &RunArgs) -> Result<i32> {
+pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32> {
+    let project = &ctx.project;
     let (target, settings) = Target::from_args(project, &args.cluster)?;
     if args.list {
-        list(project, &target, &settings)?;
+        list(ctx, &target, &settings)?;
         return Ok(0);
     }
     let name = args.task.as_deref().unwrap_or_default();
@@ -144,10 +156,10 @@ pub fn run(project: &Project, args: &RunArgs) -> Result<i32> {
     };
     let mut passed_over = Vec::new();
     for x in order {
-        match availability(project, &target, &settings, task, x) {
+        match availability(ctx, &target, &settings, task, x) {
             Ok(ready) => {
                 eprintln!("run {name}: executor {x}, {}", ready.describe());
-                return execute(project, task, ready);
+                return execute(ctx, task, ready);
             }
             Err(e) => {
                 eprintln!("run {name}: executor {x} is unavailable: {}", first_line(&e));

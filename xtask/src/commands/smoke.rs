@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::airflow::runner;
 use crate::cli::SmokeArgs;
 use crate::config::Project;
+use crate::ctx::Ctx;
 use crate::deploy::manifests;
 use crate::error::Reported;
 use crate::report::{self, Case, Suite};
@@ -112,15 +113,17 @@ impl DagResult {
     }
 }
 
-pub fn run(project: &Project, args: &SmokeArgs) -> Result<()> {
-    if args.local || args.venv.is_some() { local(project, args) } else { cluster::run(project, args) }
+pub fn run(ctx: &Ctx, args: &SmokeArgs) -> Result<()> {
+    if args.local || args.venv.is_some() { local(ctx, args) } else { cluster::run(ctx, args) }
 }
 
-fn local(project: &Project, args: &SmokeArgs) -> Result<()> {
+fn local(ctx: &Ctx, args: &SmokeArgs) -> Result<()> {
+    let project = &ctx.project;
     let started = Instant::now();
     let human = !args.json;
     let dags = smoke_dags(project, &args.dag)?;
-    let runner = runner::for_project(project, args.venv.is_some(), args.venv.as_deref(), &args.image, human)?;
+    let runner =
+        runner::for_project(project, ctx.handle(), args.venv.is_some(), args.venv.as_deref(), &args.image, human)?;
     if human {
         println!("smoke --local {}: {}", runner.describe(), dags.join(", "));
     }

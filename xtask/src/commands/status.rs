@@ -4,17 +4,18 @@
 use anyhow::Result;
 
 use crate::cli::StatusArgs;
+use crate::cluster::Target;
 use crate::cluster::inspect::{Status, collect};
-use crate::cluster::{self, Target};
-use crate::config::Project;
+use crate::ctx::Ctx;
 use crate::error::Reported;
 use crate::image_build;
 
-pub fn run(project: &Project, args: &StatusArgs) -> Result<()> {
+pub fn run(ctx: &Ctx, args: &StatusArgs) -> Result<()> {
+    let project = &ctx.project;
     let (target, settings) = Target::from_args(project, &args.cluster)?;
     let built = image_build::last_built(project).unwrap_or_default();
-    let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
-    let status = cluster::block_on(collect(&cluster, &built))??;
+    let cluster = ctx.connect(&target, &settings.namespace)?;
+    let status = ctx.block_on(collect(&cluster, &built))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {

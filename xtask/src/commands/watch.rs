@@ -20,8 +20,9 @@ use tokio::io::AsyncWriteExt;
 use crate::airflow::dagcheck::{self, FileResult};
 use crate::airflow::{container, runner};
 use crate::cli::{K8sUpArgs, WatchArgs};
-use crate::cluster::{self, Cluster, Target};
+use crate::cluster::{Cluster, Target};
 use crate::config::{self, ImageOverrides, Project};
+use crate::ctx::Ctx;
 use crate::pipeline::{self, Until};
 use crate::ui;
 
@@ -76,12 +77,13 @@ fn diff(old: &Snapshot, new: &Snapshot) -> Vec<PathBuf> {
 /// A long-lived `dag_check.py --serve`: Airflow is imported once, each check parses only
 /// the files asked for.
 enum Checker {
-    Container { attached: container::Attached, pending: String },
+    Container { attached: container::Attached, pending: String, rt: tokio::runtime::Handle },
     Local { child: Child, stdin: ChildStdin, stdout: BufReader<ChildStdout> },
 }
 
 impl Checker {
-    fn start(project: &Project, mode: &str) -> Result<Checker> {
+    fn start(ctx: &Ctx, mode: &str) -> Result<Checker> {
+        let project = &ctx.project;
         let skip = serde_json::to_string(&dagcheck::exceptions(project))?;
         let dags_dir = project.root.join("files/dags");
         let include_dir = project.root.join("files/include");
@@ -105,8 +107,10 @@ impl Checker {
                 Checker::Local { child, stdin, stdout }
             }
             "image" => {
-                let runner = runner::for_project(project, false, None, "airflow-worker", false)?;
-                let runner::Runner::Image(image) = runner else { bail!("no worker image to check DAGs in") };
+                let runner = runner::for_project(project, ctx.handle(), false, None, "airflow-worker", false)?;
+                let runner::Runner::Image { name: image, .. } = runner else {
+                    bail!("no worker image to check DAGs in")
+                };
                 let spec = container::Spec {
                     image,
                     cmd: vec!["python".into(), "-c".into(), dagcheck::CHECK_SCRIPT.into(), "--serve".into()],
@@ -118,8 +122,8 @@ impl Checker {
                     tty: false,
                     auto_remove: true,
                 };
-                let attached = cluster::block_on(container::start(&spec))??;
-                Checker::Container { attached, pending: String::new() }
+                let attached = ctx.block_on(container::start(&spec))?;
+                Checker::Container { attached, pending: String::new(), rt: ctx.handle().clone() }
             }
             other => {
                 bail!("--check {other}: use `image` (the worker image on the Docker engine) or `local` (a virtualenv)")
@@ -144,11 +148,11 @@ impl Checker {
                     }
                     line
                 }
-                Checker::Container { attached, pending } => loop {
+                Checker::Container { attached, pending, rt } => loop {
                     if let Some(i) = pending.find('\n') {
                         break pending.drain(..=i).collect::<String>();
                     }
-                    match cluster::block_on(attached.output.next())? {
+                    match rt.block_on(attached.output.next()) {
                         Some(chunk) => pending.push_str(&String::from_utf8_lossy(
                             &chunk.context("lost the DAG checker's output")?.into_bytes(),
                         )),
@@ -169,11 +173,11 @@ impl Checker {
                 stdin.write_all(request.as_bytes())?;
                 stdin.flush()?;
             }
-            Checker::Container { attached, .. } => {
-                cluster::block_on(async {
+            Checker::Container { attached, rt, .. } => {
+                rt.block_on(async {
                     attached.input.write_all(request.as_bytes()).await?;
                     attached.input.flush().await
-                })??;
+                })?;
             }
         }
         let mut results = Vec::new();
@@ -193,8 +197,8 @@ impl Checker {
                 let _ = child.kill();
                 let _ = child.wait();
             }
-            Checker::Container { attached, .. } => {
-                let _ = cluster::block_on(attached.remove());
+            Checker::Container { attached, rt, .. } => {
+                rt.block_on(attached.remove());
             }
         }
     }
@@ -270,10 +274,10 @@ async fn sync_into(cluster: &Cluster, pod: &str, container: &str, files: &[(Stri
 
 /// Waits until the cluster's Airflow has parsed each DAG again (its `last_parsed_time`
 /// moves past the value it had before the request), asking for a reparse first.
-fn wait_parsed(cluster: &Cluster, dag_ids: &[String], timeout: Duration) -> Result<SystemTime> {
+fn wait_parsed(ctx: &Ctx, cluster: &Cluster, dag_ids: &[String], timeout: Duration) -> Result<SystemTime> {
     let deadline = Instant::now() + timeout;
     let (_pf, api, _) = loop {
-        match crate::airflow::session::api_session(cluster) {
+        match crate::airflow::session::api_session(ctx, cluster) {
             Ok(s) => break s,
             Err(e) if Instant::now() > deadline => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(300)),
@@ -310,13 +314,8 @@ fn wait_parsed(cluster: &Cluster, dag_ids: &[String], timeout: Duration) -> Resu
     }
 }
 
-fn handle(
-    project: &Project,
-    args: &WatchArgs,
-    checker: &mut Checker,
-    files: &[PathBuf],
-    human: bool,
-) -> Result<ChangeReport> {
+fn handle(ctx: &Ctx, args: &WatchArgs, checker: &mut Checker, files: &[PathBuf], human: bool) -> Result<ChangeReport> {
+    let project = &ctx.project;
     let say = |s: &str| {
         if human {
             println!("{s}");
@@ -387,7 +386,7 @@ fn handle(
         timeout: 600,
         ..Default::default()
     };
-    let shipped = pipeline::up(project, &up_args, Until::Delivered)?;
+    let shipped = pipeline::up(ctx, &up_args, Until::Delivered)?;
     report.ship_seconds = started.elapsed().as_secs_f64();
     report.image = shipped.images.get("airflow-worker").cloned();
     let sent: u64 = shipped.deliveries.iter().map(|d| d.bytes).sum::<u64>()
@@ -402,13 +401,13 @@ fn handle(
     // 3. Parsed in the cluster: the files into the running DAG processor and a reparse
     // request, before the roll restarts it (its strategy may be Recreate).
     let (target, settings) = Target::from_args(project, &args.cluster)?;
-    let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
+    let cluster = ctx.connect(&target, &settings.namespace)?;
     let in_image = image_paths(project, files)?;
-    let synced = cluster::block_on(async {
+    let synced = ctx.block_on(async {
         let pod = crate::cluster::pods::ready_pod(&cluster, &settings, "dag-processor").await?;
         let container = crate::cluster::pods::pick_container(&pod, None)?;
         sync_into(&cluster, pod.metadata.name.as_deref().unwrap_or_default(), &container, &in_image).await
-    })?;
+    });
     let live = match synced {
         Ok(()) => true,
         Err(e) => {
@@ -420,7 +419,7 @@ fn handle(
         }
     };
     let roll = |report: &mut ChangeReport| -> Result<()> {
-        let up = pipeline::up(project, &up_args, Until::Applied)?;
+        let up = pipeline::up(ctx, &up_args, Until::Applied)?;
         report.image = up.images.get("airflow-worker").cloned();
         say(&format!("roll     {}", up.apply.summary()));
         Ok(())
@@ -441,28 +440,29 @@ fn handle(
         say(&format!("parsed   {} in the cluster, {} after the save", dag_ids.join(", "), ui::secs(latency)));
     };
     if live {
-        let parsed_at = wait_parsed(&cluster, &dag_ids, Duration::from_secs(180))?;
+        let parsed_at = wait_parsed(ctx, &cluster, &dag_ids, Duration::from_secs(180))?;
         report_parsed(&mut report, parsed_at);
         roll(&mut report)?;
     } else {
         roll(&mut report)?;
-        let parsed_at = wait_parsed(&cluster, &dag_ids, Duration::from_secs(300))?;
+        let parsed_at = wait_parsed(ctx, &cluster, &dag_ids, Duration::from_secs(300))?;
         report_parsed(&mut report, parsed_at);
     }
     report.outcome = "ok".into();
     Ok(report)
 }
 
-pub fn run(project: &Project, args: &WatchArgs) -> Result<()> {
+pub fn run(ctx: &Ctx, args: &WatchArgs) -> Result<()> {
+    let project = &ctx.project;
     let human = !args.json;
     let (target, settings) = Target::from_args(project, &args.cluster)?;
     // The cluster must be up with Airflow in it: watch ships changes, it does not deploy.
-    let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
-    cluster::block_on(crate::cluster::pods::ready_pod(&cluster, &settings, "dag-processor"))?
+    let cluster = ctx.connect(&target, &settings.namespace)?;
+    ctx.block_on(crate::cluster::pods::ready_pod(&cluster, &settings, "dag-processor"))
         .map_err(|e| anyhow!("{e}\nwatch ships changes to a running Airflow: run `cargo xtask k8s-up` first"))?;
     drop(cluster);
     let started = Instant::now();
-    let mut checker = Checker::start(project, &args.check)?;
+    let mut checker = Checker::start(ctx, &args.check)?;
     let mut last = snapshot(&project.root);
     if human {
         println!(
@@ -492,7 +492,7 @@ pub fn run(project: &Project, args: &WatchArgs) -> Result<()> {
         }
         let files = diff(&last, &settled);
         last = settled;
-        let report = match handle(project, args, &mut checker, &files, human) {
+        let report = match handle(ctx, args, &mut checker, &files, human) {
             Ok(r) => r,
             Err(e) => {
                 if human {

@@ -749,11 +749,7 @@ pub fn service_hosts(text: &str) -> Vec<String> {
             continue;
         }
         let parts: Vec<&str> = host.split('.').collect();
-        let internal = match parts.as_slice() {
-            [_] => true,
-            [_, _, "svc"] | [_, _, "svc", "cluster", "local"] => true,
-            _ => false,
-        };
+        let internal = matches!(parts.as_slice(), [_] | [_, _, "svc"] | [_, _, "svc", "cluster", "local"]);
         let name = parts[0];
         if internal && name != "localhost" && !name.is_empty() && !name.bytes().all(|b| b.is_ascii_digit()) {
             out.push(name.to_string());

@@ -7,15 +7,12 @@ use std::sync::mpsc;
 use anyhow::{Context, Result, anyhow, bail};
 use bollard::Docker;
 use futures::StreamExt;
+use tokio::runtime::Handle;
 
 use super::archive::{self, ArchiveImage};
 use super::source::{self, BaseImage, ImportProgress};
 use super::store::Store;
 use super::{Digest, Manifest, Platform};
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start an async runtime")
-}
 
 /// A connection to the engine that answers a ping, or an error saying how to start it.
 pub async fn connect() -> Result<(Docker, String)> {
@@ -55,6 +52,7 @@ impl Read for ChannelReader {
 /// Exports `name` from the engine (what `docker save` writes) and streams it into the
 /// store: each file of the stream becomes a blob as it passes, nothing is buffered whole.
 pub fn import_base(
+    rt: &Handle,
     name: &str,
     platform: &Platform,
     store: &Store,
@@ -62,9 +60,8 @@ pub fn import_base(
 ) -> Result<BaseImage> {
     let (tx, rx) = mpsc::sync_channel::<io::Result<bytes::Bytes>>(16);
     let image = name.to_string();
-    let producer = std::thread::spawn(move || -> Result<()> {
-        let rt = runtime()?;
-        rt.block_on(async move {
+    let producer = rt.spawn(async move {
+        {
             let (docker, _) = connect().await?;
             docker.inspect_image(&image).await.map_err(|e| {
                 anyhow!(
@@ -79,15 +76,15 @@ pub fn import_base(
                     break;
                 }
             }
-            Ok(())
-        })
+            Ok::<(), anyhow::Error>(())
+        }
     });
     let reader = ChannelReader { rx, current: bytes::Bytes::new() };
     let result = source::import_docker_save_stream(reader, Some(name), platform, store, progress);
-    match producer.join() {
+    match rt.block_on(producer) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e),
-        Err(_) => bail!("the export thread panicked"),
+        Err(e) => bail!("the export task failed: {e}"),
     }
     result
 }
@@ -103,8 +100,7 @@ pub struct LoadResult {
 
 /// Loads images into the engine, skipping each one it already has under the same id
 /// (the config digest). The archive is streamed to the API, never written to disk.
-pub fn load(store: &Store, images: &[ArchiveImage]) -> Result<Vec<LoadResult>> {
-    let rt = runtime()?;
+pub fn load(rt: &Handle, store: &Store, images: &[ArchiveImage]) -> Result<Vec<LoadResult>> {
     rt.block_on(async {
         let (docker, _) = connect().await?;
         let mut results = Vec::new();

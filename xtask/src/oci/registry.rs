@@ -582,7 +582,7 @@ fn parse_challenge(params: &str) -> BTreeMap<String, String> {
                 None => (stripped, ""),
             }
         } else {
-            after.split_once(',').map(|(v, n)| (v, n)).unwrap_or((after, ""))
+            after.split_once(',').unwrap_or((after, ""))
         };
         out.insert(key.trim().trim_start_matches(',').trim().to_string(), value.to_string());
         rest = next.trim_start_matches(',').trim();

@@ -132,6 +132,7 @@ pub fn import(
     platform: &Platform,
     insecure: &[String],
     store: &Store,
+    rt: &tokio::runtime::Handle,
     progress: &mut dyn ImportProgress,
 ) -> Result<BaseImage> {
     let base_ref = BaseRef::parse(reference, root)?;
@@ -157,7 +158,7 @@ pub fn import(
         }
         BaseRef::Scratch => scratch(platform, store),
         BaseRef::Registry { reference: r } => super::registry::pull(r, platform, insecure, store, progress),
-        BaseRef::DockerDaemon { name } => super::docker::import_base(name, platform, store, progress),
+        BaseRef::DockerDaemon { name } => super::docker::import_base(rt, name, platform, store, progress),
     }
     .with_context(|| format!("cannot import base image {reference}"))?;
     base.reference = reference.to_string();

@@ -336,7 +336,7 @@ impl Registry {
         }
         fs::write(dir.path().join("config.yml"), config).unwrap();
         let log = fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
+        let mut child = Command::new("docker-registry")
             .arg("serve")
             .arg(dir.path().join("config.yml"))
             .stdout(log.try_clone().unwrap())
@@ -350,6 +350,8 @@ impl Registry {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!(
             "docker-registry did not start: {}",
             fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default()

@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use super::{docker_ok, docker_save_import, timed};
 use crate::cli::BenchClusterArgs;
 use crate::config::Project;
+use crate::ctx::Ctx;
 use crate::fsutil::human_bytes;
 use crate::ui::secs;
 
@@ -83,7 +84,8 @@ pub fn check_cluster(args: &BenchClusterArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn run(project: &Project, args: &BenchClusterArgs) -> Result<()> {
+pub fn run(ctx: &Ctx, args: &BenchClusterArgs) -> Result<()> {
+    let project = &ctx.project;
     check_cluster(args)?;
     let repo = repo_copy(project)?;
     // A DAG repository of realistic size: SQL templates next to the DAGs.

@@ -15,6 +15,7 @@ mod watch;
 
 use crate::cli::{BenchArgs, BenchCommand, BenchImagesArgs};
 use crate::config::Project;
+use crate::ctx::Ctx;
 use crate::fsutil::human_bytes;
 use crate::oci::archive::{self, ArchiveImage};
 use crate::oci::layer::{self, Compression, LayerPlan};
@@ -23,12 +24,13 @@ use crate::oci::tar::Meta;
 use crate::oci::{MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST, Manifest};
 use crate::ui::secs;
 
-pub fn run(project: &Project, args: &BenchArgs) -> Result<()> {
+pub fn run(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
+    let project = &ctx.project;
     match &args.command {
         BenchCommand::Images(a) => images(project, a),
         BenchCommand::Push(a) => push(project, a),
-        BenchCommand::Deliver(a) => deliver::run(project, a),
-        BenchCommand::Watch(a) => watch::run(project, a),
+        BenchCommand::Deliver(a) => deliver::run(ctx, a),
+        BenchCommand::Watch(a) => watch::run(ctx, a),
     }
 }
 
@@ -46,7 +48,7 @@ impl Rng {
 
     fn fill_random(&mut self, buf: &mut Vec<u8>, n: usize) {
         buf.reserve(n);
-        while buf.len() % 8 != 0 && n > 0 {
+        while !buf.len().is_multiple_of(8) && n > 0 {
             buf.push(0);
         }
         let end = buf.len() + n;

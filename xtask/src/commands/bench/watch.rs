@@ -12,37 +12,33 @@ use anyhow::{Context, Result, bail};
 use super::deliver::{EDITED_DAG, check_cluster, cluster_flags, edit_dag, repo_copy, xtask};
 use super::{docker_ok, docker_save_import, timed};
 use crate::cli::BenchClusterArgs;
-use crate::cluster::{self, Target};
-use crate::config::Project;
+use crate::cluster::Target;
+use crate::ctx::Ctx;
 use crate::ui::secs;
 
 /// The DAG id of EDITED_DAG.
 const EDITED_DAG_ID: &str = "example_bash";
 
 /// The DAG's `last_parsed_time` as the cluster's API reports it.
-fn last_parsed(project: &Project, bench: &BenchClusterArgs) -> Result<Option<String>> {
+fn last_parsed(ctx: &Ctx, bench: &BenchClusterArgs) -> Result<Option<String>> {
+    let project = &ctx.project;
     let args = crate::cli::ClusterArgs {
         kubeconfig: Some(bench.kubeconfig.clone()),
         namespace: Some(bench.namespace.clone()),
         ..Default::default()
     };
     let (target, settings) = Target::from_args(project, &args)?;
-    let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
-    let (_pf, api, _) = crate::airflow::session::api_session(&cluster)?;
+    let cluster = ctx.connect(&target, &settings.namespace)?;
+    let (_pf, api, _) = crate::airflow::session::api_session(ctx, &cluster)?;
     Ok(api.dag_details(EDITED_DAG_ID)?.and_then(|d| d["last_parsed_time"].as_str().map(String::from)))
 }
 
 /// Seconds until the DAG's last_parsed_time moves past `before` (the API may be
 /// restarting meanwhile).
-fn wait_reparsed(
-    project: &Project,
-    bench: &BenchClusterArgs,
-    before: &Option<String>,
-    timeout: Duration,
-) -> Result<f64> {
+fn wait_reparsed(ctx: &Ctx, bench: &BenchClusterArgs, before: &Option<String>, timeout: Duration) -> Result<f64> {
     let started = Instant::now();
     while started.elapsed() < timeout {
-        if let Ok(now) = last_parsed(project, bench)
+        if let Ok(now) = last_parsed(ctx, bench)
             && now.is_some()
             && now != *before
         {
@@ -53,7 +49,8 @@ fn wait_reparsed(
     bail!("{EDITED_DAG_ID} was not parsed again within {} s", timeout.as_secs())
 }
 
-pub fn run(project: &Project, args: &BenchClusterArgs) -> Result<()> {
+pub fn run(ctx: &Ctx, args: &BenchClusterArgs) -> Result<()> {
+    let project = &ctx.project;
     check_cluster(args)?;
     let repo = repo_copy(project)?;
     let flags = cluster_flags(args);
@@ -100,13 +97,13 @@ pub fn run(project: &Project, args: &BenchClusterArgs) -> Result<()> {
     // (The old DAG processor is gone, so its last parse is the one watch waited for.)
     let rolled = Instant::now();
     let before = loop {
-        match last_parsed(project, args) {
+        match last_parsed(ctx, args) {
             Ok(Some(v)) => break Some(v),
             _ if rolled.elapsed() > Duration::from_secs(60) => bail!("the Airflow API did not answer after the roll"),
             _ => std::thread::sleep(Duration::from_millis(300)),
         }
     };
-    let rollout = rolled.elapsed().as_secs_f64() + wait_reparsed(project, args, &before, Duration::from_secs(300))?;
+    let rollout = rolled.elapsed().as_secs_f64() + wait_reparsed(ctx, args, &before, Duration::from_secs(300))?;
 
     let docker = if args.no_docker || !docker_ok() {
         None

@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use super::{DagResult, TaskResult, smoke_dags};
 use crate::cli::SmokeArgs;
-use crate::cluster::{self, Target};
-use crate::config::Project;
+use crate::cluster::Target;
+use crate::ctx::Ctx;
 use crate::deploy::diagnose;
 use crate::error::Reported;
 use crate::report;
@@ -80,7 +80,8 @@ struct Summary<'a> {
     failed: usize,
 }
 
-pub fn run(project: &Project, args: &SmokeArgs) -> Result<()> {
+pub fn run(ctx: &Ctx, args: &SmokeArgs) -> Result<()> {
+    let project = &ctx.project;
     let human = !args.json;
     let say = |s: &str| {
         if human {
@@ -89,12 +90,12 @@ pub fn run(project: &Project, args: &SmokeArgs) -> Result<()> {
     };
     let (target, settings) = Target::from_args(project, &args.cluster)?;
     let dags = smoke_dags(project, &args.dag)?;
-    let cluster = cluster::block_on(cluster::connect(&target, &settings.namespace))??;
+    let cluster = ctx.connect(&target, &settings.namespace)?;
     let ns = cluster.namespace.clone();
     let client = cluster.client.clone();
 
     // 1. The API through a port-forward, with the credentials k8s-up generated.
-    let (pf, api, pod) = crate::airflow::session::api_session(&cluster)?;
+    let (pf, api, pod) = crate::airflow::session::api_session(ctx, &cluster)?;
     say(&format!("smoke      {} DAG(s) in namespace {ns} through api-server pod {pod}", dags.len()));
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
@@ -145,18 +146,16 @@ pub fn run(project: &Project, args: &SmokeArgs) -> Result<()> {
     let watch = {
         let pods = pods.clone();
         let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        cluster::block_on(async move {
-            tokio::spawn(async move {
-                let mut stream = watcher(api, watcher::Config::default().labels("kubernetes_executor=True")).boxed();
-                while let Some(ev) = stream.next().await {
-                    match ev {
-                        Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => track(&pods, &p, start, false),
-                        Ok(watcher::Event::Delete(p)) => track(&pods, &p, start, true),
-                        _ => {}
-                    }
+        ctx.handle().spawn(async move {
+            let mut stream = watcher(api, watcher::Config::default().labels("kubernetes_executor=True")).boxed();
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => track(&pods, &p, start, false),
+                    Ok(watcher::Event::Delete(p)) => track(&pods, &p, start, true),
+                    _ => {}
                 }
-            })
-        })?
+            }
+        })
     };
     let mut runs: BTreeMap<String, String> = BTreeMap::new();
     for dag in dags.iter().filter(|d| !results.contains_key(*d)) {
@@ -205,7 +204,7 @@ pub fn run(project: &Project, args: &SmokeArgs) -> Result<()> {
             }
         }
         // A worker pod that cannot start will not fix itself: fail its DAG now, with why.
-        let states = cluster::block_on(diagnose::pods(&client, &ns, "kubernetes_executor=True"))?.unwrap_or_default();
+        let states = ctx.block_on(diagnose::pods(&client, &ns, "kubernetes_executor=True")).unwrap_or_default();
         for st in states.iter().filter(|p| p.is_hopeless()) {
             let dag = pods.lock().expect("pods lock").get(&st.name).map(|t| t.dag.clone()).unwrap_or_default();
             if runs.contains_key(&dag) && !done.contains_key(&dag) {
