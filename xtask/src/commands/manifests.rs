@@ -20,17 +20,24 @@ pub fn run(ctx: &Ctx, args: &ManifestsArgs) -> Result<()> {
             let docs = load_docs(project, overlay)?;
             let placeholders = placeholders(project)?;
             let problems = manifests::check(&docs, &CheckContext { placeholders: &placeholders });
+            let unchecked = manifests::unchecked(&docs);
             let files: BTreeSet<&str> = docs.iter().map(|d| d.file.as_str()).collect();
             if *json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(
-                        &json!({"documents": docs.len(), "files": files.len(), "problems": problems})
-                    )?
+                    serde_json::to_string_pretty(&json!({
+                        "documents": docs.len(),
+                        "files": files.len(),
+                        "problems": problems,
+                        "unchecked": unchecked,
+                    }))?
                 );
             } else {
                 for p in &problems {
                     println!("{p}");
+                }
+                for u in &unchecked {
+                    println!("note: {u}");
                 }
                 if problems.is_empty() {
                     println!("{} documents in {} files: OK", docs.len(), files.len());

@@ -1,15 +1,21 @@
 //! Server-side apply of the rendered manifests under one field manager, the generated
 //! secrets (made once, kept after), and pruning of what xtask applied before but k8s/ no
-//! longer has.
+//! longer has. Kinds xtask knows are addressed directly; any other kind (a custom resource,
+//! a newer API) is found through the cluster's discovery. The kinds applied are recorded
+//! in the namespace (ConfigMap `xtask-inventory`), so a kind dropped from k8s/ is pruned too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
+use kube::discovery::Scope;
+use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, ResourceExt};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -22,7 +28,13 @@ pub const FIELD_MANAGER: &str = "xtask";
 /// Marks the Secrets xtask generated, so they are never pruned or overwritten.
 pub const GENERATED_ANNOTATION: &str = "xtask.io/generated";
 
-/// The kinds xtask applies, with their plural names and scope.
+/// The ConfigMap that records which kinds xtask applied in the namespace.
+pub const INVENTORY: &str = "xtask-inventory";
+/// How long a CustomResourceDefinition may take to be established.
+const CRD_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The kinds xtask knows, with their plural names and scope; any other kind is looked up
+/// through discovery.
 const KINDS: &[(&str, &str, &str, bool)] = &[
     ("v1", "Namespace", "namespaces", false),
     ("v1", "ServiceAccount", "serviceaccounts", true),
@@ -39,23 +51,45 @@ const KINDS: &[(&str, &str, &str, bool)] = &[
     ("apps/v1", "DaemonSet", "daemonsets", true),
     ("batch/v1", "Job", "jobs", true),
     ("batch/v1", "CronJob", "cronjobs", true),
+    ("v1", "ResourceQuota", "resourcequotas", true),
+    ("v1", "LimitRange", "limitranges", true),
+    ("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", true),
+    ("networking.k8s.io/v1", "Ingress", "ingresses", true),
+    ("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", true),
+    ("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets", true),
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", false),
 ];
 
-pub fn api_resource(api_version: &str, kind: &str) -> Option<(ApiResource, bool)> {
-    let (_, _, plural, namespaced) = KINDS.iter().find(|(v, k, _, _)| *v == api_version && *k == kind)?;
+fn gvk_of(api_version: &str, kind: &str) -> GroupVersionKind {
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    let gvk = GroupVersionKind::gvk(group, version, kind);
-    Some((ApiResource::from_gvk_with_plural(&gvk, plural), *namespaced))
+    GroupVersionKind::gvk(group, version, kind)
 }
 
-fn api_for(cluster: &Cluster, api_version: &str, kind: &str) -> Result<Api<DynamicObject>> {
-    let (ar, namespaced) =
-        api_resource(api_version, kind).ok_or_else(|| anyhow!("xtask does not apply {api_version} {kind}"))?;
-    Ok(if namespaced {
-        Api::namespaced_with(cluster.client.clone(), &cluster.namespace, &ar)
-    } else {
-        Api::all_with(cluster.client.clone(), &ar)
-    })
+/// The resource of a kind and whether it is namespaced: from the table for kinds xtask
+/// knows, else from the cluster's discovery (which also finds the kinds of CRDs).
+async fn resource_of(cluster: &Cluster, api_version: &str, kind: &str) -> Result<(ApiResource, bool)> {
+    let gvk = gvk_of(api_version, kind);
+    if let Some((_, _, plural, namespaced)) = KINDS.iter().find(|(v, k, _, _)| *v == api_version && *k == kind) {
+        return Ok((ApiResource::from_gvk_with_plural(&gvk, plural), *namespaced));
+    }
+    match kube::discovery::pinned_kind(&cluster.client, &gvk).await {
+        Ok((ar, caps)) => Ok((ar, caps.scope == Scope::Namespaced)),
+        Err(e) => Err(anyhow!(
+            "the cluster does not serve {api_version} {kind} ({e}); if a CustomResourceDefinition defines it, add that to k8s/ (xtask applies CRDs first), else check apiVersion against `kubectl api-resources`"
+        )),
+    }
+}
+
+async fn api_for(cluster: &Cluster, api_version: &str, kind: &str) -> Result<(Api<DynamicObject>, bool)> {
+    let (ar, namespaced) = resource_of(cluster, api_version, kind).await?;
+    Ok((
+        if namespaced {
+            Api::namespaced_with(cluster.client.clone(), &cluster.namespace, &ar)
+        } else {
+            Api::all_with(cluster.client.clone(), &ar)
+        },
+        namespaced,
+    ))
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -114,31 +148,77 @@ pub async fn apply(
     if !secrets_done {
         report.secrets = ensure_secrets(cluster).await?;
     }
+    let applied_kinds: BTreeSet<(String, String)> = objects
+        .iter()
+        .map(|o| (o["apiVersion"].as_str().unwrap_or("").to_string(), o["kind"].as_str().unwrap_or("").to_string()))
+        .collect();
     if prune {
-        let keep: BTreeSet<(String, String)> = objects
+        let mut keep: BTreeSet<(String, String)> = objects
             .iter()
             .map(|o| {
                 (o["kind"].as_str().unwrap_or("").to_string(), o["metadata"]["name"].as_str().unwrap_or("").to_string())
             })
             .collect();
+        keep.insert(("ConfigMap".into(), INVENTORY.into()));
         for r in delete_managed(cluster, &keep).await? {
             on_object(&r);
             report.objects.push(ObjectResult { action: "pruned", ..r });
         }
     }
+    record_inventory(cluster, &applied_kinds).await?;
     Ok(report)
+}
+
+/// The kinds recorded by the last apply in the namespace.
+async fn read_inventory(cluster: &Cluster) -> Result<BTreeSet<(String, String)>> {
+    let api: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let cm = api.get_opt(INVENTORY).await.map_err(|e| cluster.explain(e, "get", "configmaps"))?;
+    let text = cm.and_then(|c| c.data).and_then(|d| d.get("kinds").cloned()).unwrap_or_default();
+    Ok(text.lines().filter_map(|l| l.split_once(' ')).map(|(v, k)| (v.to_string(), k.to_string())).collect())
+}
+
+async fn record_inventory(cluster: &Cluster, kinds: &BTreeSet<(String, String)>) -> Result<()> {
+    let text: String = kinds.iter().map(|(v, k)| format!("{v} {k}\n")).collect();
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": INVENTORY, "namespace": cluster.namespace, "labels": {MANAGED_BY_LABEL: MANAGED_BY}},
+        "data": {"kinds": text},
+    });
+    let api: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    api.patch(INVENTORY, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .await
+        .map_err(|e| cluster.explain(e, "patch", "configmaps"))?;
+    Ok(())
+}
+
+/// What an apply can change of an object: everything but what the server or controllers
+/// move on their own (status, resourceVersion, managedFields' times, generation).
+fn content(o: &DynamicObject) -> Value {
+    let mut v = serde_json::to_value(o).unwrap_or(Value::Null);
+    if let Some(m) = v.as_object_mut() {
+        m.remove("status");
+    }
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        for k in ["resourceVersion", "managedFields", "generation"] {
+            meta.remove(k);
+        }
+    }
+    v
 }
 
 async fn apply_one(cluster: &Cluster, obj: &Value) -> Result<ObjectResult> {
     let api_version = obj["apiVersion"].as_str().unwrap_or("");
     let kind = obj["kind"].as_str().unwrap_or("").to_string();
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-    let api = api_for(cluster, api_version, &kind)?;
+    let (api, namespaced) = api_for(cluster, api_version, &kind).await?;
     let resource = format!("{}s", kind.to_lowercase());
-    let before =
-        api.get_opt(&name).await.map_err(|e| cluster.explain(e, "get", &resource))?.and_then(|o| o.resource_version());
-    let dynamic: DynamicObject =
+    let before = api.get_opt(&name).await.map_err(|e| cluster.explain(e, "get", &resource))?;
+    let mut dynamic: DynamicObject =
         serde_json::from_value(obj.clone()).with_context(|| format!("{kind} {name} is not a valid object"))?;
+    if !namespaced {
+        dynamic.metadata.namespace = None;
+    }
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let applied = match api.patch(&name, &pp, &Patch::Apply(&dynamic)).await {
         Ok(o) => o,
@@ -163,9 +243,24 @@ async fn apply_one(cluster: &Cluster, obj: &Value) -> Result<ObjectResult> {
         ),
         Err(e) => return Err(cluster.explain(e, "patch", &resource)),
     };
+    if kind == "CustomResourceDefinition" {
+        // The objects of its kind come later in the same apply: wait until it serves them.
+        let crds: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
+        tokio::time::timeout(CRD_ESTABLISHED_TIMEOUT, await_condition(crds, &name, conditions::is_crd_established()))
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "CustomResourceDefinition {name} was not established within {} s; see `kubectl describe crd {name}`",
+                    CRD_ESTABLISHED_TIMEOUT.as_secs()
+                )
+            })?
+            .with_context(|| format!("waiting for CustomResourceDefinition {name}"))?;
+    }
+    // Decided by what the apply changed, not by resourceVersion, which controllers move
+    // (a Deployment's status) between our read and our patch.
     let action = match before {
         None => "created",
-        Some(rv) if Some(rv.clone()) == applied.resource_version() => "unchanged",
+        Some(b) if content(&b) == content(&applied) => "unchanged",
         Some(_) => "configured",
     };
     Ok(ObjectResult { kind, name, action })
@@ -230,23 +325,47 @@ pub async fn ensure_secrets(cluster: &Cluster) -> Result<Vec<ObjectResult>> {
 pub async fn delete_managed(cluster: &Cluster, keep: &BTreeSet<(String, String)>) -> Result<Vec<ObjectResult>> {
     let mut out = Vec::new();
     let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
-    for (api_version, kind, plural, namespaced) in KINDS {
+    let mut kinds: BTreeSet<(String, String)> =
+        KINDS.iter().filter(|k| k.3).map(|(v, k, _, _)| (v.to_string(), k.to_string())).collect();
+    kinds.extend(read_inventory(cluster).await?);
+    // The inventory goes last, so an interrupted prune still knows the other kinds.
+    let inventory = ("v1".to_string(), "ConfigMap".to_string());
+    for (api_version, kind) in &kinds {
+        let (api, namespaced) = match api_for(cluster, api_version, kind).await {
+            Ok(a) => a,
+            // A kind whose CRD is gone has no objects left to prune.
+            Err(_) => continue,
+        };
         if !namespaced {
             continue;
         }
-        let api = api_for(cluster, api_version, kind)?;
-        let list =
-            api.list(&ListParams::default().labels(&selector)).await.map_err(|e| cluster.explain(e, "list", plural))?;
+        let plural = format!("{}s", kind.to_lowercase());
+        let list = api
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| cluster.explain(e, "list", &plural))?;
         for o in list.items {
             let name = o.name_any();
             if keep.contains(&(kind.to_string(), name.clone())) {
                 continue;
             }
-            if *kind == "Secret" && o.annotations().contains_key(GENERATED_ANNOTATION) {
+            if kind == "Secret" && o.annotations().contains_key(GENERATED_ANNOTATION) {
                 continue;
             }
-            api.delete(&name, &DeleteParams::background()).await.map_err(|e| cluster.explain(e, "delete", plural))?;
+            if (api_version, kind) == (&inventory.0, &inventory.1) && name == INVENTORY {
+                continue;
+            }
+            api.delete(&name, &DeleteParams::background()).await.map_err(|e| cluster.explain(e, "delete", &plural))?;
             out.push(ObjectResult { kind: kind.to_string(), name, action: "deleted" });
+        }
+    }
+    if !keep.contains(&("ConfigMap".to_string(), INVENTORY.to_string())) {
+        let api: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+        if api.get_opt(INVENTORY).await.map_err(|e| cluster.explain(e, "get", "configmaps"))?.is_some() {
+            api.delete(INVENTORY, &DeleteParams::background())
+                .await
+                .map_err(|e| cluster.explain(e, "delete", "configmaps"))?;
+            out.push(ObjectResult { kind: "ConfigMap".into(), name: INVENTORY.into(), action: "deleted" });
         }
     }
     Ok(out)

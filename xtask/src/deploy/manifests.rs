@@ -9,11 +9,16 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, Namespace, PersistentVolumeClaim, Pod, PodSpec, Secret, Service, ServiceAccount,
+    ConfigMap, Container, LimitRange, Namespace, PersistentVolumeClaim, Pod, PodSpec, ResourceQuota, Secret, Service,
+    ServiceAccount,
 };
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -189,9 +194,44 @@ pub enum Typed {
     DaemonSet(Box<DaemonSet>),
     Job(Box<Job>),
     CronJob(Box<CronJob>),
+    ResourceQuota(Box<ResourceQuota>),
+    LimitRange(Box<LimitRange>),
+    NetworkPolicy(Box<NetworkPolicy>),
+    Ingress(Box<Ingress>),
+    HorizontalPodAutoscaler(Box<HorizontalPodAutoscaler>),
+    PodDisruptionBudget(Box<PodDisruptionBudget>),
+    CustomResourceDefinition(Box<CustomResourceDefinition>),
+    /// A kind xtask has no type for (a custom resource, a newer API): applied through the
+    /// cluster's discovery, not type-checked here.
+    Unchecked,
 }
 
-pub const SUPPORTED_KINDS: &str = "v1 Namespace, ServiceAccount, ConfigMap, Secret, Service, PersistentVolumeClaim, Pod (a pod template); rbac.authorization.k8s.io/v1 Role, RoleBinding, ClusterRole, ClusterRoleBinding; apps/v1 Deployment, StatefulSet, DaemonSet; batch/v1 Job, CronJob";
+/// The kinds `check` parses into their Kubernetes types; any other kind is applied as it is.
+const TYPED_KINDS: &[(&str, &str)] = &[
+    ("v1", "Namespace"),
+    ("v1", "ServiceAccount"),
+    ("v1", "ConfigMap"),
+    ("v1", "Secret"),
+    ("v1", "Service"),
+    ("v1", "PersistentVolumeClaim"),
+    ("v1", "Pod"),
+    ("v1", "ResourceQuota"),
+    ("v1", "LimitRange"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
+    ("apps/v1", "Deployment"),
+    ("apps/v1", "StatefulSet"),
+    ("apps/v1", "DaemonSet"),
+    ("batch/v1", "Job"),
+    ("batch/v1", "CronJob"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("networking.k8s.io/v1", "Ingress"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
+];
 
 /// A finding of `manifests check`: where, which field, what is wrong and how to fix it.
 #[derive(Clone, Debug, Serialize)]
@@ -303,13 +343,23 @@ pub fn parse(doc: &Doc, problems: &mut Vec<Problem>) -> Option<Typed> {
         ("apps/v1", "DaemonSet") => typed!(DaemonSet, DaemonSet),
         ("batch/v1", "Job") => typed!(Job, Job),
         ("batch/v1", "CronJob") => typed!(CronJob, CronJob),
+        ("v1", "ResourceQuota") => typed!(ResourceQuota, ResourceQuota),
+        ("v1", "LimitRange") => typed!(LimitRange, LimitRange),
+        ("networking.k8s.io/v1", "NetworkPolicy") => typed!(NetworkPolicy, NetworkPolicy),
+        ("networking.k8s.io/v1", "Ingress") => typed!(Ingress, Ingress),
+        ("autoscaling/v2", "HorizontalPodAutoscaler") => typed!(HorizontalPodAutoscaler, HorizontalPodAutoscaler),
+        ("policy/v1", "PodDisruptionBudget") => typed!(PodDisruptionBudget, PodDisruptionBudget),
+        ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
+            typed!(CustomResourceDefinition, CustomResourceDefinition)
+        }
         (api, kind) => {
-            problems.push(problem(
-                doc,
-                "kind",
-                format!("`{api}` `{kind}` is not a kind xtask checks and applies; supported: {SUPPORTED_KINDS}"),
-            ));
-            None
+            if api.is_empty() || kind.is_empty() {
+                let field = if api.is_empty() { "apiVersion" } else { "kind" };
+                problems.push(problem(doc, field, "missing; every object needs apiVersion and kind".into()));
+                None
+            } else {
+                Some(Typed::Unchecked)
+            }
         }
     }
 }
@@ -357,6 +407,24 @@ fn pod_specs(t: &Typed) -> Vec<(&PodSpec, &'static str)> {
 
 fn is_long_running(t: &Typed) -> bool {
     matches!(t, Typed::Deployment(_) | Typed::StatefulSet(_) | Typed::DaemonSet(_))
+}
+
+/// The documents of kinds `check` has no type for, one line each: they are applied as
+/// written (through the cluster's discovery) but not type-checked here.
+pub fn unchecked(docs: &[Doc]) -> Vec<String> {
+    docs.iter()
+        .filter(|d| !d.kind().is_empty() && !TYPED_KINDS.contains(&(d.api_version(), d.kind())))
+        .map(|d| {
+            format!(
+                "{}:{}: {} {} ({}): not type-checked; applied as written through the cluster's discovery",
+                d.file,
+                d.line,
+                d.kind(),
+                d.name(),
+                d.api_version()
+            )
+        })
+        .collect()
 }
 
 /// Checks the documents; returns every problem found (empty means all good).
@@ -765,7 +833,17 @@ pub struct RenderOptions<'a> {
     pub images: &'a BTreeMap<String, String>,
 }
 
-const CLUSTER_SCOPED: &[&str] = &["Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass"];
+/// Kinds without a namespace; for kinds xtask does not know, apply asks the cluster.
+const CLUSTER_SCOPED: &[&str] = &[
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "PersistentVolume",
+    "StorageClass",
+    "CustomResourceDefinition",
+    "PriorityClass",
+    "IngressClass",
+];
 
 /// The objects to apply, in dependency order: namespace set, placeholders replaced, pod
 /// templates turned into ConfigMaps, labels and config hashes added. Generated secrets
@@ -851,10 +929,15 @@ fn add_config_hashes(objects: &mut [Value]) {
     }
 }
 
-/// Objects others depend on first; workloads last.
+/// Objects others depend on first; workloads after them; objects of other kinds (custom
+/// resources among them) last, once the CustomResourceDefinitions that define them exist.
 pub fn apply_order(kind: &str) -> usize {
     const ORDER: &[&str] = &[
         "Namespace",
+        "CustomResourceDefinition",
+        "ResourceQuota",
+        "LimitRange",
+        "NetworkPolicy",
         "ServiceAccount",
         "ClusterRole",
         "Role",
@@ -864,11 +947,14 @@ pub fn apply_order(kind: &str) -> usize {
         "Secret",
         "PersistentVolumeClaim",
         "Service",
+        "Ingress",
         "StatefulSet",
         "Job",
         "CronJob",
         "DaemonSet",
         "Deployment",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
     ];
     ORDER.iter().position(|k| *k == kind).unwrap_or(ORDER.len())
 }
