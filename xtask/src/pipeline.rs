@@ -15,7 +15,8 @@ use crate::deploy::apply::{self, ApplyReport};
 use crate::deploy::manifests::{self, CheckContext, RenderOptions};
 use crate::deploy::wait;
 use crate::fsutil::human_bytes;
-use crate::image_build::{self, BuildOptions, BuiltImage, ImageReport};
+use crate::image_build::{self, BuildOptions, ImageReport};
+use crate::oci::image::BuiltImage;
 use crate::oci::registry::{self, PushReport};
 use crate::ui;
 

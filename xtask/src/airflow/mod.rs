@@ -4,7 +4,6 @@
 pub mod api;
 pub mod container;
 pub mod dagcheck;
-pub mod recipe;
 pub mod runner;
 pub mod session;
 

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
 
-use crate::airflow::recipe;
 use crate::config::Project;
+use crate::image_build::recipe;
 use crate::process;
 
 pub const RESULT_PREFIX: &str = "@@xtask ";

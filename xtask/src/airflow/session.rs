@@ -8,10 +8,10 @@ use kube::api::ListParams;
 
 use crate::airflow::api::ApiClient;
 use crate::cluster::Cluster;
+use crate::cluster::diagnose;
 use crate::cluster::pods::pod_ready;
 use crate::cluster::portforward::PortForward;
 use crate::ctx::Ctx;
-use crate::deploy::diagnose;
 
 /// Airflow's REST API on the cluster: a port-forward to a ready api-server pod, logged in
 /// with the credentials k8s-up generated. Keep the PortForward alive while using the client.

@@ -10,8 +10,8 @@ use kube::api::ListParams;
 use serde::Serialize;
 
 use super::Cluster;
-use crate::deploy::diagnose::{self, PodState};
-use crate::image_build::BuiltImage;
+use crate::cluster::diagnose::{self, PodState};
+use crate::oci::image::BuiltImage;
 
 #[derive(Serialize)]
 pub struct NodeStatus {

@@ -2,6 +2,7 @@
 //! a kube-rs client for it, with errors that say what to check.
 
 pub mod delivery;
+pub mod diagnose;
 pub mod exec;
 pub mod inspect;
 pub mod kind;

@@ -3,10 +3,10 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::airflow::recipe::{self, BuildOpts};
 use crate::cli::BaseArgs;
 use crate::ctx::Ctx;
 use crate::fsutil::human_bytes;
+use crate::image_build::recipe::{self, BuildOpts};
 use crate::image_build::source_date_epoch;
 use crate::oci::store::Store;
 use crate::ui;

@@ -2,7 +2,6 @@
 //! waiting with diagnosis.
 
 pub mod apply;
-pub mod diagnose;
 pub mod manifests;
 pub mod secrets;
 pub mod wait;

@@ -11,8 +11,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
 
-use super::diagnose;
 use crate::cluster::Cluster;
+use crate::cluster::diagnose;
 use crate::cluster::portforward::PortForward;
 
 #[derive(Clone, Debug)]

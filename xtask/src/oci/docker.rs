@@ -10,7 +10,8 @@ use futures::StreamExt;
 use tokio::runtime::Handle;
 
 use super::archive::{self, ArchiveImage};
-use super::source::{self, BaseImage, ImportProgress};
+use super::image::{BaseImage, ImportProgress};
+use super::source::docker_archive;
 use super::store::Store;
 use super::{Digest, Manifest, Platform};
 
@@ -80,7 +81,7 @@ pub fn import_base(
         }
     });
     let reader = ChannelReader { rx, current: bytes::Bytes::new() };
-    let result = source::import_docker_save_stream(reader, Some(name), platform, store, progress);
+    let result = docker_archive::import_docker_save_stream(reader, Some(name), platform, store, progress);
     match rt.block_on(producer) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e),

@@ -3,12 +3,15 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::archive::ArchiveImage;
 use super::layer::LayerBlob;
-use super::source::BaseImage;
 use super::store::Store;
-use super::{ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME, Descriptor, MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST, Manifest};
+use super::{
+    ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME, Descriptor, Digest, MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST, Manifest,
+};
 
 /// What the image definition adds to the base's config.
 #[derive(Clone, Debug, Default)]
@@ -33,6 +36,60 @@ pub struct Assembled {
     pub manifest: Descriptor,
     pub config: Descriptor,
     pub layers: Vec<Descriptor>,
+}
+
+/// A base image whose blobs are all in the store.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BaseImage {
+    pub reference: String,
+    /// The base's manifest as stored (for an OCI base, byte-identical to the source's).
+    pub manifest: Descriptor,
+    pub config: Descriptor,
+    /// Layers with OCI media types; blob bytes exactly as in the source.
+    pub layers: Vec<Descriptor>,
+    pub diff_ids: Vec<Digest>,
+    /// Name to record in `org.opencontainers.image.base.name`, where the reference is a
+    /// portable name (a registry reference); None for local files.
+    pub base_name: Option<String>,
+}
+
+impl BaseImage {
+    pub fn total_size(&self) -> u64 {
+        self.layers.iter().map(|l| l.size).sum()
+    }
+}
+
+/// Progress of an import: called with the total once known, then with byte counts.
+pub trait ImportProgress {
+    fn start(&mut self, total: u64);
+    fn advance(&mut self, n: u64);
+}
+
+pub struct NoProgress;
+impl ImportProgress for NoProgress {
+    fn start(&mut self, _: u64) {}
+    fn advance(&mut self, _: u64) {}
+}
+
+/// An image the store holds: what delivery and apply need of it.
+#[derive(Clone, Debug)]
+pub struct BuiltImage {
+    /// The name in docker/images.toml, which k8s/ uses as the placeholder.
+    pub name: String,
+    /// Fully qualified name with tag.
+    pub reference: String,
+    pub manifest: Descriptor,
+}
+
+impl BuiltImage {
+    /// `name@sha256:...`: how a pod refers to exactly this image.
+    pub fn pinned_reference(&self) -> String {
+        super::digest_reference(&self.reference, &self.manifest.digest)
+    }
+
+    pub fn archive_image(&self) -> ArchiveImage {
+        ArchiveImage { name: self.reference.clone(), manifest: self.manifest.clone() }
+    }
 }
 
 /// Writes config and manifest for `base` + `layers` into the store.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 
-use super::source::{BaseImage, ImportProgress};
+use super::image::{BaseImage, ImportProgress};
 use super::store::Store;
 use super::{
     Descriptor, Digest, Index, MEDIA_DOCKER_MANIFEST, MEDIA_DOCKER_MANIFEST_LIST, MEDIA_OCI_CONFIG, MEDIA_OCI_INDEX,

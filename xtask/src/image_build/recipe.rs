@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::config::Project;
+use crate::oci::image::BaseImage;
 use crate::oci::image::rfc3339;
 use crate::oci::layer::{self, Compression, LayerBlob, LayerPlan};
-use crate::oci::source::BaseImage;
 use crate::oci::store::Store;
 use crate::oci::tar::Meta;
 use crate::oci::{Descriptor, MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST, Manifest};

@@ -7,18 +7,20 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::airflow::recipe;
 use crate::config::{self, CompressionChoice, ImageDef, ImageOverrides, Project};
 use crate::fsutil::human_bytes;
 use crate::oci::archive::ArchiveImage;
-use crate::oci::image::{self, ConfigChanges, NewLayer};
+use crate::oci::image::{self, BuiltImage, ConfigChanges, NewLayer};
+use crate::oci::image::{BaseImage, ImportProgress};
 use crate::oci::layer::{self, Compression, LayerPlan};
 use crate::oci::registry::ImageRef;
-use crate::oci::source::{self, BaseImage, ImportProgress};
+use crate::oci::source;
 use crate::oci::store::Store;
 use crate::oci::tar::Meta;
 use crate::oci::{Descriptor, Digest, Platform};
 use crate::ui;
+
+pub mod recipe;
 use tokio::runtime::Handle;
 
 /// Base references of this form name a recipe in docker/base/ that `cargo xtask base` builds.
@@ -81,27 +83,6 @@ impl ImageReport {
 
     pub fn archive_image(&self) -> ArchiveImage {
         self.built().archive_image()
-    }
-}
-
-/// An image the store holds: what delivery and apply need of it.
-#[derive(Clone, Debug)]
-pub struct BuiltImage {
-    /// The name in docker/images.toml, which k8s/ uses as the placeholder.
-    pub name: String,
-    /// Fully qualified name with tag.
-    pub reference: String,
-    pub manifest: Descriptor,
-}
-
-impl BuiltImage {
-    /// `name@sha256:...`: how a pod refers to exactly this image.
-    pub fn pinned_reference(&self) -> String {
-        crate::oci::digest_reference(&self.reference, &self.manifest.digest)
-    }
-
-    pub fn archive_image(&self) -> ArchiveImage {
-        ArchiveImage { name: self.reference.clone(), manifest: self.manifest.clone() }
     }
 }
 
