@@ -16,6 +16,8 @@ mod pipeline;
 mod process;
 mod report;
 mod term;
+#[cfg(test)]
+mod tidy;
 mod ui;
 
 use std::process::ExitCode;

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::cli::DoctorArgs;
 use crate::cluster::{Cluster, Target};
 use crate::ctx::Ctx;
+use crate::deploy::manifests::SCHEDULER_NEEDS;
 use crate::error::Reported;
 
 #[derive(Serialize)]
@@ -31,10 +32,6 @@ fn ok(name: &'static str, detail: impl Into<String>) -> Check {
 fn broken(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
     Check { name, ok: false, detail: detail.into(), fix: Some(fix.into()) }
 }
-
-/// What the scheduler's service account must be allowed on pods for the
-/// KubernetesExecutor to launch, follow and clean up worker pods.
-pub const SCHEDULER_POD_VERBS: [&str; 6] = ["create", "get", "list", "watch", "patch", "delete"];
 
 /// `verb resource[/subresource]` in the cluster's namespace, as access reviews ask it.
 fn attributes(cluster: &Cluster, verb: &str, resource: &str, subresource: Option<&str>) -> ResourceAttributes {
@@ -175,13 +172,15 @@ fn checks(ctx: &Ctx, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) -> Resul
             .unwrap_or_else(|| "airflow-scheduler".into());
         let user = format!("system:serviceaccount:{}:{sa}", cluster.namespace);
         let mut problems = Vec::new();
-        let pods = denied_for(&cluster, &user, "pods", None, &SCHEDULER_POD_VERBS).await?;
-        if !pods.is_empty() {
-            problems.push(format!("service account {sa} may not {} pods", pods.join("/")));
-        }
-        let logs = denied_for(&cluster, &user, "pods", Some("log"), &["get"]).await?;
-        if !logs.is_empty() {
-            problems.push(format!("service account {sa} may not get pods/log"));
+        for (resource, verbs) in SCHEDULER_NEEDS {
+            let (res, sub) = match resource.split_once('/') {
+                Some((r, s)) => (r, Some(s)),
+                None => (*resource, None),
+            };
+            let denied = denied_for(&cluster, &user, res, sub, verbs).await?;
+            if !denied.is_empty() {
+                problems.push(format!("service account {sa} may not {} {resource}", denied.join("/")));
+            }
         }
         let mine = self_denied(&cluster, "pods", Some("exec"), &["create"]).await?;
         if !mine.is_empty() {
@@ -191,7 +190,8 @@ fn checks(ctx: &Ctx, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) -> Resul
     });
     let c = match rbac {
         Ok((sa, problems)) if problems.is_empty() => {
-            ok("rbac", format!("{sa} may {} pods and get pods/log; you may exec", SCHEDULER_POD_VERBS.join("/")))
+            let granted: Vec<String> = SCHEDULER_NEEDS.iter().map(|(r, v)| format!("{} {r}", v.join("/"))).collect();
+            ok("rbac", format!("{sa} may {}; you may exec", granted.join(" and ")))
         }
         Ok((sa, problems)) => broken(
             "rbac",

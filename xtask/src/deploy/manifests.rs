@@ -372,6 +372,11 @@ pub const ALLOWED_RULES: &[(&str, &[&str])] = &[
     ("events", &["list"]),
 ];
 
+/// What the scheduler's service account must be allowed for the KubernetesExecutor to
+/// launch, follow and clean up worker pods and read their logs: what `doctor` checks.
+pub const SCHEDULER_NEEDS: &[(&str, &[&str])] =
+    &[("pods", &["create", "get", "list", "watch", "patch", "delete"]), ("pods/log", &["get"])];
+
 /// What the check needs to know besides the documents.
 pub struct CheckContext<'a> {
     /// Image names that are replaced at apply time (docker/images.toml's images).
