@@ -22,6 +22,12 @@ fn dags_check_passes_the_real_dags_and_names_each_broken_one_by_file_and_line() 
         "files/dags/reads_at_parse.py",
         "import os\nfrom datetime import datetime\nfrom airflow.sdk import DAG, Variable\nteam = Variable.get(\"team\")\nwarehouse = os.getenv(\"WAREHOUSE_URL\")\nwith DAG(dag_id=\"reads_at_parse\", schedule=None, start_date=datetime(2024, 1, 1)):\n    pass\n",
     );
+    // Library code (here the standard library's tempfile) reads the real environment: the
+    // stand-ins are for the DAGs' own code only.
+    repo.write(
+        "files/dags/library_env.py",
+        "import tempfile\nfrom datetime import datetime\nfrom airflow.sdk import DAG\nassert not any(d.startswith('stand-in') for d in tempfile._candidate_tempdir_list()), tempfile._candidate_tempdir_list()\nwith DAG(dag_id=\"library_env\", schedule=None, start_date=datetime(2024, 1, 1)):\n    pass\n",
+    );
     repo.write("files/dags/legacy_dag.py", "from airflow.sdk import dag\nimport only_in_production\n");
     repo.write("files/dags_check_exceptions.txt", "# parsed only in production\nlegacy_dag.py\n");
 
@@ -37,6 +43,7 @@ fn dags_check_passes_the_real_dags_and_names_each_broken_one_by_file_and_line() 
         ("smoke_environment.py", "smoke_environment"),
         ("smoke_xcom.py", "smoke_xcom"),
         ("reads_at_parse.py", "reads_at_parse"),
+        ("library_env.py", "library_env"),
     ] {
         assert_eq!(files[file]["status"], "ok", "{file}: {}", files[file]);
         assert_eq!(files[file]["dags"][0], dag);
@@ -117,6 +124,16 @@ fn smoke_local_runs_the_smoke_dags_in_the_image_and_reports_airflows_task_states
     assert!(report["dags"][0]["log_tail"].as_str().unwrap_or("").contains("boom from smoke_broken"), "{report}");
     let junit = fs::read_to_string(repo.path("target/xtask/smoke/local-junit.xml")).unwrap();
     assert!(junit.contains("failures=\"1\""), "{junit}");
+
+    // A DAG that does not even import never runs: it is reported as not run, with the
+    // import error, and nothing else goes wrong reading what Airflow recorded.
+    repo.write("files/dags/smoke_unimportable.py", "import no_such_module_anywhere\n");
+    let out = repo.xtask().args(["smoke", "--local", "--json", "--dag", "smoke_unimportable"]).output().unwrap();
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let dag = &report["dags"][0];
+    assert_eq!(dag["state"], "not run", "{report}");
+    assert!(dag["xcoms"].get("_error").is_none(), "reading the states failed: {report}");
 }
 
 #[test]

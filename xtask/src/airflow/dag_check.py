@@ -3,7 +3,9 @@ and prints one JSON line per file, prefixed @@xtask (Airflow logs to stdout too)
 worker image or a local virtualenv.
 
 Variables, connections and os.getenv are answered by stand-ins, so a DAG that reads them
-at parse time does not fail for want of a database or a secret.
+at parse time does not fail for want of a database or a secret. The os.getenv stand-in
+answers only code under the DAGs and include trees; Airflow's own code reads the real
+environment.
 
 Input (environment): XTASK_DAGS_DIR, XTASK_SKIP (JSON list of paths relative to it),
 XTASK_TIMEOUT (seconds per file), XTASK_INCLUDE_DIR (the include tree, for --serve).
@@ -29,11 +31,17 @@ os.environ.setdefault("AIRFLOW_HOME", "/tmp/xtask-dags-check")
 os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "sqlite:////tmp/xtask-dags-check.db")
 
 _real_getenv = os.getenv
+_USER_CODE = tuple(os.path.realpath(d) + os.sep for d in (DAGS, INCLUDE))
 
 
 def _getenv(key, default=None):
     value = _real_getenv(key, default)
-    return value if value is not None else f"stand-in-for-{key}"
+    if value is not None:
+        return value
+    caller = sys._getframe(1).f_code.co_filename
+    if os.path.realpath(caller).startswith(_USER_CODE):
+        return f"stand-in-for-{key}"
+    return value
 
 
 os.getenv = _getenv

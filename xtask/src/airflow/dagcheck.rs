@@ -46,6 +46,7 @@ pub fn print_result(r: &FileResult) {
     match r.status.as_str() {
         "ok" => println!("  OK     {:<40} {:<32} {}", r.file, r.dags.join(", "), ui::secs(r.seconds)),
         "skipped" => println!("  SKIP   {:<40} listed in {EXCEPTIONS_FILE}", r.file),
+        "removed" => println!("  GONE   {:<40} deleted; nothing to check", r.file),
         _ => {
             let at = match r.line {
                 Some(l) => format!("{}:{l}", r.file),

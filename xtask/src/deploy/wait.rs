@@ -162,18 +162,30 @@ async fn look(cluster: &Cluster, check: &Check) -> Result<Result<(), String>> {
             .await??;
             drop(pf);
             match answer {
-                (200, body) => {
-                    // Airflow's health: every part must say healthy (the metadatabase at least).
-                    if body.contains("\"metadatabase\":{\"status\":\"healthy\"") || !body.contains("unhealthy") {
-                        Ok(())
-                    } else {
-                        Err(format!("{pod}: {body}"))
-                    }
-                }
+                (200, body) => airflow_healthy(&body).map_err(|why| format!("{pod}: {why}")),
                 (status, body) => Err(format!("{pod}: HTTP {status} {}", body.chars().take(200).collect::<String>())),
             }
         }
     })
+}
+
+/// Airflow's health answer: the metadatabase must say healthy, and no other part may say
+/// unhealthy (a part that never ran, such as a triggerer not deployed, says nothing).
+fn airflow_healthy(body: &str) -> Result<(), String> {
+    let v: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| format!("the health answer is not JSON ({e}): {body}"))?;
+    let status = |part: &serde_json::Value| part["status"].as_str().map(String::from);
+    if status(&v["metadatabase"]).as_deref() != Some("healthy") {
+        return Err(format!("the metadatabase is not healthy: {body}"));
+    }
+    let unhealthy: Vec<String> = v
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, part)| status(part).is_some_and(|s| s != "healthy"))
+        .map(|(name, part)| format!("{name} is {}", status(part).unwrap_or_default()))
+        .collect();
+    if unhealthy.is_empty() { Ok(()) } else { Err(unhealthy.join(", ")) }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -237,4 +249,21 @@ pub async fn wait(cluster: &Cluster, steps: &[Step], on_progress: &mut dyn FnMut
         times.push((step.label.clone(), started.elapsed().as_secs_f64()));
     }
     Ok(times)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn airflow_is_healthy_only_when_no_part_says_otherwise() {
+        let ok = r#"{"metadatabase":{"status":"healthy"},"scheduler":{"status":"healthy","latest_scheduler_heartbeat":"2026-01-01T00:00:00+00:00"},"triggerer":{"status":null,"latest_triggerer_heartbeat":null}}"#;
+        assert_eq!(airflow_healthy(ok), Ok(()));
+        // The metadatabase healthy is not enough when the scheduler is down.
+        let scheduler_down = r#"{"metadatabase":{"status":"healthy"},"scheduler":{"status":"unhealthy","latest_scheduler_heartbeat":null}}"#;
+        assert_eq!(airflow_healthy(scheduler_down), Err("scheduler is unhealthy".into()));
+        let db_down = r#"{"metadatabase":{"status":"unhealthy"}}"#;
+        assert!(airflow_healthy(db_down).unwrap_err().contains("metadatabase"));
+        assert!(airflow_healthy("<html>").is_err());
+    }
 }
