@@ -32,6 +32,7 @@ pub fn run_logged(expr: duct::Expression, log: &Path, what: &str) -> Result<()> 
         .append(true)
         .open(log)
         .with_context(|| format!("cannot open {}", log.display()))?;
+    tracing::debug!(what, ?expr, log = %log.display(), "running");
     let out = expr
         .stdin_null()
         .stderr_to_stdout()
@@ -39,6 +40,7 @@ pub fn run_logged(expr: duct::Expression, log: &Path, what: &str) -> Result<()> 
         .unchecked()
         .run()
         .with_context(|| format!("cannot start {what}"))?;
+    tracing::debug!(what, status = %out.status, "finished");
     if !out.status.success() {
         bail!("{what} failed ({}); last lines of {}:\n{}", out.status, log.display(), tail(log, 15));
     }

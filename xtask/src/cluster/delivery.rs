@@ -262,6 +262,7 @@ pub fn deliver(
             let have = content(node.as_ref())?;
             let omit: BTreeSet<Digest> =
                 manifest.layers.iter().map(|l| l.digest.clone()).filter(|d| have.contains(d)).collect();
+            tracing::debug!(node = node.name(), image = image.name, have = have.len(), omit = omit.len(), "importing");
             let (mut result, mut omitted) = import(node.as_ref(), store, image, &omit)?;
             let mut status = if omit.is_empty() { "full" } else { "thin" };
             if !result.success && !omit.is_empty() {

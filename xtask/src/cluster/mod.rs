@@ -106,6 +106,7 @@ pub async fn connect(target: &Target, namespace: &str) -> Result<Cluster> {
         .with_context(|| format!("cannot use kubeconfig {}", path.display()))?;
     let url = config.cluster_url.to_string();
     let client = kube::Client::try_from(config).context("cannot set up a Kubernetes client")?;
+    tracing::debug!(url, kubeconfig = %path.display(), context = ?target.context(), "connecting to the cluster");
     let cluster = Cluster { client, url, namespace: namespace.to_string(), target: target.clone() };
     cluster.version().await?;
     Ok(cluster)

@@ -72,6 +72,7 @@ async fn resource_of(cluster: &Cluster, api_version: &str, kind: &str) -> Result
     if let Some((_, _, plural, namespaced)) = KINDS.iter().find(|(v, k, _, _)| *v == api_version && *k == kind) {
         return Ok((ApiResource::from_gvk_with_plural(&gvk, plural), *namespaced));
     }
+    tracing::debug!(api_version, kind, "not a kind xtask knows: asking the cluster's discovery");
     match kube::discovery::pinned_kind(&cluster.client, &gvk).await {
         Ok((ar, caps)) => Ok((ar, caps.scope == Scope::Namespaced)),
         Err(e) => Err(anyhow!(
@@ -256,6 +257,7 @@ async fn apply_one(cluster: &Cluster, obj: &Value) -> Result<ObjectResult> {
             })?
             .with_context(|| format!("waiting for CustomResourceDefinition {name}"))?;
     }
+    tracing::debug!(api_version, kind, name, namespaced, "applied");
     // Decided by what the apply changed, not by resourceVersion, which controllers move
     // (a Deployment's status) between our read and our patch.
     let action = match before {

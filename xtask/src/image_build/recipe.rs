@@ -195,6 +195,16 @@ fn store_name(loaded: &LoadedRecipe) -> String {
 }
 
 /// The base named `name`: from the store when its recipe is unchanged, else built now.
+/// The architecture debootstrap builds for (this machine's), in the OCI config's words.
+fn host_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
 pub fn ensure(project: &Project, store: &Store, name: &str, mtime: u64, opts: &BuildOpts) -> Result<Outcome> {
     let started = Instant::now();
     let loaded = load(project, name, mtime)?;
@@ -610,7 +620,7 @@ fn write_image(store: &Store, loaded: &LoadedRecipe, rootfs: &Path, mtime: u64) 
         );
     }
     let config = serde_json::json!({
-        "architecture": "amd64",
+        "architecture": host_architecture(),
         "os": "linux",
         "created": created,
         "config": cfg,

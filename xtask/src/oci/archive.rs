@@ -104,7 +104,7 @@ pub fn write_archive(
     }
     let meta = Meta { uid: 0, gid: 0, mode: 0o644, mtime: 0 };
     let dir_meta = Meta { mode: 0o755, ..meta };
-    let mut counting = super::HashingWriter::new(BufWriter::with_capacity(1 << 20, out));
+    let mut counting = super::CountingWriter::new(BufWriter::with_capacity(1 << 20, out));
     {
         let mut tar = TarWriter::new(&mut counting);
         let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
@@ -125,8 +125,7 @@ pub fn write_archive(
         tar.finish()?;
     }
     counting.flush()?;
-    let (_, _, bytes) = counting.finish();
-    stats.bytes = bytes;
+    stats.bytes = counting.count();
     Ok(stats)
 }
 

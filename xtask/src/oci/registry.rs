@@ -269,6 +269,7 @@ impl Client {
                 }
             }
             .map_err(|e| self.unreachable(e))?;
+            tracing::debug!(method, url, status = resp.status().as_u16(), "registry request");
             if resp.status() == 401 && attempt == 0 {
                 let challenge =
                     resp.headers().get("WWW-Authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
