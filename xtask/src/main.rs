@@ -7,7 +7,6 @@ mod commands;
 mod config;
 mod ctx;
 mod deploy;
-mod encoding;
 mod error;
 mod fsutil;
 mod image_build;

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -28,14 +29,12 @@ pub struct ImportError {
     pub stack_trace: String,
 }
 
-/// Percent-encodes everything but unreserved characters (run ids hold ':' and '+').
+/// Everything but RFC 3986's unreserved characters is percent-encoded in a path segment
+/// (run ids hold ':' and '+').
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
 pub fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    utf8_percent_encode(s, PATH_SEGMENT).to_string()
 }
 
 impl ApiClient {

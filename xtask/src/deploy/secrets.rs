@@ -24,9 +24,32 @@ pub const GENERATED: &[GeneratedSecret] = &[
 
 use std::collections::BTreeMap;
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE;
 
-use crate::encoding::{base64_url, random_alnum, random_bytes};
+/// Bytes from the operating system's random source.
+fn random_bytes(n: usize) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf).map_err(|e| anyhow!("the operating system gave no random bytes: {e}"))?;
+    Ok(buf)
+}
+
+/// A random string of letters and digits (safe in URLs, shells and YAML), without the
+/// look-alikes 0/O and 1/l/I. Bytes past the largest multiple of the alphabet's size are
+/// dropped, so every character is equally likely.
+fn random_alnum(n: usize) -> Result<String> {
+    const ALNUM: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789";
+    let mut out = String::with_capacity(n);
+    while out.len() < n {
+        for b in random_bytes(n * 2)? {
+            if usize::from(b) < 256 - 256 % ALNUM.len() && out.len() < n {
+                out.push(ALNUM[usize::from(b) % ALNUM.len()] as char);
+            }
+        }
+    }
+    Ok(out)
+}
 
 /// Fresh values for a generated Secret. `existing` holds the values already in the
 /// cluster (other secrets may be derived from them: the DB connection from the password).
@@ -47,7 +70,7 @@ pub fn generate(name: &str, existing: &BTreeMap<String, BTreeMap<String, String>
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN".into(),
                 format!("postgresql+psycopg2://airflow:{pw}@airflow-postgres:5432/airflow"),
             );
-            v.insert("AIRFLOW__CORE__FERNET_KEY".into(), base64_url(&random_bytes(32)?));
+            v.insert("AIRFLOW__CORE__FERNET_KEY".into(), URL_SAFE.encode(random_bytes(32)?));
             v.insert("AIRFLOW__API_AUTH__JWT_SECRET".into(), hex32()?);
             v.insert("AIRFLOW__API__SECRET_KEY".into(), hex32()?);
         }
@@ -79,9 +102,15 @@ mod tests {
         let conn = &existing["airflow-secrets"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"];
         assert!(conn.contains(&existing["airflow-postgres"]["password"]));
         // A Fernet key is 32 bytes, URL-safe base64.
-        assert_eq!(
-            crate::encoding::unbase64(&existing["airflow-secrets"]["AIRFLOW__CORE__FERNET_KEY"]).unwrap().len(),
-            32
-        );
+        assert_eq!(URL_SAFE.decode(&existing["airflow-secrets"]["AIRFLOW__CORE__FERNET_KEY"]).unwrap().len(), 32);
+    }
+
+    #[test]
+    fn random_alnum_has_the_length_asked_for() {
+        for n in [1, 20, 24, 200] {
+            let s = random_alnum(n).unwrap();
+            assert_eq!(s.len(), n);
+            assert!(s.bytes().all(|b| b.is_ascii_alphanumeric()));
+        }
     }
 }

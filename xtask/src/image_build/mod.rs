@@ -280,7 +280,7 @@ fn build_one(
         blobs.push((built.blob, format!("COPY {} /{}", l.source, l.target)));
     }
 
-    let created = image::rfc3339(def.mtime);
+    let created = image::rfc3339(def.mtime)?;
     let changes = ConfigChanges {
         env: def.env.clone(),
         labels: def.labels.clone(),

@@ -587,7 +587,7 @@ fn write_image(store: &Store, loaded: &LoadedRecipe, rootfs: &Path, mtime: u64) 
         let inputs = layer::scan(p)?;
         blobs.push(layer::write(p, &inputs, store, &mut |_| {})?);
     }
-    let created = rfc3339(mtime);
+    let created = rfc3339(mtime)?;
     let mut env: Vec<String> =
         vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(), "LANG=C.UTF-8".into()];
     for (k, v) in &img.env {

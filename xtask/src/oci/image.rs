@@ -183,21 +183,12 @@ pub fn assemble(
 }
 
 /// RFC 3339 (UTC) for seconds since the epoch; the `created` time of new content.
-pub fn rfc3339(epoch: u64) -> String {
-    let days = (epoch / 86_400) as i64;
-    let secs = epoch % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+pub fn rfc3339(epoch: u64) -> anyhow::Result<String> {
+    let t = i64::try_from(epoch).ok().and_then(|s| jiff::Timestamp::from_second(s).ok()).ok_or_else(|| {
+        anyhow::anyhow!("{epoch} seconds since 1970 is not a time an image can carry (SOURCE_DATE_EPOCH?)")
+    })?;
+    // Whole seconds in UTC, `Z` for the offset: what the digests of earlier builds hold.
+    Ok(t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
 #[cfg(test)]
@@ -206,8 +197,9 @@ mod tests {
 
     #[test]
     fn rfc3339_formats_known_instants() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(946_684_800), "2000-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_709_251_199), "2024-02-29T23:59:59Z");
+        assert_eq!(rfc3339(0).unwrap(), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(946_684_800).unwrap(), "2000-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_709_251_199).unwrap(), "2024-02-29T23:59:59Z");
+        assert!(rfc3339(u64::MAX).is_err());
     }
 }

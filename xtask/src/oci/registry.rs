@@ -12,6 +12,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 
 use super::image::{BaseImage, ImportProgress};
@@ -100,7 +102,7 @@ impl fmt::Debug for Credentials {
 
 impl Credentials {
     fn basic(&self) -> String {
-        format!("Basic {}", crate::encoding::base64(format!("{}:{}", self.user, self.password).as_bytes()))
+        format!("Basic {}", BASE64.encode(format!("{}:{}", self.user, self.password)))
     }
 }
 
@@ -160,7 +162,7 @@ pub fn credentials_for(host: &str) -> Option<Credentials> {
     if let (Some(u), Some(p)) = (&auth.username, &auth.password) {
         return Some(Credentials { user: u.clone(), password: p.clone(), source });
     }
-    let decoded = String::from_utf8(crate::encoding::unbase64(auth.auth.as_deref()?)?).ok()?;
+    let decoded = String::from_utf8(BASE64.decode(auth.auth.as_deref()?.trim()).ok()?).ok()?;
     let (user, password) = decoded.split_once(':')?;
     Some(Credentials { user: user.into(), password: password.into(), source })
 }
