@@ -49,6 +49,5 @@ pub fn run_logged(expr: duct::Expression, log: &Path, what: &str) -> Result<()> 
 
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }

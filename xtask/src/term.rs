@@ -1,39 +1,31 @@
 //! The local terminal: raw mode while a remote TTY runs, and its window size.
 
 use kube::api::TerminalSize;
+use rustix::termios::{self, OptionalActions, Termios};
 
 /// Restores the terminal's mode when dropped.
-pub struct RawMode(libc::termios);
+pub struct RawMode(Termios);
 
 impl RawMode {
+    /// Puts standard input's terminal in raw mode; None when it is not a terminal.
     pub fn enter() -> Option<RawMode> {
-        unsafe {
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(0, &mut t) != 0 {
-                return None;
-            }
-            let saved = t;
-            libc::cfmakeraw(&mut t);
-            if libc::tcsetattr(0, libc::TCSANOW, &t) != 0 {
-                return None;
-            }
-            Some(RawMode(saved))
-        }
+        let stdin = std::io::stdin();
+        let saved = termios::tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        termios::tcsetattr(&stdin, OptionalActions::Now, &raw).ok()?;
+        Some(RawMode(saved))
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        unsafe {
-            libc::tcsetattr(0, libc::TCSANOW, &self.0);
-        }
+        let _ = termios::tcsetattr(std::io::stdin(), OptionalActions::Now, &self.0);
     }
 }
 
+/// Standard output's terminal size; None when it is not a terminal.
 pub fn terminal_size() -> Option<TerminalSize> {
-    unsafe {
-        let mut ws: libc::winsize = std::mem::zeroed();
-        (libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_col > 0)
-            .then_some(TerminalSize { width: ws.ws_col, height: ws.ws_row })
-    }
+    let ws = termios::tcgetwinsize(std::io::stdout()).ok()?;
+    (ws.ws_col > 0).then_some(TerminalSize { width: ws.ws_col, height: ws.ws_row })
 }

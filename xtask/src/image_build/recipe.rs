@@ -5,8 +5,8 @@
 //! The recipe is `docker/base/<name>.toml`; a base is rebuilt only when the recipe or its
 //! constraints file changed.
 
+use rustix::mount::{MountFlags, UnmountFlags};
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -241,24 +241,16 @@ struct Mount(PathBuf);
 
 impl Mount {
     fn proc(target: &Path) -> Result<Mount> {
-        let t = CString::new(target.as_os_str().as_encoded_bytes())?;
-        let proc_ = CString::new("proc")?;
-        // SAFETY: valid NUL-terminated strings; a null data pointer is allowed.
-        let r = unsafe { libc::mount(proc_.as_ptr(), t.as_ptr(), proc_.as_ptr(), 0, std::ptr::null()) };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("cannot mount proc on {}", target.display()));
-        }
+        rustix::mount::mount("proc", target, "proc", MountFlags::empty(), None)
+            .with_context(|| format!("cannot mount proc on {}", target.display()))?;
         Ok(Mount(target.to_path_buf()))
     }
 }
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        if let Ok(t) = CString::new(self.0.as_os_str().as_encoded_bytes()) {
-            // SAFETY: valid path; MNT_DETACH never blocks.
-            unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
-        }
+        // Detaching never blocks.
+        let _ = rustix::mount::unmount(&self.0, UnmountFlags::DETACH);
     }
 }
 
@@ -512,10 +504,7 @@ fn unmount_all_under(root: &Path) {
         mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|t| t.starts_with(&root)).collect();
     targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
     for t in targets {
-        if let Ok(c) = CString::new(t) {
-            // SAFETY: valid path.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
+        let _ = rustix::mount::unmount(t, UnmountFlags::DETACH);
     }
 }
 
