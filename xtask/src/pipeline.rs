@@ -48,9 +48,38 @@ pub struct UpReport {
     pub apply: ApplyReport,
     pub steps: Vec<(String, f64)>,
     pub changed: bool,
+    /// How the cluster was reached and what was applied, so `watch` repeats exactly that.
+    #[serde(default)]
+    pub delivery: Delivery,
+}
+
+/// The flags of a k8s-up that decide what is shipped and applied: what `watch` reuses.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct Delivery {
+    pub overlays: Vec<String>,
+    pub registry: Option<String>,
+    pub insecure_registries: Vec<String>,
+    pub node_containerd: Option<std::path::PathBuf>,
+}
+
+impl Delivery {
+    pub fn of(args: &K8sUpArgs) -> Delivery {
+        Delivery {
+            overlays: args.overlay.clone(),
+            registry: args.registry.clone(),
+            insecure_registries: args.insecure_registry.clone(),
+            node_containerd: args.node_containerd.clone(),
+        }
+    }
 }
 
 pub const REPORT_FILE: &str = "k8s-up.json";
+
+/// The report of the last complete k8s-up (or watch roll) in this repository, if any.
+pub fn last_report(project: &crate::config::Project) -> Option<UpReport> {
+    let text = std::fs::read_to_string(project.work_dir().join(REPORT_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
 
 struct Steps {
     human: bool,
@@ -77,8 +106,12 @@ pub fn up(ctx: &Ctx, args: &K8sUpArgs, until: Until) -> Result<UpReport> {
     let human = !args.json;
     let (target, settings) = Target::from_args(project, &args.cluster)?;
     let mut steps = Steps { human, times: Vec::new(), started: Instant::now() };
-    let mut report =
-        UpReport { target: target.describe(), namespace: settings.namespace.clone(), ..Default::default() };
+    let mut report = UpReport {
+        target: target.describe(),
+        namespace: settings.namespace.clone(),
+        delivery: Delivery::of(args),
+        ..Default::default()
+    };
 
     // k8s/ is checked before anything is built, shipped or created. The kind cluster also
     // gets the kind overlay (the nodePort its port mapping reaches).

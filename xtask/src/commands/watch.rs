@@ -240,25 +240,44 @@ fn image_paths(project: &Project, files: &[PathBuf]) -> Result<Vec<(String, Path
     Ok(out)
 }
 
-/// Copies changed files into a running pod (removed ones are removed there too).
-async fn sync_into(cluster: &Cluster, pod: &str, container: &str, files: &[(String, PathBuf)]) -> Result<()> {
+/// The changed files as a tar for the pod, and the paths (in the image) of removed ones.
+/// A symbolic link goes as the link itself, as the image layer holds it: its target is
+/// never read, so a link under files/ cannot ship a file from outside it.
+fn sync_tar(files: &[(String, PathBuf)]) -> Result<(Vec<u8>, Vec<String>)> {
     let mut tar = tar::Builder::new(Vec::new());
     let mut removed = Vec::new();
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_secs();
     for (in_image, on_disk) in files {
-        match std::fs::read(on_disk) {
-            Ok(bytes) => {
-                let mut h = tar::Header::new_gnu();
-                h.set_size(bytes.len() as u64);
-                h.set_mode(0o644);
-                h.set_mtime(now);
-                h.set_entry_type(tar::EntryType::Regular);
-                tar.append_data(&mut h, in_image.trim_start_matches('/'), bytes.as_slice())?;
-            }
-            Err(_) => removed.push(in_image.clone()),
+        let path = in_image.trim_start_matches('/');
+        let Ok(md) = std::fs::symlink_metadata(on_disk) else {
+            removed.push(in_image.clone());
+            continue;
+        };
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(now);
+        if md.file_type().is_symlink() {
+            let target =
+                std::fs::read_link(on_disk).with_context(|| format!("cannot read link {}", on_disk.display()))?;
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_mode(0o777);
+            h.set_size(0);
+            tar.append_link(&mut h, path, &target)?;
+        } else if md.is_file() {
+            let bytes = std::fs::read(on_disk).with_context(|| format!("cannot read {}", on_disk.display()))?;
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(0o644);
+            h.set_size(bytes.len() as u64);
+            tar.append_data(&mut h, path, bytes.as_slice())?;
+        } else {
+            bail!("{} is neither a file nor a symbolic link; only those ship", on_disk.display());
         }
     }
-    let bytes = tar.into_inner()?;
+    Ok((tar.into_inner()?, removed))
+}
+
+/// Copies changed files into a running pod (removed ones are removed there too).
+async fn sync_into(cluster: &Cluster, pod: &str, container: &str, files: &[(String, PathBuf)]) -> Result<()> {
+    let (bytes, removed) = sync_tar(files)?;
     let argv = vec!["tar".into(), "-x".into(), "-o".into(), "-C".into(), "/".into()];
     let (code, _, err) = crate::cluster::exec::exec_capture(cluster, pod, container, argv, Some(bytes)).await?;
     if code != 0 {
@@ -314,7 +333,14 @@ fn wait_parsed(ctx: &Ctx, cluster: &Cluster, dag_ids: &[String], timeout: Durati
     }
 }
 
-fn handle(ctx: &Ctx, args: &WatchArgs, checker: &mut Checker, files: &[PathBuf], human: bool) -> Result<ChangeReport> {
+fn handle(
+    ctx: &Ctx,
+    args: &WatchArgs,
+    up_args: &K8sUpArgs,
+    checker: &mut Checker,
+    files: &[PathBuf],
+    human: bool,
+) -> Result<ChangeReport> {
     let project = &ctx.project;
     let say = |s: &str| {
         if human {
@@ -377,16 +403,7 @@ fn handle(ctx: &Ctx, args: &WatchArgs, checker: &mut Checker, files: &[PathBuf],
 
     // 2. Build and ship: the new image on the nodes (or in the registry).
     let started = Instant::now();
-    let up_args = K8sUpArgs {
-        cluster: args.cluster.clone(),
-        no_wait: true,
-        json: true,
-        registry: args.registry.clone(),
-        node_containerd: args.node_containerd.clone(),
-        timeout: 600,
-        ..Default::default()
-    };
-    let shipped = pipeline::up(ctx, &up_args, Until::Delivered)?;
+    let shipped = pipeline::up(ctx, up_args, Until::Delivered)?;
     report.ship_seconds = started.elapsed().as_secs_f64();
     report.image = shipped.images.get("airflow-worker").cloned();
     let sent: u64 = shipped.deliveries.iter().map(|d| d.bytes).sum::<u64>()
@@ -419,7 +436,7 @@ fn handle(ctx: &Ctx, args: &WatchArgs, checker: &mut Checker, files: &[PathBuf],
         }
     };
     let roll = |report: &mut ChangeReport| -> Result<()> {
-        let up = pipeline::up(ctx, &up_args, Until::Applied)?;
+        let up = pipeline::up(ctx, up_args, Until::Applied)?;
         report.image = up.images.get("airflow-worker").cloned();
         say(&format!("roll     {}", up.apply.summary()));
         Ok(())
@@ -452,6 +469,29 @@ fn handle(ctx: &Ctx, args: &WatchArgs, checker: &mut Checker, files: &[PathBuf],
     Ok(report)
 }
 
+/// The k8s-up that watch repeats on every change: the flags of the last k8s-up on this
+/// cluster and namespace (its overlays, registry, insecure registries, node containerd),
+/// so a save never prunes an overlay's objects or drops a flag; watch's own --registry and
+/// --node-containerd take precedence.
+fn up_args(ctx: &Ctx, args: &WatchArgs) -> Result<K8sUpArgs> {
+    let (target, settings) = Target::from_args(&ctx.project, &args.cluster)?;
+    let last = pipeline::last_report(&ctx.project)
+        .filter(|r| r.target == target.describe() && r.namespace == settings.namespace)
+        .map(|r| r.delivery)
+        .unwrap_or_default();
+    Ok(K8sUpArgs {
+        cluster: args.cluster.clone(),
+        no_wait: true,
+        json: true,
+        timeout: 600,
+        overlay: last.overlays,
+        insecure_registry: last.insecure_registries,
+        registry: args.registry.clone().or(last.registry),
+        node_containerd: args.node_containerd.clone().or(last.node_containerd),
+        ..Default::default()
+    })
+}
+
 pub fn run(ctx: &Ctx, args: &WatchArgs) -> Result<()> {
     let project = &ctx.project;
     let human = !args.json;
@@ -461,6 +501,14 @@ pub fn run(ctx: &Ctx, args: &WatchArgs) -> Result<()> {
     ctx.block_on(crate::cluster::pods::ready_pod(&cluster, &settings, "dag-processor"))
         .map_err(|e| anyhow!("{e}\nwatch ships changes to a running Airflow: run `cargo xtask k8s-up` first"))?;
     drop(cluster);
+    let up_args = up_args(ctx, args)?;
+    if human && (!up_args.overlay.is_empty() || up_args.registry.is_some()) {
+        println!(
+            "ships    like the last k8s-up: overlays [{}]{}",
+            up_args.overlay.join(", "),
+            up_args.registry.as_deref().map(|r| format!(", registry {r}")).unwrap_or_default()
+        );
+    }
     let started = Instant::now();
     let mut checker = Checker::start(ctx, &args.check)?;
     let mut last = snapshot(&project.root);
@@ -472,27 +520,32 @@ pub fn run(ctx: &Ctx, args: &WatchArgs) -> Result<()> {
     } else {
         println!("{}", serde_json::json!({"event": "ready"}));
     }
-    let debounce = Duration::from_millis(args.debounce_ms);
+    // The kernel tells us about changes (inotify); the debouncer waits for a quiet period,
+    // so an editor's save-and-rename is one change. What changed is then read from the
+    // tree itself, against the last snapshot.
+    let (tx, events) = std::sync::mpsc::channel();
+    let mut debouncer = notify_debouncer_mini::new_debouncer(Duration::from_millis(args.debounce_ms), tx)
+        .context("cannot watch files/ for changes (inotify)")?;
+    for dir in ["files/dags", "files/include"] {
+        debouncer.watcher().watch(&project.root.join(dir), notify::RecursiveMode::Recursive).with_context(|| {
+            format!("cannot watch {dir} (too many files for inotify? raise fs.inotify.max_user_watches)")
+        })?;
+    }
     let mut handled = 0usize;
     loop {
-        std::thread::sleep(Duration::from_millis(100));
+        // A change made while the last one was handled has its event queued already.
+        match events.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => bail!("watching files/ failed: {e}"),
+            Err(_) => bail!("the file watcher stopped"),
+        }
         let now = snapshot(&project.root);
-        if diff(&last, &now).is_empty() {
+        let files = diff(&last, &now);
+        if files.is_empty() {
             continue;
         }
-        // Debounce: wait for a quiet period, so an editor's save-and-rename is one change.
-        let mut settled = now;
-        loop {
-            std::thread::sleep(debounce);
-            let again = snapshot(&project.root);
-            if again == settled {
-                break;
-            }
-            settled = again;
-        }
-        let files = diff(&last, &settled);
-        last = settled;
-        let report = match handle(ctx, args, &mut checker, &files, human) {
+        last = now;
+        let report = match handle(ctx, args, &up_args, &mut checker, &files, human) {
             Ok(r) => r,
             Err(e) => {
                 if human {
@@ -520,6 +573,78 @@ pub fn run(ctx: &Ctx, args: &WatchArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_save_repeats_the_overlays_and_flags_of_the_last_k8s_up_on_that_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = Ctx::new(crate::config::Project::discover(Some(dir.path())).unwrap()).unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        let watch_args = |namespace: &str| WatchArgs {
+            cluster: crate::cli::ClusterArgs {
+                kubeconfig: Some(kubeconfig.clone()),
+                namespace: Some(namespace.into()),
+                ..Default::default()
+            },
+            check: "image".into(),
+            node_containerd: None,
+            registry: None,
+            debounce_ms: 300,
+            max_changes: None,
+            json: false,
+        };
+        let (target, _) = Target::from_args(&ctx.project, &watch_args("prod").cluster).unwrap();
+        let report = pipeline::UpReport {
+            target: target.describe(),
+            namespace: "prod".into(),
+            delivery: pipeline::Delivery {
+                overlays: vec!["remote-logging-s3".into()],
+                registry: Some("registry.internal:5000/team".into()),
+                insecure_registries: vec!["registry.internal:5000".into()],
+                node_containerd: None,
+            },
+            ..Default::default()
+        };
+        crate::report::write_json(&ctx.project.work_dir().join(pipeline::REPORT_FILE), &report).unwrap();
+
+        let a = up_args(&ctx, &watch_args("prod")).unwrap();
+        assert_eq!(a.overlay, ["remote-logging-s3"]);
+        assert_eq!(a.insecure_registry, ["registry.internal:5000"]);
+        assert_eq!(a.registry.as_deref(), Some("registry.internal:5000/team"));
+        // Another namespace was not deployed by that k8s-up: nothing is carried over.
+        let b = up_args(&ctx, &watch_args("staging")).unwrap();
+        assert!(b.overlay.is_empty() && b.registry.is_none() && b.insecure_registry.is_empty());
+    }
+
+    #[test]
+    fn a_link_to_a_file_outside_ships_as_a_link_never_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("credentials");
+        std::fs::write(&secret, "aws_secret_access_key = hunter2").unwrap();
+        let dags = dir.path().join("files/dags");
+        std::fs::create_dir_all(&dags).unwrap();
+        std::fs::write(dags.join("a.py"), "print('a')").unwrap();
+        std::os::unix::fs::symlink(&secret, dags.join("leak.py")).unwrap();
+        let files = vec![
+            ("/opt/airflow/dags/a.py".to_string(), dags.join("a.py")),
+            ("/opt/airflow/dags/leak.py".to_string(), dags.join("leak.py")),
+            ("/opt/airflow/dags/gone.py".to_string(), dags.join("gone.py")),
+        ];
+        let (bytes, removed) = sync_tar(&files).unwrap();
+        assert_eq!(removed, ["/opt/airflow/dags/gone.py"]);
+        assert!(!bytes.windows(7).any(|w| w == b"hunter2"), "the link's target was shipped");
+        let mut archive = tar::Archive::new(&bytes[..]);
+        let entries: Vec<(String, tar::EntryType, Option<PathBuf>)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let link = e.link_name().unwrap().map(|l| l.into_owned());
+                (e.path().unwrap().display().to_string(), e.header().entry_type(), link)
+            })
+            .collect();
+        assert_eq!(entries[0].0, "opt/airflow/dags/a.py");
+        assert_eq!(entries[1], ("opt/airflow/dags/leak.py".into(), tar::EntryType::Symlink, Some(secret)));
+    }
 
     #[test]
     fn changes_are_added_modified_and_removed_files() {
