@@ -120,7 +120,7 @@ pub enum Command {
     #[command(after_help = "Examples:
   cargo xtask logs scheduler -f                    follow the scheduler
   cargo xtask logs smoke_xcom                      the newest worker pod of any task of the DAG
-  cargo xtask logs smoke_xcom.pull                 that task's worker pod, else its log from the API")]
+  cargo xtask logs smoke_xcom.consume              that task's worker pod, else its log from the API")]
     Logs(LogsArgs),
 
     /// Check the chain from tools to DAGs, in order, and stop at the first broken link

@@ -13,7 +13,7 @@ use std::process::Output;
 
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ResourceQuota};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 
@@ -150,6 +150,38 @@ async fn airflow_on_kubernetes_end_to_end() {
     assert_eq!(left, 0, "worker pods were not deleted after success");
     assert!(fs::read_to_string(repo.path("target/xtask/smoke/cluster-junit.xml")).unwrap().contains("failures=\"0\""));
 
+    // 4b. Day two on the healthy install: doctor passes every check, a component's log,
+    //     and a finished task's log from the API once its worker pod is gone.
+    let out = install.run(&["doctor", "--json"]);
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(out.status.success(), "doctor failed on a healthy install:\n{}\n{}", stdout(&out), stderr(&out));
+    for name in ["cluster", "namespace", "rbac", "admission", "images", "components", "workers", "dags"] {
+        let c = checks["checks"].as_array().and_then(|a| a.iter().find(|c| c["check"] == name));
+        assert!(c.is_some_and(|c| c["ok"] == true), "doctor's {name} check: {checks}");
+    }
+    let out = install.run(&["logs", "scheduler", "--tail", "20"]);
+    assert!(out.status.success() && !stdout(&out).trim().is_empty(), "{}\n{}", stdout(&out), stderr(&out));
+    let out = install.run(&["logs", "smoke_xcom.consume"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("consume"), "the task log from the API: {}", stdout(&out));
+
+    // 4c. "Task stuck in queued": a ResourceQuota that refuses worker pods is found by
+    //     doctor, which names the quota and the fix.
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), &namespace);
+    let quota: ResourceQuota = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "no-more-pods"}, "spec": {"hard": {"pods": "0"}}}),
+    )
+    .unwrap();
+    quotas.create(&PostParams::default(), &quota).await.unwrap();
+    let out = install.run(&["doctor", "--json"]);
+    quotas.delete("no-more-pods", &DeleteParams::default()).await.unwrap();
+    assert!(!out.status.success(), "doctor passed with a quota that refuses every pod");
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let admission = checks["checks"].as_array().unwrap().iter().find(|c| c["check"] == "admission").unwrap();
+    assert_eq!(admission["ok"], false, "{checks}");
+    assert!(admission["detail"].as_str().unwrap().contains("exceeded quota"), "{admission}");
+    assert!(admission["fix"].as_str().unwrap().contains("ResourceQuota"), "{admission}");
+
     // 5. A failing task and a DAG that does not import: both fail fast, with the reason.
     repo.write(
         "files/dags/smoke_failing.py",
@@ -169,6 +201,11 @@ async fn airflow_on_kubernetes_end_to_end() {
     // The failed task's pod stays, for its logs and events.
     let failed_pods = pods.list(&ListParams::default().labels("dag_id=smoke_failing")).await.unwrap().items;
     assert!(!failed_pods.is_empty(), "the failed worker pod was deleted");
+    // Its log comes from the worker pod itself while the pod is there.
+    let out = install.run(&["logs", "smoke_failing.explode"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).contains("worker pod "), "not read from the worker pod: {}", stderr(&out));
+    assert!(stdout(&out).contains("exploded on purpose"), "{}", stdout(&out));
     fs::remove_file(repo.path("files/dags/smoke_failing.py")).unwrap();
     fs::remove_file(repo.path("files/dags/smoke_broken_import.py")).unwrap();
 

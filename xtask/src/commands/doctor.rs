@@ -7,13 +7,14 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec, SubjectAccessReview,
     SubjectAccessReviewSpec,
 };
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, ListParams, PostParams};
 use serde::Serialize;
 
 use crate::cli::DoctorArgs;
 use crate::cluster::{Cluster, Target};
 use crate::ctx::Ctx;
-use crate::deploy::manifests::SCHEDULER_NEEDS;
+use crate::deploy::manifests::{POD_TEMPLATE_KEY, SCHEDULER_NEEDS};
 use crate::error::Reported;
 
 #[derive(Serialize)]
@@ -100,6 +101,45 @@ pub async fn self_denied(
         }
     }
     Ok(denied)
+}
+
+enum Admission {
+    Admitted(String),
+    NoTemplate,
+    Refused { template: String, why: String },
+    NotAllowedToAsk(String),
+}
+
+/// Asks the API server to admit, as a dry run, a pod made from the pod template the
+/// KubernetesExecutor uses: quotas, limit ranges and Pod Security answer as they would for
+/// a real worker pod.
+async fn worker_pod_admitted(cluster: &Cluster) -> Result<Admission> {
+    let maps = Api::<ConfigMap>::namespaced(cluster.client.clone(), &cluster.namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| cluster.explain(e, "list", "configmaps"))?;
+    let Some((template, yaml)) = maps.items.iter().find_map(|m| {
+        let yaml = m.data.as_ref()?.get(POD_TEMPLATE_KEY)?;
+        Some((m.metadata.name.clone().unwrap_or_default(), yaml.clone()))
+    }) else {
+        return Ok(Admission::NoTemplate);
+    };
+    let mut pod: Pod = serde_yaml_ng::from_str(&yaml)
+        .map_err(|e| anyhow::anyhow!("ConfigMap {template}'s {POD_TEMPLATE_KEY} is not a Pod: {e}"))?;
+    pod.metadata.name = None;
+    pod.metadata.generate_name = Some("xtask-doctor-".into());
+    pod.metadata.namespace = Some(cluster.namespace.clone());
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    match pods.create(&PostParams { dry_run: true, ..Default::default() }, &pod).await {
+        Ok(_) => Ok(Admission::Admitted(template)),
+        Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("cannot create resource") => {
+            Ok(Admission::NotAllowedToAsk(s.message))
+        }
+        Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => {
+            Ok(Admission::Refused { template, why: s.message })
+        }
+        Err(e) => Err(cluster.explain(e, "create", "pods (dry run)")),
+    }
 }
 
 /// Runs the checks in order, calling `report` on each, and stops at the first broken one.
@@ -211,7 +251,39 @@ fn checks(ctx: &Ctx, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) -> Resul
         return Ok(false);
     }
 
-    // 5-7. Images on the nodes, components, worker pods.
+    // 5. A worker pod from the pod template would be admitted now: a ResourceQuota, a
+    //    LimitRange or Pod Security that refuses it leaves tasks queued with no pod at all.
+    let c = match ctx.block_on(worker_pod_admitted(&cluster)) {
+        Ok(Admission::Admitted(template)) => {
+            ok("admission", format!("a worker pod from ConfigMap {template} would be admitted (server dry run)"))
+        }
+        Ok(Admission::NoTemplate) => broken(
+            "admission",
+            format!("no pod template (a ConfigMap with key {POD_TEMPLATE_KEY}) in namespace {}", cluster.namespace),
+            "`cargo xtask k8s-up` applies k8s/airflow/pod-template.yaml",
+        ),
+        Ok(Admission::Refused { template, why }) => broken(
+            "admission",
+            format!("a worker pod from ConfigMap {template} would be refused, so tasks stay queued: {why}"),
+            if why.contains("exceeded quota") {
+                format!(
+                    "raise the ResourceQuota (`kubectl -n {} describe resourcequota`) or lower the pod template's resources in k8s/airflow/pod-template.yaml",
+                    cluster.namespace
+                )
+            } else {
+                "make the pod template in k8s/airflow/pod-template.yaml meet the namespace's policy above, then `cargo xtask k8s-up`".to_string()
+            },
+        ),
+        Ok(Admission::NotAllowedToAsk(why)) => {
+            ok("admission", format!("not checked: your credentials may not create pods, even as a dry run ({why})"))
+        }
+        Err(e) => broken("admission", e.to_string(), "`cargo xtask k8s-up`"),
+    };
+    if !push(c) {
+        return Ok(false);
+    }
+
+    // 6-8. Images on the nodes, components, worker pods.
     let built = crate::image_build::last_built(project).unwrap_or_default();
     let status = ctx.block_on(crate::cluster::inspect::collect(&cluster, &built))?;
     let stale: Vec<String> = status
