@@ -12,7 +12,8 @@ use crate::cluster::delivery::{self, Delivered, KindNode, LocalContainerd, Node}
 use crate::cluster::{Target, kind};
 use crate::ctx::Ctx;
 use crate::deploy::apply::{self, ApplyReport};
-use crate::deploy::manifests::{self, CheckContext, RenderOptions};
+use crate::deploy::check::{self, CheckContext};
+use crate::deploy::render::{self, RenderOptions};
 use crate::deploy::wait;
 use crate::fsutil::human_bytes;
 use crate::image_build::{self, BuildOptions, ImageReport};
@@ -121,7 +122,7 @@ pub fn up(ctx: &Ctx, args: &K8sUpArgs, until: Until) -> Result<UpReport> {
     }
     let docs = crate::deploy::load_docs(project, &overlays)?;
     let placeholders = crate::deploy::placeholders(project)?;
-    let problems = manifests::check(&docs, &CheckContext { placeholders: &placeholders });
+    let problems = check::check(&docs, &CheckContext { placeholders: &placeholders });
     if !problems.is_empty() {
         let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
         bail!("k8s/ has {} problem(s); nothing was applied:\n{}", problems.len(), list.join("\n"));
@@ -272,7 +273,7 @@ pub fn up(ctx: &Ctx, args: &K8sUpArgs, until: Until) -> Result<UpReport> {
     }
 
     // 4. Apply k8s/, pruning what xtask applied before and k8s/ dropped.
-    let objects = manifests::render(&docs, &RenderOptions { namespace: &settings.namespace, images: &report.images })?;
+    let objects = render::render(&docs, &RenderOptions { namespace: &settings.namespace, images: &report.images })?;
     let applied = ctx.block_on(apply::apply(&cluster, &objects, true, &mut |o| {
         if o.action != "unchanged" {
             steps.line(&format!("apply      {} {} {}", o.kind, o.name, o.action));
@@ -285,7 +286,9 @@ pub fn up(ctx: &Ctx, args: &K8sUpArgs, until: Until) -> Result<UpReport> {
     // 5. Wait until healthy.
     if until == Until::Healthy {
         let timeout = Duration::from_secs(args.timeout);
-        ctx.block_on(wait::wait(&cluster, &wait::steps_for(&objects, timeout), &mut |line| {
+        let delivered: Vec<String> =
+            if report.deliveries.is_empty() { vec![] } else { report.images.values().cloned().collect() };
+        ctx.block_on(wait::wait(&cluster, &wait::steps_for(&objects, timeout), &delivered, &mut |line| {
             steps.line(&format!("wait       {line}"))
         }))?;
         steps.done("wait");

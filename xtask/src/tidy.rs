@@ -243,7 +243,8 @@ fn every_command_module_is_a_command() {
 /// grants and what `manifests check` allows.
 #[test]
 fn the_scheduler_rbac_lists_agree() {
-    use crate::deploy::manifests::{ALLOWED_RULES, load, parse};
+    use crate::deploy::check::ALLOWED_RULES;
+    use crate::deploy::manifests::{load, parse};
     let docs = load(&repo_root(), &[repo_root().join("k8s/airflow").as_path()]).unwrap();
     let mut granted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for d in docs.iter().filter(|d| d.kind() == "Role") {
@@ -255,7 +256,7 @@ fn the_scheduler_rbac_lists_agree() {
             }
         }
     }
-    for &(resource, verbs) in crate::deploy::manifests::SCHEDULER_NEEDS {
+    for &(resource, verbs) in crate::deploy::check::SCHEDULER_NEEDS {
         let allowed = ALLOWED_RULES.iter().find(|(r, _)| *r == resource).map(|(_, v)| *v).unwrap_or_default();
         for v in verbs.iter().copied() {
             assert!(allowed.contains(&v), "doctor checks `{v}` on {resource}, which manifests check does not allow");

@@ -19,6 +19,9 @@ pub struct PodState {
     pub problems: Vec<String>,
     /// The most telling reason (ImagePullBackOff, OOMKilled, Unschedulable, ...), if any.
     pub reason: Option<String>,
+    /// The image of the container that reason is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     pub events: Vec<String>,
     pub hint: Option<String>,
 }
@@ -38,6 +41,14 @@ impl PodState {
                     | "OOMKilled"
             )
         )
+    }
+
+    /// An image pull that fails for an image delivery just put on the node: the node's
+    /// container runtime has not caught up yet (its image cache lags the import), which
+    /// the kubelet's next pull attempt gets past.
+    pub fn pull_of_delivered(&self, delivered: &[String]) -> bool {
+        matches!(self.reason.as_deref(), Some("ImagePullBackOff" | "ErrImagePull"))
+            && self.image.as_ref().is_some_and(|i| delivered.contains(i))
     }
 
     /// Several lines: what, why, events, fix, where to look further.
@@ -151,6 +162,7 @@ pub async fn pod_state(client: &kube::Client, namespace: &str, pod: &Pod) -> Res
         node,
         restarts,
         problems,
+        image: reason.as_ref().and_then(|r| r.2.clone()),
         reason: reason.map(|r| r.0),
         events,
         hint,

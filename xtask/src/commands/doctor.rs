@@ -14,7 +14,8 @@ use serde::Serialize;
 use crate::cli::DoctorArgs;
 use crate::cluster::{Cluster, Target};
 use crate::ctx::Ctx;
-use crate::deploy::manifests::{POD_TEMPLATE_KEY, SCHEDULER_NEEDS};
+use crate::deploy::check::SCHEDULER_NEEDS;
+use crate::deploy::manifests::POD_TEMPLATE_KEY;
 use crate::error::Reported;
 
 #[derive(Serialize)]

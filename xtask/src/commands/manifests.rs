@@ -8,7 +8,9 @@ use serde_json::json;
 use crate::cli::{ManifestsArgs, ManifestsCommand};
 use crate::config::{self};
 use crate::ctx::Ctx;
-use crate::deploy::manifests::{self, CheckContext, RenderOptions};
+use crate::deploy::check::{self, CheckContext};
+use crate::deploy::manifests;
+use crate::deploy::render::{self, RenderOptions};
 use crate::deploy::secrets::GENERATED;
 use crate::deploy::{built_images, load_docs, placeholders};
 use crate::error::Reported;
@@ -19,8 +21,8 @@ pub fn run(ctx: &Ctx, args: &ManifestsArgs) -> Result<()> {
         ManifestsCommand::Check { overlay, json } => {
             let docs = load_docs(project, overlay)?;
             let placeholders = placeholders(project)?;
-            let problems = manifests::check(&docs, &CheckContext { placeholders: &placeholders });
-            let unchecked = manifests::unchecked(&docs);
+            let problems = check::check(&docs, &CheckContext { placeholders: &placeholders });
+            let unchecked = check::unchecked(&docs);
             let files: BTreeSet<&str> = docs.iter().map(|d| d.file.as_str()).collect();
             if *json {
                 println!(
@@ -55,14 +57,13 @@ pub fn run(ctx: &Ctx, args: &ManifestsArgs) -> Result<()> {
             let docs = load_docs(project, overlay)?;
             let (mut images, missing) = built_images(project)?;
             for o in image {
-                let (k, v) = manifests::parse_image_override(o)?;
+                let (k, v) = render::parse_image_override(o)?;
                 images.insert(k, v);
             }
             for m in missing.iter().filter(|m| !images.contains_key(*m)) {
                 eprintln!("note: image `{m}` is not built yet, so it stays a placeholder; run `cargo xtask images`");
             }
-            let mut objects =
-                manifests::render(&docs, &RenderOptions { namespace: &cluster.namespace, images: &images })?;
+            let mut objects = render::render(&docs, &RenderOptions { namespace: &cluster.namespace, images: &images })?;
             for g in GENERATED {
                 let data: BTreeMap<&str, &str> = g.keys.iter().map(|k| (*k, "<generated>")).collect();
                 objects.push(json!({
@@ -72,7 +73,7 @@ pub fn run(ctx: &Ctx, args: &ManifestsArgs) -> Result<()> {
                     "stringData": data,
                 }));
             }
-            objects.sort_by_key(|v| manifests::apply_order(v["kind"].as_str().unwrap_or("")));
+            objects.sort_by_key(|v| render::apply_order(v["kind"].as_str().unwrap_or("")));
             for o in &objects {
                 println!("---\n{}", serde_yaml_ng::to_string(o)?.trim_end());
             }

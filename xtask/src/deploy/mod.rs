@@ -2,7 +2,9 @@
 //! waiting with diagnosis.
 
 pub mod apply;
+pub mod check;
 pub mod manifests;
+pub mod render;
 pub mod secrets;
 pub mod wait;
 

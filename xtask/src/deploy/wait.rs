@@ -192,9 +192,24 @@ fn airflow_healthy(body: &str) -> Result<(), String> {
 #[error("Job {0} failed")]
 struct JobFailed(String);
 
+/// How long a state that waiting will not fix (a bad image, a missing secret, a crash
+/// loop) is watched before the step fails with its diagnosis.
+const HOPELESS_GRACE: Duration = Duration::from_secs(20);
+/// The same for a failing pull of an image delivery just confirmed on the node.
+const DELIVERED_PULL_GRACE: Duration = Duration::from_secs(90);
+
 /// Waits for every step in order; returns each step's seconds. `on_progress` gets a line
 /// whenever what a step sees changes.
-pub async fn wait(cluster: &Cluster, steps: &[Step], on_progress: &mut dyn FnMut(&str)) -> Result<Vec<(String, f64)>> {
+///
+/// `delivered` are the image references delivery just confirmed on the nodes: a failing
+/// pull of one of those gets a longer grace than other hopeless states, as the node's
+/// runtime may still be catching up with the import.
+pub async fn wait(
+    cluster: &Cluster,
+    steps: &[Step],
+    delivered: &[String],
+    on_progress: &mut dyn FnMut(&str),
+) -> Result<Vec<(String, f64)>> {
     let mut times = Vec::new();
     for step in steps {
         let started = Instant::now();
@@ -223,10 +238,14 @@ pub async fn wait(cluster: &Cluster, steps: &[Step], on_progress: &mut dyn FnMut
             let pods = diagnose::pods(&cluster.client, &cluster.namespace, &step.selector).await.unwrap_or_default();
             let hopeless: Vec<&diagnose::PodState> = pods.iter().filter(|p| p.is_hopeless()).collect();
             hopeless_since = if hopeless.is_empty() { None } else { hopeless_since.or(Some(Instant::now())) };
+            let grace = if hopeless.iter().all(|p| p.pull_of_delivered(delivered)) {
+                DELIVERED_PULL_GRACE
+            } else {
+                HOPELESS_GRACE
+            };
             let timed_out = started.elapsed() > step.timeout;
             // A bad image or missing secret will not fix itself: say so after a short grace.
-            let give_up =
-                failure.is_some() || timed_out || hopeless_since.is_some_and(|t| t.elapsed() > Duration::from_secs(20));
+            let give_up = failure.is_some() || timed_out || hopeless_since.is_some_and(|t| t.elapsed() > grace);
             if give_up {
                 let why = failure.unwrap_or_else(|| {
                     if timed_out {

@@ -1,0 +1,149 @@
+//! What `k8s-up` applies: the documents of k8s/ with the namespace set, placeholders
+//! replaced by the built images, pod templates turned into ConfigMaps, the managed-by
+//! label and config hashes added, in dependency order.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, anyhow};
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use super::manifests::{CONFIG_HASH_ANNOTATION, Doc, MANAGED_BY, MANAGED_BY_LABEL, POD_TEMPLATE_KEY};
+/// How to render: the namespace, and what each placeholder image becomes.
+pub struct RenderOptions<'a> {
+    pub namespace: &'a str,
+    /// placeholder -> `name@sha256:...`
+    pub images: &'a BTreeMap<String, String>,
+}
+
+/// Kinds without a namespace; for kinds xtask does not know, apply asks the cluster.
+const CLUSTER_SCOPED: &[&str] = &[
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "PersistentVolume",
+    "StorageClass",
+    "CustomResourceDefinition",
+    "PriorityClass",
+    "IngressClass",
+];
+
+/// The objects to apply, in dependency order: namespace set, placeholders replaced, pod
+/// templates turned into ConfigMaps, labels and config hashes added. Generated secrets
+/// are not included (they are made in the cluster).
+pub fn render(docs: &[Doc], opts: &RenderOptions<'_>) -> Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for doc in docs {
+        let mut v = doc.value.clone();
+        let kind = doc.kind().to_string();
+        if kind == "Namespace" {
+            v["metadata"]["name"] = json!(opts.namespace);
+        } else if !CLUSTER_SCOPED.contains(&kind.as_str()) {
+            v["metadata"]["namespace"] = json!(opts.namespace);
+        }
+        if kind == "RoleBinding" {
+            for s in v["subjects"].as_array_mut().into_iter().flatten() {
+                if s["kind"] == "ServiceAccount" {
+                    s["namespace"] = json!(opts.namespace);
+                }
+            }
+        }
+        replace_images(&mut v, opts.images);
+        v["metadata"]["labels"][MANAGED_BY_LABEL] = json!(MANAGED_BY);
+        if kind == "Pod" {
+            // A pod template: stored as YAML in a ConfigMap of the same name.
+            let yaml = serde_yaml_ng::to_string(&v).context("cannot serialise the pod template")?;
+            let mut labels = v["metadata"]["labels"].clone();
+            labels[MANAGED_BY_LABEL] = json!(MANAGED_BY);
+            v = json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": doc.name(), "namespace": opts.namespace, "labels": labels},
+                "data": {POD_TEMPLATE_KEY: yaml},
+            });
+        }
+        out.push(v);
+    }
+    add_config_hashes(&mut out);
+    out.sort_by_key(|v| apply_order(v["kind"].as_str().unwrap_or("")));
+    Ok(out)
+}
+
+/// Replaces placeholder images in every container of every pod spec of `v`.
+fn replace_images(v: &mut Value, images: &BTreeMap<String, String>) {
+    for pointer in ["/spec", "/spec/template/spec", "/spec/jobTemplate/spec/template/spec"] {
+        if let Some(spec) = v.pointer_mut(pointer) {
+            for list in ["containers", "initContainers"] {
+                for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+                    if let Some(img) = c.get("image").and_then(Value::as_str)
+                        && let Some(repl) = images.get(img)
+                    {
+                        c["image"] = json!(repl);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Annotates each pod template with a hash of the ConfigMaps it mounts or reads, so that
+/// applying changed configuration rolls the pods that use it.
+fn add_config_hashes(objects: &mut [Value]) {
+    let maps: BTreeMap<String, String> = objects
+        .iter()
+        .filter(|o| o["kind"] == "ConfigMap")
+        .map(|o| (o["metadata"]["name"].as_str().unwrap_or("").to_string(), o["data"].to_string()))
+        .collect();
+    for o in objects.iter_mut() {
+        let Some(template) = o.pointer_mut("/spec/template") else { continue };
+        let spec = template["spec"].to_string();
+        let mut h = Sha256::new();
+        let mut any = false;
+        for (name, data) in &maps {
+            if spec.contains(&format!("\"name\":\"{name}\"")) {
+                h.update(name.as_bytes());
+                h.update(data.as_bytes());
+                any = true;
+            }
+        }
+        if any {
+            template["metadata"]["annotations"][CONFIG_HASH_ANNOTATION] = json!(hex::encode(&h.finalize()[..8]));
+        }
+    }
+}
+
+/// Objects others depend on first; workloads after them; objects of other kinds (custom
+/// resources among them) last, once the CustomResourceDefinitions that define them exist.
+pub fn apply_order(kind: &str) -> usize {
+    const ORDER: &[&str] = &[
+        "Namespace",
+        "CustomResourceDefinition",
+        "ResourceQuota",
+        "LimitRange",
+        "NetworkPolicy",
+        "ServiceAccount",
+        "ClusterRole",
+        "Role",
+        "ClusterRoleBinding",
+        "RoleBinding",
+        "ConfigMap",
+        "Secret",
+        "PersistentVolumeClaim",
+        "Service",
+        "Ingress",
+        "StatefulSet",
+        "Job",
+        "CronJob",
+        "DaemonSet",
+        "Deployment",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+    ];
+    ORDER.iter().position(|k| *k == kind).unwrap_or(ORDER.len())
+}
+
+/// Parses the placeholders' replacements for `--image NAME=REF` style overrides.
+pub fn parse_image_override(s: &str) -> Result<(String, String)> {
+    let (k, v) = s.split_once('=').ok_or_else(|| anyhow!("`{s}` is not PLACEHOLDER=IMAGE"))?;
+    Ok((k.to_string(), v.to_string()))
+}
