@@ -169,8 +169,10 @@ async fn look(cluster: &Cluster, check: &Check) -> Result<Result<(), String>> {
     })
 }
 
-/// Airflow's health answer: the metadatabase must say healthy, and no other part may say
-/// unhealthy (a part that never ran, such as a triggerer not deployed, says nothing).
+/// The api-server's health answer: it must be JSON whose metadatabase says healthy. The
+/// other parts (scheduler, triggerer, dag processor) have wait steps of their own; their
+/// heartbeats lag their pods' readiness (a triggerer reported unhealthy for minutes on
+/// the test cluster), so they do not hold the api-server's step.
 fn airflow_healthy(body: &str) -> Result<(), String> {
     let v: serde_json::Value =
         serde_json::from_str(body).map_err(|e| format!("the health answer is not JSON ({e}): {body}"))?;
@@ -178,14 +180,7 @@ fn airflow_healthy(body: &str) -> Result<(), String> {
     if status(&v["metadatabase"]).as_deref() != Some("healthy") {
         return Err(format!("the metadatabase is not healthy: {body}"));
     }
-    let unhealthy: Vec<String> = v
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(_, part)| status(part).is_some_and(|s| s != "healthy"))
-        .map(|(name, part)| format!("{name} is {}", status(part).unwrap_or_default()))
-        .collect();
-    if unhealthy.is_empty() { Ok(()) } else { Err(unhealthy.join(", ")) }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -278,9 +273,15 @@ mod tests {
     fn airflow_is_healthy_only_when_no_part_says_otherwise() {
         let ok = r#"{"metadatabase":{"status":"healthy"},"scheduler":{"status":"healthy","latest_scheduler_heartbeat":"2026-01-01T00:00:00+00:00"},"triggerer":{"status":null,"latest_triggerer_heartbeat":null}}"#;
         assert_eq!(airflow_healthy(ok), Ok(()));
-        // The metadatabase healthy is not enough when the scheduler is down.
-        let scheduler_down = r#"{"metadatabase":{"status":"healthy"},"scheduler":{"status":"unhealthy","latest_scheduler_heartbeat":null}}"#;
-        assert_eq!(airflow_healthy(scheduler_down), Err("scheduler is unhealthy".into()));
+        // The scheduler's own step waits for it; the api-server's does not.
+        let scheduler_late = r#"{"metadatabase":{"status":"healthy"},"scheduler":{"status":"unhealthy","latest_scheduler_heartbeat":null}}"#;
+        assert_eq!(airflow_healthy(scheduler_late), Ok(()));
+        // An answer that says nothing of the metadatabase is not a healthy one (the old
+        // text search passed it, as it held no "unhealthy").
+        assert!(airflow_healthy(r#"{"metadatabase":{"status":null}}"#).is_err());
+        assert!(airflow_healthy(r#"{"detail":"Not Found"}"#).is_err());
+        // Text that merely mentions "healthy" is not an answer.
+        assert!(airflow_healthy(r#"{"metadatabase":{"status":"unhealthy"},"note":"healthy"}"#).is_err());
         let db_down = r#"{"metadatabase":{"status":"unhealthy"}}"#;
         assert!(airflow_healthy(db_down).unwrap_err().contains("metadatabase"));
         assert!(airflow_healthy("<html>").is_err());
