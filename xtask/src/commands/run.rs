@@ -17,8 +17,9 @@ use crate::ctx::Ctx;
 /// An executor that can run the task now, with what it runs on.
 enum Ready {
     Local,
-    /// The worker image on the local Docker engine; built and loaded when the task runs.
-    Container,
+    /// The worker image on the local Docker engine: `None` until the task is about to run
+    /// (listing what could run builds nothing), then the image built and loaded for it.
+    Container(Option<String>),
     Kubernetes {
         cluster: Box<Cluster>,
         pod: String,
@@ -30,7 +31,8 @@ impl Ready {
     fn describe(&self) -> String {
         match self {
             Ready::Local => "on this machine".into(),
-            Ready::Container => "in a container of the worker image (Docker engine)".into(),
+            Ready::Container(None) => "in a container of the worker image (Docker engine)".into(),
+            Ready::Container(Some(image)) => format!("in a container of {image}"),
             Ready::Kubernetes { cluster, pod, container } => {
                 format!("in pod {}/{pod} (container {container})", cluster.namespace)
             }
@@ -59,7 +61,7 @@ fn availability(
             // Only whether the engine answers: the image is built and loaded when the task
             // runs, not to list what could run.
             ctx.docker()?;
-            Ok(Ready::Container)
+            Ok(Ready::Container(None))
         }
         Executor::Kubernetes => {
             let cluster = Box::new(ctx.connect(target, &settings.namespace)?);
@@ -89,11 +91,8 @@ fn execute(ctx: &Ctx, task: &TaskDef, ready: Ready) -> Result<i32> {
             let status = std::process::Command::new(&argv[0]).args(&argv[1..]).current_dir(&project.root).status()?;
             Ok(status.code().unwrap_or(1))
         }
-        Ready::Container => {
-            let image = match runner::for_project(project, ctx.handle(), false, None, "airflow-worker", false)? {
-                runner::Runner::Image { name, .. } => name,
-                runner::Runner::Venv { .. } => bail!("no worker image to run the task in"),
-            };
+        Ready::Container(None) => bail!("the worker image was not resolved before the task ran"),
+        Ready::Container(Some(image)) => {
             let spec = container::Spec { image, cmd: argv, env: vec![], binds: vec![], tty, auto_remove: false };
             Ok(ctx.block_on(container::run_with_stdio(&spec, task.interactive))? as i32)
         }
@@ -102,6 +101,14 @@ fn execute(ctx: &Ctx, task: &TaskDef, ready: Ready) -> Result<i32> {
                 ExecRequest { command: argv, container, stdin: task.interactive, tty, workdir: None, env: vec![] };
             ctx.block_on(exec_streaming(&cluster, &pod, &req))
         }
+    }
+}
+
+/// Builds (when stale) and loads the worker image; its fully qualified name.
+fn worker_image(ctx: &Ctx) -> Result<String> {
+    match runner::for_project(&ctx.project, ctx.handle(), false, None, "airflow-worker", false)? {
+        runner::Runner::Image { name, .. } => Ok(name),
+        runner::Runner::Venv { .. } => bail!("no worker image to run the task in"),
     }
 }
 
@@ -157,6 +164,11 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32> {
     let mut passed_over = Vec::new();
     for x in order {
         match availability(ctx, &target, &settings, task, x) {
+            Ok(Ready::Container(None)) => {
+                let image = worker_image(ctx)?;
+                eprintln!("run {name}: executor {x}, {}", Ready::Container(Some(image.clone())).describe());
+                return execute(ctx, task, Ready::Container(Some(image)));
+            }
             Ok(ready) => {
                 eprintln!("run {name}: executor {x}, {}", ready.describe());
                 return execute(ctx, task, ready);
