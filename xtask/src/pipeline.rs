@@ -17,6 +17,7 @@ use crate::deploy::render::{self, RenderOptions};
 use crate::deploy::wait;
 use crate::fsutil::human_bytes;
 use crate::image_build::{self, BuildOptions, ImageReport};
+use crate::oci::DescriptorExt;
 use crate::oci::image::BuiltImage;
 use crate::oci::registry::{self, PushReport};
 use crate::ui;
@@ -232,7 +233,7 @@ pub fn up(ctx: &Ctx, args: &K8sUpArgs, until: Until) -> Result<UpReport> {
             ));
             let mut pinned = target_ref.clone();
             pinned.tag = None;
-            pinned.digest = Some(r.manifest.digest.clone());
+            pinned.digest = Some(r.manifest.sha256()?);
             report.images.insert(r.name.clone(), pinned.to_string());
             report.pushes.push(p);
         }

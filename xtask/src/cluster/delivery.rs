@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::oci::archive::{self, ArchiveImage};
 use crate::oci::store::Store;
-use crate::oci::{Digest, Manifest};
+use crate::oci::{DescriptorExt, Digest, ImageManifest};
 
 /// Writes a standard input to `ctr` and says how many bytes it wrote.
 pub type Feed<'a> = &'a mut dyn FnMut(&mut dyn Write) -> Result<u64>;
@@ -242,9 +242,9 @@ pub fn deliver(
     for node in nodes {
         for image in images {
             let started = Instant::now();
-            if image_digest(node.as_ref(), &image.name)? == Some(image.manifest.digest.clone())
-                && image_digest(node.as_ref(), &crate::oci::digest_reference(&image.name, &image.manifest.digest))?
-                    .is_some()
+            let digest = image.manifest.sha256()?;
+            if image_digest(node.as_ref(), &image.name)? == Some(digest.clone())
+                && image_digest(node.as_ref(), &crate::oci::digest_reference(&image.name, &digest))?.is_some()
             {
                 let d = Delivered {
                     node: node.name(),
@@ -258,10 +258,10 @@ pub fn deliver(
                 out.push(d);
                 continue;
             }
-            let manifest: Manifest = store.read_json(&image.manifest.digest)?;
+            let manifest: ImageManifest = store.read_json(&digest)?;
             let have = content(node.as_ref())?;
             let omit: BTreeSet<Digest> =
-                manifest.layers.iter().map(|l| l.digest.clone()).filter(|d| have.contains(d)).collect();
+                manifest.layers().iter().filter_map(|l| l.sha256().ok()).filter(|d| have.contains(d)).collect();
             tracing::debug!(node = node.name(), image = image.name, have = have.len(), omit = omit.len(), "importing");
             let (mut result, mut omitted) = import(node.as_ref(), store, image, &omit)?;
             let mut status = if omit.is_empty() { "full" } else { "thin" };
@@ -273,8 +273,8 @@ pub fn deliver(
             if !result.success {
                 bail!("ctr images import of {} on {} failed: {}", image.name, node.name(), result.stderr.trim());
             }
-            if image_digest(node.as_ref(), &image.name)? != Some(image.manifest.digest.clone()) {
-                bail!("{} reported success but does not list {} at {}", node.name(), image.name, image.manifest.digest);
+            if image_digest(node.as_ref(), &image.name)? != Some(digest.clone()) {
+                bail!("{} reported success but does not list {} at {digest}", node.name(), image.name);
             }
             let d = Delivered {
                 node: node.name(),

@@ -54,7 +54,7 @@ impl Status {
 }
 
 pub fn node_has(node: &Node, image: &BuiltImage) -> bool {
-    let digest = format!("@{}", image.manifest.digest);
+    let digest = format!("@{}", image.manifest.digest());
     node.status
         .iter()
         .flat_map(|s| s.images.iter().flatten())
@@ -88,7 +88,7 @@ pub async fn collect(cluster: &Cluster, built: &[BuiltImage]) -> Result<Status> 
         })
         .collect();
     let ns = &cluster.namespace;
-    let pinned: Vec<String> = built.iter().map(|b| b.manifest.digest.to_string()).collect();
+    let pinned: Vec<String> = built.iter().map(|b| b.manifest.digest().to_string()).collect();
     let selector = "app.kubernetes.io/name=airflow";
     let mut components = Vec::new();
     let images_of = |spec: Option<&k8s_openapi::api::core::v1::PodSpec>| -> Vec<String> {
@@ -151,7 +151,7 @@ pub async fn collect(cluster: &Cluster, built: &[BuiltImage]) -> Result<Status> 
         version,
         namespace: ns.clone(),
         nodes: node_status,
-        built: built.iter().map(|b| (b.name.clone(), b.manifest.digest.to_string())).collect(),
+        built: built.iter().map(|b| (b.name.clone(), b.manifest.digest().to_string())).collect(),
         components,
         failing_pods: failing,
     })

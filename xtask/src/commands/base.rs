@@ -18,8 +18,8 @@ struct Report<'a> {
     /// Read it from elsewhere as oci:STORE:NAME.
     store: String,
     store_name: String,
-    manifest_digest: &'a crate::oci::Digest,
-    layers: Vec<(&'a crate::oci::Digest, u64)>,
+    manifest_digest: &'a oci_spec::image::Digest,
+    layers: Vec<(&'a oci_spec::image::Digest, u64)>,
     built: bool,
     seconds: f64,
 }
@@ -40,8 +40,8 @@ pub fn run(ctx: &Ctx, args: &BaseArgs) -> Result<()> {
             reference: format!("xtask-base:{}", args.name),
             store: store.root().display().to_string(),
             store_name: outcome.store_name.clone(),
-            manifest_digest: &base.manifest.digest,
-            layers: base.layers.iter().map(|l| (&l.digest, l.size)).collect(),
+            manifest_digest: base.manifest.digest(),
+            layers: base.layers.iter().map(|l| (l.digest(), l.size())).collect(),
             built: outcome.built,
             seconds: outcome.seconds,
         };
@@ -49,7 +49,7 @@ pub fn run(ctx: &Ctx, args: &BaseArgs) -> Result<()> {
     } else {
         println!(
             "  manifest {}  {} layers, {}  {}",
-            base.manifest.digest,
+            base.manifest.digest(),
             base.layers.len(),
             human_bytes(base.total_size()),
             if outcome.built {

@@ -115,7 +115,7 @@ pub fn run(ctx: &Ctx, args: &ImagesArgs) -> Result<()> {
 
 fn push_one(store: &Store, report: &ImageReport, dest: &str, insecure: &[String], human: bool) -> Result<PushReport> {
     let target = push_target(&report.reference, &report.name, dest)?;
-    let total: u64 = report.all_layers.iter().map(|l| l.size).sum();
+    let total: u64 = report.all_layers.iter().map(|l| l.size()).sum();
     let bar = ui::bytes_bar("push", total);
     let r = registry::push(store, &report.manifest, &target, insecure, &mut |n| bar.inc(n))
         .with_context(|| format!("cannot push {} to {target}", report.name))?;
@@ -141,7 +141,7 @@ fn write_archive(
     human: bool,
 ) -> Result<ArchiveReport> {
     let images: Vec<ArchiveImage> = reports.iter().map(ImageReport::archive_image).collect();
-    let total: u64 = reports.iter().flat_map(|r| r.all_layers.iter().map(|l| l.size)).sum();
+    let total: u64 = reports.iter().flat_map(|r| r.all_layers.iter().map(|l| l.size())).sum();
     let bar = ui::bytes_bar("archive", total);
     let stats = archive::write_archive_file(store, &images, path, &mut |n| bar.inc(n))?;
     bar.finish_and_clear();

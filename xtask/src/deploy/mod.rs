@@ -56,7 +56,7 @@ pub fn built_images(project: &Project) -> Result<(BTreeMap<String, String>, Vec<
     for def in defs {
         match store.lookup(&def.full_name())? {
             Some(desc) => {
-                map.insert(def.name.clone(), format!("{}/{}@{}", def.registry, def.name, desc.digest));
+                map.insert(def.name.clone(), format!("{}/{}@{}", def.registry, def.name, desc.digest()));
             }
             None => missing.push(def.name),
         }

@@ -17,7 +17,7 @@ use crate::oci::registry::ImageRef;
 use crate::oci::source;
 use crate::oci::store::Store;
 use crate::oci::tar::Meta;
-use crate::oci::{Descriptor, Digest, Platform};
+use crate::oci::{Descriptor, DescriptorExt, Digest, MediaType};
 use crate::ui;
 
 pub mod recipe;
@@ -50,7 +50,7 @@ pub struct LayerReport {
     pub digest: Digest,
     pub diff_id: Digest,
     pub size: u64,
-    pub media_type: String,
+    pub media_type: MediaType,
     /// "rebuilt" or "reused".
     pub status: &'static str,
     pub files: usize,
@@ -177,7 +177,7 @@ pub fn import_base(project: &Project, rt: &Handle, store: &Store, def: &ImageDef
         }
         return Ok(outcome.base);
     }
-    let platform = Platform::parse(&def.platform)?;
+    let platform = crate::oci::parse_platform(&def.platform)?;
     let bar = ui::bytes_bar("base", 0);
     let base =
         source::import(&def.base, &project.root, &platform, &def.insecure, store, rt, &mut BarProgress(bar.clone()))?;
@@ -203,19 +203,19 @@ fn build_one(
         println!(
             "  base     {}  {}  ({} layers, {})",
             def.base,
-            base.manifest.digest,
+            base.manifest.digest(),
             base.layers.len(),
             human_bytes(base.total_size())
         );
     }
     let wanted: BTreeSet<String> = def.layers.iter().flat_map(|l| ancestors(&l.target)).collect();
-    let layer_info: Vec<(Digest, String)> =
-        base.layers.iter().map(|l| (l.digest.clone(), l.media_type.clone())).collect();
+    let layer_info: Vec<(Digest, MediaType)> =
+        base.layers.iter().map(|l| Ok((l.sha256()?, l.media_type().clone()))).collect::<Result<_>>()?;
     let base_dirs = layer::base_dirs(store, &layer_info, &wanted)?;
     let compression = match def.compression {
         CompressionChoice::Fixed(c) => c,
         CompressionChoice::Auto => {
-            base.layers.last().map(|l| Compression::of_media_type(&l.media_type)).unwrap_or(Compression::Gzip)
+            base.layers.last().map(|l| Compression::of_media_type(l.media_type())).unwrap_or(Compression::Gzip)
         }
     };
 
@@ -295,17 +295,17 @@ fn build_one(
     let assembled = image::assemble(store, &base, &new_layers, &changes)?;
     let changed = store.tag(&full_name, &assembled.manifest)?;
     if human {
-        println!("  manifest {}  {}", assembled.manifest.digest, if changed { "new" } else { "unchanged" });
+        println!("  manifest {}  {}", assembled.manifest.digest(), if changed { "new" } else { "unchanged" });
     }
     Ok(ImageReport {
         name: def.name.clone(),
         reference: full_name,
-        manifest_digest: assembled.manifest.digest.clone(),
-        manifest_size: assembled.manifest.size,
-        config_digest: assembled.config.digest.clone(),
+        manifest_digest: assembled.manifest.sha256()?,
+        manifest_size: assembled.manifest.size(),
+        config_digest: assembled.config.sha256()?,
         base: BaseReport {
             reference: def.base.clone(),
-            manifest_digest: base.manifest.digest.clone(),
+            manifest_digest: base.manifest.sha256()?,
             layers: base.layers.len(),
             size: base.total_size(),
         },

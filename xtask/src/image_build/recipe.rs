@@ -22,7 +22,7 @@ use crate::oci::image::rfc3339;
 use crate::oci::layer::{self, Compression, LayerBlob, LayerPlan};
 use crate::oci::store::Store;
 use crate::oci::tar::Meta;
-use crate::oci::{Descriptor, MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST, Manifest};
+use crate::oci::{Descriptor, DescriptorExt, MediaType};
 use crate::process;
 
 /// Bumped when the way a recipe becomes an image changes.
@@ -195,16 +195,6 @@ fn store_name(loaded: &LoadedRecipe) -> String {
 }
 
 /// The base named `name`: from the store when its recipe is unchanged, else built now.
-/// The architecture debootstrap builds for (this machine's), in the OCI config's words.
-fn host_architecture() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
-}
-
 pub fn ensure(project: &Project, store: &Store, name: &str, mtime: u64, opts: &BuildOpts) -> Result<Outcome> {
     let started = Instant::now();
     let loaded = load(project, name, mtime)?;
@@ -213,7 +203,7 @@ pub fn ensure(project: &Project, store: &Store, name: &str, mtime: u64, opts: &B
         && [&done.base.manifest, &done.base.config]
             .into_iter()
             .chain(done.base.layers.iter())
-            .all(|d| store.blob_size(&d.digest) == Some(d.size))
+            .all(|d| d.sha256().is_ok_and(|digest| store.blob_size(&digest) == Some(d.size())))
     {
         return Ok(Outcome {
             base: done.base,
@@ -586,48 +576,37 @@ fn write_image(store: &Store, loaded: &LoadedRecipe, rootfs: &Path, mtime: u64) 
     let mut labels = img.labels.clone();
     labels.insert("io.xtask.base.recipe".into(), format!("docker/base/{}.toml", loaded.name));
     labels.insert("io.xtask.base.recipe-key".into(), loaded.key[..16].to_string());
-    let mut cfg = serde_json::json!({
-        "User": img.user,
-        "Env": env,
-        "Labels": labels,
-    });
-    if !img.entrypoint.is_empty() {
-        cfg["Entrypoint"] = serde_json::json!(img.entrypoint);
-    }
-    if !img.cmd.is_empty() {
-        cfg["Cmd"] = serde_json::json!(img.cmd);
-    }
-    if let Some(w) = &img.workdir {
-        cfg["WorkingDir"] = serde_json::json!(w);
-    }
-    let mut history = vec![
-        serde_json::json!({"created": created, "created_by": format!("debootstrap {} + {} steps", loaded.recipe.debian.suite, loaded.recipe.step.len())}),
-    ];
-    if let Some(py) = &loaded.recipe.python {
-        history.push(
-            serde_json::json!({"created": created, "created_by": format!("pip install {}", py.requirements.join(" "))}),
-        );
-    }
-    let config = serde_json::json!({
-        "architecture": host_architecture(),
-        "os": "linux",
-        "created": created,
-        "config": cfg,
-        "rootfs": {"type": "layers", "diff_ids": blobs.iter().map(|b| b.diff_id.to_string()).collect::<Vec<_>>()},
-        "history": history,
-    });
-    let config_desc = store.put_json(MEDIA_OCI_CONFIG, &config)?;
-    let layers: Vec<Descriptor> =
-        blobs.iter().map(|b| Descriptor::new(&b.media_type, b.digest.clone(), b.size)).collect();
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(MEDIA_OCI_MANIFEST.into()),
-        config: config_desc.clone(),
-        layers: layers.clone(),
-        annotations: None,
-        extra: Default::default(),
+    let mut cfg = oci_spec::image::Config::default();
+    cfg.set_user(Some(img.user.clone()))
+        .set_env(Some(env))
+        .set_labels(Some(labels.into_iter().collect()))
+        .set_entrypoint((!img.entrypoint.is_empty()).then(|| img.entrypoint.clone()))
+        .set_cmd((!img.cmd.is_empty()).then(|| img.cmd.clone()))
+        .set_working_dir(img.workdir.clone());
+    let step = |created_by: String| {
+        let mut h = oci_spec::image::History::default();
+        h.set_created(Some(created.clone())).set_created_by(Some(created_by));
+        h
     };
-    let manifest_desc = store.put_json(MEDIA_OCI_MANIFEST, &manifest)?;
+    let mut history =
+        vec![step(format!("debootstrap {} + {} steps", loaded.recipe.debian.suite, loaded.recipe.step.len()))];
+    if let Some(py) = &loaded.recipe.python {
+        history.push(step(format!("pip install {}", py.requirements.join(" "))));
+    }
+    // debootstrap builds for this machine's architecture.
+    let mut config = oci_spec::image::ImageConfiguration::default();
+    config
+        .set_architecture(crate::oci::host_platform().architecture().clone())
+        .set_os(crate::oci::Os::Linux)
+        .set_created(Some(created.clone()))
+        .set_config(Some(cfg))
+        .set_history(Some(history));
+    config.rootfs_mut().set_diff_ids(blobs.iter().map(|b| b.diff_id.to_string()).collect());
+    let config_desc = store.put_json(MediaType::ImageConfig, &config)?;
+    let layers: Vec<Descriptor> =
+        blobs.iter().map(|b| crate::oci::descriptor(b.media_type.clone(), &b.digest, b.size)).collect();
+    let manifest = crate::oci::image::oci_manifest(config_desc.clone(), layers.clone(), None);
+    let manifest_desc = store.put_json(MediaType::ImageManifest, &manifest)?;
     store.tag(&store_name(loaded), &manifest_desc)?;
     Ok(BaseImage {
         reference: format!("xtask-base:{}", loaded.name),

@@ -5,7 +5,7 @@
 //! with its fully qualified name and `org.opencontainers.image.ref.name` with its tag),
 //! `manifest.json` (docker's list of config + layers + RepoTags), then `blobs/sha256/*`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
@@ -14,7 +14,10 @@ use serde::Serialize;
 
 use super::store::Store;
 use super::tar::{Meta, TarWriter};
-use super::{ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, Descriptor, Digest, Index, Manifest, canonical_json};
+use super::{
+    ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, Descriptor, DescriptorExt, Digest, ImageIndex, ImageManifest,
+    canonical_json,
+};
 use crate::fsutil::AtomicFile;
 
 /// An image to put into an archive.
@@ -64,44 +67,50 @@ pub fn write_archive(
     on_bytes: &mut dyn FnMut(u64),
 ) -> Result<ArchiveStats> {
     let omit = &opts.omit;
-    let mut index = Index { schema_version: 2, ..Default::default() };
+    let mut index_manifests = Vec::new();
     let mut docker = Vec::new();
     let mut blobs: BTreeMap<Digest, u64> = BTreeMap::new();
     let mut stats = ArchiveStats::default();
     for image in images {
-        let manifest: Manifest = store.read_json(&image.manifest.digest)?;
+        let manifest_digest = image.manifest.sha256()?;
+        let manifest: ImageManifest = store.read_json(&manifest_digest)?;
         let mut desc = image.manifest.clone();
-        desc.annotations = Some(BTreeMap::from([
+        desc.set_annotations(Some(HashMap::from([
             (ANNOTATION_CONTAINERD_NAME.to_string(), image.name.clone()),
             (ANNOTATION_REF_NAME.to_string(), super::tag_of(&image.name).to_string()),
-        ]));
-        index.manifests.push(desc);
+        ])));
+        index_manifests.push(desc);
         if opts.digest_names {
             let mut by_digest = image.manifest.clone();
-            by_digest.annotations = Some(BTreeMap::from([(
+            by_digest.set_annotations(Some(HashMap::from([(
                 ANNOTATION_CONTAINERD_NAME.to_string(),
-                super::digest_reference(&image.name, &image.manifest.digest),
-            )]));
-            index.manifests.push(by_digest);
+                super::digest_reference(&image.name, &manifest_digest),
+            )])));
+            index_manifests.push(by_digest);
         }
+        let config = manifest.config().sha256()?;
+        let layers: Vec<(Digest, u64)> =
+            manifest.layers().iter().map(|l| Ok((l.sha256()?, l.size()))).collect::<Result<_>>()?;
         docker.push(DockerManifestEntry {
-            config: format!("blobs/sha256/{}", manifest.config.digest.hex()),
+            config: format!("blobs/sha256/{}", config.hex()),
             repo_tags: vec![image.name.clone()],
-            layers: manifest.layers.iter().map(|l| format!("blobs/sha256/{}", l.digest.hex())).collect(),
+            layers: layers.iter().map(|(d, _)| format!("blobs/sha256/{}", d.hex())).collect(),
         });
-        blobs.insert(image.manifest.digest.clone(), image.manifest.size);
-        blobs.insert(manifest.config.digest.clone(), manifest.config.size);
-        for l in &manifest.layers {
-            if omit.contains(&l.digest) {
-                if !blobs.contains_key(&l.digest) {
+        blobs.insert(manifest_digest, image.manifest.size());
+        blobs.insert(config, manifest.config().size());
+        for (digest, size) in layers {
+            if omit.contains(&digest) {
+                if !blobs.contains_key(&digest) {
                     stats.omitted_blobs += 1;
-                    stats.omitted_bytes += l.size;
+                    stats.omitted_bytes += size;
                 }
                 continue;
             }
-            blobs.insert(l.digest.clone(), l.size);
+            blobs.insert(digest, size);
         }
     }
+    let mut index = ImageIndex::default();
+    index.set_manifests(index_manifests);
     let meta = Meta { uid: 0, gid: 0, mode: 0o644, mtime: 0 };
     let dir_meta = Meta { mode: 0o755, ..meta };
     let mut counting = super::CountingWriter::new(BufWriter::with_capacity(1 << 20, out));

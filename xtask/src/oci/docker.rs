@@ -13,7 +13,7 @@ use super::archive::{self, ArchiveImage};
 use super::image::{BaseImage, ImportProgress};
 use super::source::docker_archive;
 use super::store::Store;
-use super::{Digest, Manifest, Platform};
+use super::{DescriptorExt, Digest, ImageManifest, Platform};
 
 /// A connection to the engine that answers a ping, or an error saying how to start it.
 pub async fn connect() -> Result<(Docker, String)> {
@@ -106,8 +106,8 @@ pub fn load(rt: &Handle, store: &Store, images: &[ArchiveImage]) -> Result<Vec<L
         let (docker, _) = connect().await?;
         let mut results = Vec::new();
         for image in images {
-            let manifest: Manifest = store.read_json(&image.manifest.digest)?;
-            let id = manifest.config.digest.clone();
+            let manifest: ImageManifest = store.read_json(&image.manifest.sha256()?)?;
+            let id = manifest.config().sha256()?;
             let present = docker.inspect_image(&image.name).await.ok().and_then(|i| i.id);
             if present.as_deref() == Some(id.as_str()) {
                 results.push(LoadResult { name: image.name.clone(), status: "skipped", image_id: id, bytes: 0 });

@@ -1,6 +1,6 @@
 //! An image = a base image + new layers: its config (the base's, extended) and manifest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -10,7 +10,7 @@ use super::archive::ArchiveImage;
 use super::layer::LayerBlob;
 use super::store::Store;
 use super::{
-    ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME, Descriptor, Digest, MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST, Manifest,
+    ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME, Descriptor, DescriptorExt, Digest, ImageManifest, MediaType,
 };
 
 /// What the image definition adds to the base's config.
@@ -55,7 +55,7 @@ pub struct BaseImage {
 
 impl BaseImage {
     pub fn total_size(&self) -> u64 {
-        self.layers.iter().map(|l| l.size).sum()
+        self.layers.iter().map(|l| l.size()).sum()
     }
 }
 
@@ -84,7 +84,7 @@ pub struct BuiltImage {
 impl BuiltImage {
     /// `name@sha256:...`: how a pod refers to exactly this image.
     pub fn pinned_reference(&self) -> String {
-        super::digest_reference(&self.reference, &self.manifest.digest)
+        format!("{}@{}", super::repository_of(&self.reference), self.manifest.digest())
     }
 
     pub fn archive_image(&self) -> ArchiveImage {
@@ -99,7 +99,9 @@ pub fn assemble(
     layers: &[NewLayer<'_>],
     changes: &ConfigChanges,
 ) -> Result<Assembled> {
-    let mut config: Value = store.read_json(&base.config.digest).context("cannot read the base image's config")?;
+    // The base's config stays raw JSON: it must round-trip every field, including those
+    // oci-spec's ImageConfiguration does not model (Docker's container_config, Healthcheck...).
+    let mut config: Value = store.read_json(&base.config.sha256()?).context("cannot read the base image's config")?;
     let Some(obj) = config.as_object_mut() else { bail!("the base image's config is not a JSON object") };
 
     obj.insert("created".into(), json!(changes.created));
@@ -160,26 +162,36 @@ pub fn assemble(
         cfg.insert("Cmd".into(), json!(cmd));
     }
 
-    let config_desc = store.put_json(MEDIA_OCI_CONFIG, &config)?;
+    let config_desc = store.put_json(MediaType::ImageConfig, &config)?;
     let mut all_layers = base.layers.clone();
     for l in layers {
-        all_layers.push(Descriptor::new(&l.blob.media_type, l.blob.digest.clone(), l.blob.size));
+        all_layers.push(super::descriptor(l.blob.media_type.clone(), &l.blob.digest, l.blob.size));
     }
-    let mut annotations = BTreeMap::new();
-    annotations.insert(ANNOTATION_BASE_DIGEST.to_string(), base.manifest.digest.to_string());
+    let mut annotations = HashMap::new();
+    annotations.insert(ANNOTATION_BASE_DIGEST.to_string(), base.manifest.digest().to_string());
     if let Some(name) = &base.base_name {
         annotations.insert(ANNOTATION_BASE_NAME.to_string(), name.clone());
     }
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(MEDIA_OCI_MANIFEST.into()),
-        config: config_desc.clone(),
-        layers: all_layers.clone(),
-        annotations: Some(annotations),
-        extra: BTreeMap::new(),
-    };
-    let manifest_desc = store.put_json(MEDIA_OCI_MANIFEST, &manifest)?;
+    let manifest = oci_manifest(config_desc.clone(), all_layers.clone(), Some(annotations));
+    let manifest_desc = store.put_json(MediaType::ImageManifest, &manifest)?;
     Ok(Assembled { manifest: manifest_desc, config: config_desc, layers: all_layers })
+}
+
+/// An OCI image manifest of `config` and `layers`.
+pub fn oci_manifest(
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+    annotations: Option<HashMap<String, String>>,
+) -> ImageManifest {
+    let mut m = oci_spec::image::ImageManifestBuilder::default()
+        .schema_version(oci_spec::image::SCHEMA_VERSION)
+        .media_type(MediaType::ImageManifest)
+        .config(config)
+        .layers(layers);
+    if let Some(a) = annotations {
+        m = m.annotations(a);
+    }
+    m.build().expect("every required field of the manifest is set")
 }
 
 /// RFC 3339 (UTC) for seconds since the epoch; the `created` time of new content.
@@ -194,6 +206,74 @@ pub fn rfc3339(epoch: u64) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::archive::{ArchiveImage, ArchiveOptions, write_archive};
+
+    /// The digests an image had stay its digests: a change to how configs, manifests or
+    /// archives are written (a new serializer, new types) must not move them, or every
+    /// user's images would be rebuilt and re-shipped for nothing.
+    #[test]
+    fn the_same_inputs_keep_the_digests_they_had() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let base_layer = store.put_bytes(b"base layer bytes").unwrap();
+        // A base config with fields no OCI type models: they must survive as they are.
+        let base_config = json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Env": ["PATH=/bin", "LANG=C"], "Cmd": ["sh"], "Labels": {"a": "b"}, "Healthcheck": {"Test": ["NONE"]}},
+            "container_config": {"Hostname": "x"},
+            "rootfs": {"type": "layers", "diff_ids": [base_layer]},
+            "history": [{"created": "2020-01-01T00:00:00Z", "created_by": "base"}],
+        });
+        let config = store.put_json(MediaType::ImageConfig, &base_config).unwrap();
+        let layer = crate::oci::descriptor(MediaType::ImageLayerGzip, &base_layer, 16);
+        let manifest_json =
+            json!({"schemaVersion": 2, "mediaType": MediaType::ImageManifest, "config": config, "layers": [layer]});
+        let manifest = store.put_json(MediaType::ImageManifest, &manifest_json).unwrap();
+        let base = BaseImage {
+            reference: "oci:base:1".into(),
+            manifest,
+            config,
+            layers: vec![layer],
+            diff_ids: vec![base_layer],
+            base_name: Some("registry.example/base:1".into()),
+        };
+        let dags = store.put_bytes(b"dags layer bytes").unwrap();
+        let blob = LayerBlob {
+            digest: dags.clone(),
+            diff_id: Digest::of(b"dags tar"),
+            size: 16,
+            media_type: MediaType::ImageLayerGzip,
+        };
+        let changes = ConfigChanges {
+            env: BTreeMap::from([("LANG".into(), "C.UTF-8".into()), ("AIRFLOW_HOME".into(), "/opt/airflow".into())]),
+            labels: BTreeMap::from([("org.example".into(), "yes".into())]),
+            user: Some("50000:0".into()),
+            workdir: Some("/opt/airflow".into()),
+            entrypoint: Some(vec!["/entrypoint".into()]),
+            cmd: None,
+            created: rfc3339(1_700_000_000).unwrap(),
+        };
+        let image =
+            assemble(&store, &base, &[NewLayer { blob: &blob, created_by: "COPY files/dags".into() }], &changes)
+                .unwrap();
+        assert_eq!(
+            image.config.digest().as_ref(),
+            "sha256:d300e3eb8da3565c4bc1b55c367999bbbb784840f95c229fb9b4e8a4e543702c"
+        );
+        assert_eq!(
+            image.manifest.digest().as_ref(),
+            "sha256:783762508dd4a8b65d680b1e2d8a965e138973bb1d30cb472cbd6f5034ffd036"
+        );
+
+        let mut archive = Vec::new();
+        let images = [ArchiveImage { name: "docker.io/library/airflow-worker:dev".into(), manifest: image.manifest }];
+        let opts = ArchiveOptions { digest_names: true, ..Default::default() };
+        write_archive(&store, &images, &opts, &mut archive, &mut |_| {}).unwrap();
+        assert_eq!(
+            Digest::of(&archive).as_str(),
+            "sha256:ab053861052030910b90eb83e42910be83f261c1270e1d73c205802b07fbbb20"
+        );
+    }
 
     #[test]
     fn rfc3339_formats_known_instants() {

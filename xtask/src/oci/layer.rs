@@ -21,7 +21,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::store::Store;
 use super::tar::{Meta, TarWriter, safe_entry_path};
-use super::{Digest, HashingWriter, MEDIA_OCI_LAYER, MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_LAYER_ZSTD};
+use super::{Digest, HashingWriter, MediaType};
 
 /// Bumped whenever the bytes we write for the same inputs change, so old cache entries
 /// are not trusted.
@@ -35,19 +35,18 @@ pub enum Compression {
 }
 
 impl Compression {
-    pub fn media_type(self) -> &'static str {
+    pub fn media_type(self) -> MediaType {
         match self {
-            Compression::Gzip => MEDIA_OCI_LAYER_GZIP,
-            Compression::None => MEDIA_OCI_LAYER,
+            Compression::Gzip => MediaType::ImageLayerGzip,
+            Compression::None => MediaType::ImageLayer,
         }
     }
 
     /// The compression a base layer of this media type uses; new layers follow it.
-    pub fn of_media_type(media_type: &str) -> Compression {
+    pub fn of_media_type(media_type: &MediaType) -> Compression {
         match media_type {
-            MEDIA_OCI_LAYER => Compression::None,
+            MediaType::ImageLayer => Compression::None,
             // zstd bases get gzip layers: every runtime reads gzip, and we do not write zstd.
-            MEDIA_OCI_LAYER_GZIP | MEDIA_OCI_LAYER_ZSTD => Compression::Gzip,
             _ => Compression::Gzip,
         }
     }
@@ -115,7 +114,7 @@ pub struct LayerBlob {
     pub digest: Digest,
     pub diff_id: Digest,
     pub size: u64,
-    pub media_type: String,
+    pub media_type: MediaType,
 }
 
 #[derive(Clone, Debug)]
@@ -376,13 +375,13 @@ pub fn write(plan: &LayerPlan, inputs: &[Input], store: &Store, on_bytes: &mut d
             let (gz, diff_id, _) = tar_hash.finish();
             let blob = gz.finish().context("cannot finish gzip stream")?;
             let (digest, size) = blob.commit(None, "new layer")?;
-            Ok(LayerBlob { digest, diff_id, size, media_type: plan.compression.media_type().into() })
+            Ok(LayerBlob { digest, diff_id, size, media_type: plan.compression.media_type() })
         }
         Compression::None => {
             let mut blob = blob;
             write_tar(plan, inputs, &mut blob, on_bytes)?;
             let (digest, size) = blob.commit(None, "new layer")?;
-            Ok(LayerBlob { diff_id: digest.clone(), digest, size, media_type: plan.compression.media_type().into() })
+            Ok(LayerBlob { diff_id: digest.clone(), digest, size, media_type: plan.compression.media_type() })
         }
     }
 }
@@ -410,7 +409,7 @@ struct LayerDirFacts {
 /// the root. Results are cached per layer digest.
 pub fn base_dirs(
     store: &Store,
-    layers: &[(Digest, String)],
+    layers: &[(Digest, MediaType)],
     wanted: &BTreeSet<String>,
 ) -> Result<BTreeMap<String, DirInfo>> {
     if wanted.is_empty() {
@@ -462,12 +461,12 @@ fn is_strictly_under(path: &str, dir: &str) -> bool {
 fn scan_layer_dirs(
     store: &Store,
     digest: &Digest,
-    media_type: &str,
+    media_type: &MediaType,
     wanted: &BTreeSet<String>,
 ) -> Result<LayerDirFacts> {
     let file = store.open_blob(digest)?;
     let reader: Box<dyn Read> = match Compression::of_media_type(media_type) {
-        _ if media_type == MEDIA_OCI_LAYER_ZSTD => {
+        _ if *media_type == MediaType::ImageLayerZstd => {
             bail!("base layer {digest} is zstd-compressed, which xtask cannot read yet; use a gzip base")
         }
         Compression::Gzip => Box::new(flate2::read::GzDecoder::new(std::io::BufReader::with_capacity(1 << 20, file))),

@@ -12,19 +12,15 @@ pub mod source;
 pub mod store;
 pub mod tar;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Write};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const MEDIA_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const MEDIA_OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
-pub const MEDIA_OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub const MEDIA_OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub use oci_spec::image::{Arch, Descriptor, ImageIndex, ImageManifest, MediaType, Os, Platform};
+
+// Docker's media types have no variant in oci-spec's `MediaType`: they parse as `Other`.
 pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const MEDIA_DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const MEDIA_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
@@ -33,11 +29,13 @@ pub const MEDIA_DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.t
 /// Annotation containerd reads on import to name the image.
 pub const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
 /// Annotation the OCI image layout uses for a reference name.
-pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
-pub const ANNOTATION_BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
-pub const ANNOTATION_BASE_NAME: &str = "org.opencontainers.image.base.name";
+pub const ANNOTATION_REF_NAME: &str = oci_spec::image::ANNOTATION_REF_NAME;
+pub const ANNOTATION_BASE_DIGEST: &str = oci_spec::image::ANNOTATION_BASE_IMAGE_DIGEST;
+pub const ANNOTATION_BASE_NAME: &str = oci_spec::image::ANNOTATION_BASE_IMAGE_NAME;
 
-/// A content digest, always `sha256:<64 lowercase hex>`.
+/// A sha256 content digest, `sha256:<64 lowercase hex>`: the only algorithm the store
+/// keys blobs by. oci-spec's `Digest` admits any algorithm and is not ordered, so this
+/// stays our own type, converted at the edge of every descriptor ([`DescriptorExt`]).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest(String);
 
@@ -71,6 +69,19 @@ impl Digest {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The same digest as oci-spec's type, for a descriptor.
+    pub fn to_oci(&self) -> oci_spec::image::Digest {
+        // Every sha256 digest `parse` admits is a valid OCI digest.
+        self.0.parse().expect("a sha256 digest is an OCI digest")
+    }
+}
+
+impl TryFrom<&oci_spec::image::Digest> for Digest {
+    type Error = BadDigest;
+    fn try_from(d: &oci_spec::image::Digest) -> Result<Digest, BadDigest> {
+        Digest::parse(d.as_ref())
+    }
 }
 
 impl fmt::Display for Digest {
@@ -98,103 +109,60 @@ impl<'de> Deserialize<'de> for Digest {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Platform {
-    pub architecture: String,
-    pub os: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
+/// A descriptor of content in the store.
+pub fn descriptor(media_type: MediaType, digest: &Digest, size: u64) -> Descriptor {
+    Descriptor::new(media_type, size, digest.to_oci())
 }
 
-impl Platform {
-    /// Parses `os/arch[/variant]`, the form `--platform` takes in docker and skopeo.
-    pub fn parse(s: &str) -> anyhow::Result<Platform> {
-        let parts: Vec<&str> = s.split('/').collect();
-        match parts.as_slice() {
-            [os, arch] => Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: None }),
-            [os, arch, variant] => {
-                Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: Some(variant.to_string()) })
-            }
-            _ => anyhow::bail!("platform `{s}` is not of the form os/arch[/variant], for example linux/amd64"),
-        }
+/// What we read of oci-spec's descriptors.
+pub trait DescriptorExt {
+    /// The digest as the store keys it: an error for any algorithm but sha256.
+    fn sha256(&self) -> Result<Digest, BadDigest>;
+    fn annotation(&self, key: &str) -> Option<&str>;
+}
+
+impl DescriptorExt for Descriptor {
+    fn sha256(&self) -> Result<Digest, BadDigest> {
+        Digest::try_from(self.digest())
     }
 
-    pub fn matches(&self, other: &Platform) -> bool {
-        self.os == other.os
-            && self.architecture == other.architecture
-            && (self.variant.is_none() || other.variant.is_none() || self.variant == other.variant)
+    fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations().as_ref()?.get(key).map(String::as_str)
     }
 }
 
-impl fmt::Display for Platform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
+/// Parses `os/arch[/variant]`, the form `--platform` takes in docker and skopeo.
+pub fn parse_platform(s: &str) -> anyhow::Result<Platform> {
+    let parts: Vec<&str> = s.split('/').collect();
+    let (os, arch, variant) = match parts.as_slice() {
+        [os, arch] if !os.is_empty() && !arch.is_empty() => (os, arch, None),
+        [os, arch, variant] if !os.is_empty() && !arch.is_empty() => (os, arch, Some(variant.to_string())),
+        _ => anyhow::bail!("platform `{s}` is not of the form os/arch[/variant], for example linux/amd64"),
+    };
+    let mut p = Platform::default();
+    p.set_os(Os::from(*os)).set_architecture(Arch::from(*arch)).set_variant(variant);
+    Ok(p)
+}
+
+/// The platform this program runs on, in OCI's (Go's) names: what a build targets.
+pub fn host_platform() -> Platform {
+    Platform::default()
+}
+
+/// Whether an image for `have` runs where `want` is asked for; a variant left out on
+/// either side matches any.
+pub fn platform_matches(want: &Platform, have: &Platform) -> bool {
+    want.os() == have.os()
+        && want.architecture() == have.architecture()
+        && (want.variant().is_none() || have.variant().is_none() || want.variant() == have.variant())
+}
+
+/// `os/arch[/variant]`, as [`parse_platform`] reads it.
+pub fn platform_string(p: &Platform) -> String {
+    match p.variant() {
+        Some(v) => format!("{}/{}/{v}", p.os(), p.architecture()),
+        None => format!("{}/{}", p.os(), p.architecture()),
     }
-}
-
-/// An OCI content descriptor. Unknown fields of a base image's descriptors are kept.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Descriptor {
-    #[serde(rename = "mediaType")]
-    pub media_type: String,
-    pub digest: Digest,
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<BTreeMap<String, String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
-    #[serde(flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
-}
-
-impl Descriptor {
-    pub fn new(media_type: &str, digest: Digest, size: u64) -> Descriptor {
-        Descriptor {
-            media_type: media_type.to_string(),
-            digest,
-            size,
-            annotations: None,
-            platform: None,
-            extra: BTreeMap::new(),
-        }
-    }
-
-    pub fn annotation(&self, key: &str) -> Option<&str> {
-        self.annotations.as_ref()?.get(key).map(String::as_str)
-    }
-}
-
-/// An image manifest (OCI or Docker schema 2; the two share this shape).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Manifest {
-    #[serde(rename = "schemaVersion")]
-    pub schema_version: u32,
-    #[serde(rename = "mediaType", default, skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
-    pub config: Descriptor,
-    pub layers: Vec<Descriptor>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<BTreeMap<String, String>>,
-    #[serde(flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
-}
-
-/// An image index (OCI) or manifest list (Docker); also the shape of `index.json`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Index {
-    #[serde(rename = "schemaVersion")]
-    pub schema_version: u32,
-    #[serde(rename = "mediaType", default, skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
-    pub manifests: Vec<Descriptor>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<BTreeMap<String, String>>,
-    #[serde(flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 /// The repository part of `REPO:TAG` (`docker.io/library/x:dev` -> `docker.io/library/x`);
@@ -217,18 +185,17 @@ pub fn digest_reference(name: &str, digest: &Digest) -> String {
     format!("{}@{digest}", repository_of(name))
 }
 
-/// Which kind of JSON document a blob holds, judged by its media type or, when a layout
-/// leaves the media type out, by its fields.
-pub fn is_index_media_type(media_type: &str) -> bool {
-    media_type == MEDIA_OCI_INDEX || media_type == MEDIA_DOCKER_MANIFEST_LIST
+/// Whether a media type names an index (OCI) or a manifest list (Docker).
+pub fn is_index_media_type(media_type: &MediaType) -> bool {
+    matches!(media_type, MediaType::ImageIndex) || media_type.as_ref() == MEDIA_DOCKER_MANIFEST_LIST
 }
 
 /// The OCI media type for a layer of the given (OCI or Docker) media type.
-pub fn oci_layer_media_type(media_type: &str) -> anyhow::Result<&'static str> {
-    Ok(match media_type {
-        MEDIA_OCI_LAYER | MEDIA_DOCKER_LAYER => MEDIA_OCI_LAYER,
-        MEDIA_OCI_LAYER_GZIP | MEDIA_DOCKER_LAYER_GZIP => MEDIA_OCI_LAYER_GZIP,
-        MEDIA_OCI_LAYER_ZSTD => MEDIA_OCI_LAYER_ZSTD,
+pub fn oci_layer_media_type(media_type: &MediaType) -> anyhow::Result<MediaType> {
+    Ok(match media_type.as_ref() {
+        "application/vnd.oci.image.layer.v1.tar" | MEDIA_DOCKER_LAYER => MediaType::ImageLayer,
+        "application/vnd.oci.image.layer.v1.tar+gzip" | MEDIA_DOCKER_LAYER_GZIP => MediaType::ImageLayerGzip,
+        "application/vnd.oci.image.layer.v1.tar+zstd" => MediaType::ImageLayerZstd,
         other => {
             anyhow::bail!("layer media type `{other}` is not supported (only tar, tar+gzip and tar+zstd layers are)")
         }

@@ -19,8 +19,8 @@ use serde::Deserialize;
 use super::image::{BaseImage, ImportProgress};
 use super::store::Store;
 use super::{
-    Descriptor, Digest, Index, MEDIA_DOCKER_MANIFEST, MEDIA_DOCKER_MANIFEST_LIST, MEDIA_OCI_CONFIG, MEDIA_OCI_INDEX,
-    MEDIA_OCI_MANIFEST, Manifest, Platform, is_index_media_type, oci_layer_media_type,
+    Descriptor, DescriptorExt, Digest, ImageIndex, ImageManifest, MEDIA_DOCKER_MANIFEST, MEDIA_DOCKER_MANIFEST_LIST,
+    MediaType, Platform, descriptor, is_index_media_type, oci_layer_media_type, platform_matches, platform_string,
 };
 
 /// `HOST[:PORT]/REPO[:TAG|@sha256:...]`, with Docker Hub's short forms expanded.
@@ -34,32 +34,14 @@ pub struct ImageRef {
 
 impl ImageRef {
     pub fn parse(s: &str) -> Result<ImageRef> {
-        let bad = || anyhow!("`{s}` is not an image reference like HOST[:PORT]/REPO:TAG or HOST/REPO@sha256:...");
-        let (rest, digest) = match s.split_once('@') {
-            Some((r, d)) => (r, Some(Digest::parse(d)?)),
-            None => (s, None),
-        };
-        let (name, tag) = match rest.rsplit_once(':') {
-            Some((n, t)) if !t.contains('/') => (n, Some(t.to_string())),
-            _ => (rest, None),
-        };
-        let first = name.split('/').next().ok_or_else(bad)?;
-        let (registry, repository) =
-            if name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost") {
-                (first.to_string(), name[first.len() + 1..].to_string())
-            } else {
-                ("docker.io".to_string(), name.to_string())
-            };
-        let repository = if registry == "docker.io" && !repository.contains('/') {
-            format!("library/{repository}")
-        } else {
-            repository
-        };
-        if repository.is_empty() || repository.contains("//") {
-            return Err(bad());
-        }
-        let tag = if tag.is_none() && digest.is_none() { Some("latest".into()) } else { tag };
-        Ok(ImageRef { registry, repository, tag, digest })
+        // oci-spec's parser (the grammar of distribution/reference), with Docker Hub's short
+        // forms expanded: `busybox` is docker.io/library/busybox:latest.
+        let r: oci_spec::distribution::Reference = s.parse().map_err(|e| {
+            anyhow!("`{s}` is not an image reference like HOST[:PORT]/REPO:TAG or HOST/REPO@sha256:... ({e})")
+        })?;
+        let digest = r.digest().map(Digest::parse).transpose()?;
+        let tag = r.tag().map(String::from);
+        Ok(ImageRef { registry: r.registry().to_string(), repository: r.repository().to_string(), tag, digest })
     }
 
     /// What the manifest endpoint takes: the digest if given, else the tag.
@@ -361,8 +343,13 @@ impl Client {
 
     /// A manifest or index: its bytes, media type and digest.
     pub fn get_manifest(&self, repo: &str, reference: &str) -> Result<(Vec<u8>, String, Digest)> {
-        let accept =
-            [MEDIA_OCI_MANIFEST, MEDIA_OCI_INDEX, MEDIA_DOCKER_MANIFEST, MEDIA_DOCKER_MANIFEST_LIST].join(", ");
+        let accept = [
+            MediaType::ImageManifest.as_ref(),
+            MediaType::ImageIndex.as_ref(),
+            MEDIA_DOCKER_MANIFEST,
+            MEDIA_DOCKER_MANIFEST_LIST,
+        ]
+        .join(", ");
         let scope = format!("repository:{repo}:pull");
         let mut resp = self.send(
             "GET",
@@ -422,18 +409,19 @@ impl Client {
         store: &Store,
         on_bytes: &mut dyn FnMut(u64),
     ) -> Result<u64> {
-        if let Some(size) = store.blob_size(&desc.digest) {
+        let digest = desc.sha256()?;
+        if let Some(size) = store.blob_size(&digest) {
             on_bytes(size);
             return Ok(0);
         }
         let scope = format!("repository:{repo}:pull");
-        let mut resp = self.send("GET", &format!("/v2/{repo}/blobs/{}", desc.digest), &scope, &[], Body::Empty)?;
+        let mut resp = self.send("GET", &format!("/v2/{repo}/blobs/{}", digest), &scope, &[], Body::Empty)?;
         if !resp.status().is_success() {
             let status = resp.status();
-            bail!("registry {} answered {status} for blob {}: {}", self.host, desc.digest, Self::error_body(&mut resp));
+            bail!("registry {} answered {status} for blob {}: {}", self.host, digest, Self::error_body(&mut resp));
         }
         let mut reader = resp.body_mut().with_config().limit(u64::MAX).reader();
-        store.ingest(&mut reader, &desc.digest, &format!("blob {} from {}/{repo}", desc.digest, self.host), on_bytes)
+        store.ingest(&mut reader, &digest, &format!("blob {} from {}/{repo}", digest, self.host), on_bytes)
     }
 
     /// Uploads a blob from the store unless the registry has it; returns bytes sent.
@@ -445,7 +433,7 @@ impl Client {
         chunk: u64,
         on_bytes: &mut dyn FnMut(u64),
     ) -> Result<u64> {
-        if self.blob_size(repo, &desc.digest)?.is_some() {
+        if self.blob_size(repo, &desc.sha256()?)?.is_some() {
             return Ok(0);
         }
         let scope = format!("repository:{repo}:pull,push");
@@ -467,6 +455,7 @@ impl Client {
         chunk: u64,
         on_bytes: &mut dyn FnMut(u64),
     ) -> Result<u64> {
+        let (digest, size) = (desc.sha256()?, desc.size());
         let mut resp = self.send("POST", &format!("/v2/{repo}/blobs/uploads/"), scope, &[], Body::Empty)?;
         if resp.status() != 202 {
             let status = resp.status();
@@ -477,12 +466,12 @@ impl Client {
             );
         }
         let mut location = self.location(&resp)?;
-        let mut file = store.open_blob(&desc.digest)?;
+        let mut file = store.open_blob(&digest)?;
         let mut sent = 0u64;
-        if desc.size > chunk {
+        if size > chunk {
             // Chunked: PATCH pieces in order, then PUT with the digest.
-            while sent < desc.size {
-                let n = chunk.min(desc.size - sent);
+            while sent < size {
+                let n = chunk.min(size - sent);
                 let range = format!("{}-{}", sent, sent + n - 1);
                 let mut piece = (&mut file).take(n);
                 let mut counting = CountingReader { inner: &mut piece, on_bytes: &mut *on_bytes };
@@ -494,43 +483,43 @@ impl Client {
                     Body::Reader(&mut counting, n),
                 )?;
                 if resp.status() != 202 {
-                    bail!("registry {} refused chunk {range} of blob {} ({})", self.host, desc.digest, resp.status());
+                    bail!("registry {} refused chunk {range} of blob {} ({})", self.host, digest, resp.status());
                 }
                 location = self.location(&resp)?;
                 sent += n;
             }
-            let url = with_digest(&location, &desc.digest);
+            let url = with_digest(&location, &digest);
             let mut resp = self.send("PUT", &url, scope, &[], Body::Empty)?;
             if resp.status() != 201 {
                 let status = resp.status();
                 bail!(
                     "registry {} did not accept blob {} ({status}): {}",
                     self.host,
-                    desc.digest,
+                    digest,
                     Self::error_body(&mut resp)
                 );
             }
         } else {
             // Monolithic: one PUT with the whole blob.
-            let url = with_digest(&location, &desc.digest);
+            let url = with_digest(&location, &digest);
             let mut counting = CountingReader { inner: &mut file, on_bytes: &mut *on_bytes };
             let mut resp = self.send(
                 "PUT",
                 &url,
                 scope,
                 &[("Content-Type", "application/octet-stream")],
-                Body::Reader(&mut counting, desc.size),
+                Body::Reader(&mut counting, size),
             )?;
             if resp.status() != 201 {
                 let status = resp.status();
                 bail!(
                     "registry {} did not accept blob {} ({status}): {}",
                     self.host,
-                    desc.digest,
+                    digest,
                     Self::error_body(&mut resp)
                 );
             }
-            sent = desc.size;
+            sent = size;
         }
         Ok(sent)
     }
@@ -617,36 +606,38 @@ pub fn pull(
     let r = ImageRef::parse(reference)?;
     let client = Client::new(&r.registry, insecure)?;
     let (mut bytes, mut media_type, mut digest) = client.get_manifest(&r.repository, &r.reference())?;
-    let looks_like_index = |b: &[u8]| serde_json::from_slice::<Index>(b).is_ok_and(|i| !i.manifests.is_empty());
-    if is_index_media_type(&media_type) || looks_like_index(&bytes) {
-        let index: Index = serde_json::from_slice(&bytes).context("the registry's index is not valid JSON")?;
+    let looks_like_index = |b: &[u8]| serde_json::from_slice::<ImageIndex>(b).is_ok_and(|i| !i.manifests().is_empty());
+    if is_index_media_type(&MediaType::from(media_type.as_str())) || looks_like_index(&bytes) {
+        let index: ImageIndex = serde_json::from_slice(&bytes).context("the registry's index is not valid JSON")?;
         let desc = index
-            .manifests
+            .manifests()
             .iter()
-            .find(|d| d.platform.as_ref().is_some_and(|p| p.matches(platform)))
+            .find(|d| d.platform().as_ref().is_some_and(|p| platform_matches(platform, p)))
             .ok_or_else(|| {
                 let have: Vec<String> =
-                    index.manifests.iter().filter_map(|d| d.platform.as_ref().map(|p| p.to_string())).collect();
+                    index.manifests().iter().filter_map(|d| d.platform().as_ref().map(platform_string)).collect();
                 anyhow!(
-                    "{reference} has no image for {platform}; it has: {} (choose one with --platform)",
+                    "{reference} has no image for {}; it has: {} (choose one with --platform)",
+                    platform_string(platform),
                     have.join(", ")
                 )
             })?
             .clone();
-        (bytes, media_type, digest) = client.get_manifest(&r.repository, desc.digest.as_str())?;
+        (bytes, media_type, digest) = client.get_manifest(&r.repository, desc.sha256()?.as_str())?;
     }
-    let manifest: Manifest =
+    let manifest: ImageManifest =
         serde_json::from_slice(&bytes).with_context(|| format!("{reference}: not a valid image manifest"))?;
-    let total: u64 = manifest.layers.iter().map(|l| l.size).sum::<u64>() + manifest.config.size;
+    let total: u64 = manifest.layers().iter().map(|l| l.size()).sum::<u64>() + manifest.config().size();
     progress.start(total);
-    client.pull_blob(&r.repository, &manifest.config, store, &mut |n| progress.advance(n))?;
+    client.pull_blob(&r.repository, manifest.config(), store, &mut |n| progress.advance(n))?;
     let mut layers = Vec::new();
-    for l in &manifest.layers {
-        let media = oci_layer_media_type(&l.media_type).with_context(|| reference.to_string())?;
+    for l in manifest.layers() {
+        let media = oci_layer_media_type(l.media_type()).with_context(|| reference.to_string())?;
         client.pull_blob(&r.repository, l, store, &mut |n| progress.advance(n))?;
-        layers.push(Descriptor::new(media, l.digest.clone(), l.size));
+        layers.push(descriptor(media, &l.sha256()?, l.size()));
     }
-    let config_bytes = store.read_blob(&manifest.config.digest)?;
+    let config_digest = manifest.config().sha256()?;
+    let config_bytes = store.read_blob(&config_digest)?;
     #[derive(Deserialize)]
     struct Cfg {
         rootfs: RootFs,
@@ -660,16 +651,16 @@ pub fn pull(
     let manifest_digest = store.put_bytes(&bytes)?;
     debug_assert_eq!(manifest_digest, digest);
     let media = if media_type.is_empty() {
-        manifest.media_type.clone().unwrap_or_else(|| MEDIA_OCI_MANIFEST.into())
+        manifest.media_type().clone().unwrap_or(MediaType::ImageManifest)
     } else {
-        media_type
+        MediaType::from(media_type.as_str())
     };
     let mut pinned = r.clone();
     pinned.digest = Some(digest.clone());
     Ok(BaseImage {
         reference: reference.to_string(),
-        manifest: Descriptor::new(&media, digest, bytes.len() as u64),
-        config: Descriptor::new(MEDIA_OCI_CONFIG, manifest.config.digest.clone(), manifest.config.size),
+        manifest: descriptor(media, &digest, bytes.len() as u64),
+        config: descriptor(MediaType::ImageConfig, &config_digest, manifest.config().size()),
         layers,
         diff_ids: cfg.rootfs.diff_ids,
         base_name: Some(pinned.to_string()),
@@ -696,25 +687,26 @@ pub fn push(
     on_bytes: &mut dyn FnMut(u64),
 ) -> Result<PushReport> {
     let client = Client::new(&target.registry, insecure)?;
-    let m: Manifest = store.read_json(&manifest.digest)?;
+    let manifest_digest = manifest.sha256()?;
+    let m: ImageManifest = store.read_json(&manifest_digest)?;
     let chunk: u64 = std::env::var("XTASK_PUSH_CHUNK_SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(64 << 20);
     let mut report = PushReport { reference: target.to_string(), ..Default::default() };
-    for desc in m.layers.iter().chain(std::iter::once(&m.config)) {
+    for desc in m.layers().iter().chain(std::iter::once(m.config())) {
         let sent = client.push_blob(&target.repository, desc, store, chunk.max(1), on_bytes)?;
         if sent == 0 {
             report.skipped_blobs += 1;
-            report.skipped_bytes += desc.size;
-            on_bytes(desc.size);
+            report.skipped_bytes += desc.size();
+            on_bytes(desc.size());
         } else {
             report.uploaded_blobs += 1;
             report.uploaded_bytes += sent;
         }
     }
-    let bytes = store.read_blob(&manifest.digest)?;
+    let bytes = store.read_blob(&manifest_digest)?;
     let tag = target.tag.clone().unwrap_or_else(|| "latest".into());
-    client.put_manifest(&target.repository, &tag, &manifest.media_type, &bytes)?;
+    client.put_manifest(&target.repository, &tag, manifest.media_type().as_ref(), &bytes)?;
     report.uploaded_bytes += bytes.len() as u64;
-    report.digest = Some(manifest.digest.clone());
+    report.digest = Some(manifest_digest);
     Ok(report)
 }
 
@@ -738,6 +730,10 @@ mod tests {
         let r = ImageRef::parse(&format!("ghcr.io/a/b@{d}")).unwrap();
         assert_eq!(r.reference(), d);
         assert!(ImageRef::parse("x@sha256:short").is_err());
+        let r = ImageRef::parse(&format!("localhost:5000/w:dev@{d}")).unwrap();
+        assert_eq!((r.tag.as_deref(), r.reference()), (Some("dev"), d.clone()));
+        assert_eq!(ImageRef::parse("apache/airflow:3").unwrap().to_string(), "docker.io/apache/airflow:3");
+        assert!(ImageRef::parse("Upper/Case").is_err());
     }
 
     #[test]

@@ -16,7 +16,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, Descriptor, Digest, HashingWriter, Index, canonical_json,
+    ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, Descriptor, DescriptorExt, Digest, HashingWriter, ImageIndex,
+    MediaType, canonical_json, descriptor,
 };
 use crate::fsutil::write_atomic;
 
@@ -73,7 +74,7 @@ impl Store {
             write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         }
         if !store.root.join("index.json").exists() {
-            store.write_index(&Index { schema_version: 2, ..Default::default() })?;
+            store.write_index(&ImageIndex::default())?;
         }
         Ok(store)
     }
@@ -146,10 +147,10 @@ impl Store {
     }
 
     /// Stores a value as canonical JSON (sorted keys), returning its descriptor.
-    pub fn put_json<T: Serialize>(&self, media_type: &str, value: &T) -> Result<Descriptor> {
+    pub fn put_json<T: Serialize>(&self, media_type: MediaType, value: &T) -> Result<Descriptor> {
         let bytes = canonical_json(value)?;
         let digest = self.put_bytes(&bytes)?;
-        Ok(Descriptor::new(media_type, digest, bytes.len() as u64))
+        Ok(descriptor(media_type, &digest, bytes.len() as u64))
     }
 
     /// A writer for a new blob; its digest is computed as it is written.
@@ -197,14 +198,14 @@ impl Store {
         write_atomic(&self.cache_path(kind, key), &serde_json::to_vec_pretty(value)?)
     }
 
-    pub fn index(&self) -> Result<Index> {
+    pub fn index(&self) -> Result<ImageIndex> {
         let p = self.root.join("index.json");
         let bytes = fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
         serde_json::from_slice(&bytes)
             .with_context(|| format!("{} is not a valid OCI index; delete it and run the build again", p.display()))
     }
 
-    fn write_index(&self, index: &Index) -> Result<()> {
+    fn write_index(&self, index: &ImageIndex) -> Result<()> {
         let mut bytes = serde_json::to_vec_pretty(&serde_json::to_value(index)?)?;
         bytes.push(b'\n');
         write_atomic(&self.root.join("index.json"), &bytes)
@@ -215,24 +216,27 @@ impl Store {
     pub fn tag(&self, name: &str, manifest: &Descriptor) -> Result<bool> {
         let mut index = self.index()?;
         let mut desc = manifest.clone();
-        let ann = desc.annotations.get_or_insert_with(Default::default);
+        let mut ann = desc.annotations().clone().unwrap_or_default();
         ann.insert(ANNOTATION_REF_NAME.into(), name.into());
         ann.insert(ANNOTATION_CONTAINERD_NAME.into(), name.into());
-        if let Some(old) = index.manifests.iter().find(|d| d.annotation(ANNOTATION_REF_NAME) == Some(name))
-            && old.digest == desc.digest
+        desc.set_annotations(Some(ann));
+        let mut manifests = index.manifests().clone();
+        if let Some(old) = manifests.iter().find(|d| d.annotation(ANNOTATION_REF_NAME) == Some(name))
+            && old.digest() == desc.digest()
         {
             return Ok(false);
         }
-        index.manifests.retain(|d| d.annotation(ANNOTATION_REF_NAME) != Some(name));
-        index.manifests.push(desc);
-        index.manifests.sort_by(|a, b| a.annotation(ANNOTATION_REF_NAME).cmp(&b.annotation(ANNOTATION_REF_NAME)));
+        manifests.retain(|d| d.annotation(ANNOTATION_REF_NAME) != Some(name));
+        manifests.push(desc);
+        manifests.sort_by(|a, b| a.annotation(ANNOTATION_REF_NAME).cmp(&b.annotation(ANNOTATION_REF_NAME)));
+        index.set_manifests(manifests);
         self.write_index(&index)?;
         Ok(true)
     }
 
     /// The manifest descriptor the store's index gives for `name`, if any.
     pub fn lookup(&self, name: &str) -> Result<Option<Descriptor>> {
-        Ok(self.index()?.manifests.into_iter().find(|d| d.annotation(ANNOTATION_REF_NAME) == Some(name)))
+        Ok(self.index()?.manifests().iter().find(|d| d.annotation(ANNOTATION_REF_NAME) == Some(name)).cloned())
     }
 }
 
@@ -325,14 +329,14 @@ mod tests {
     fn tag_replaces_and_reports_change() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let a = store.put_json(super::super::MEDIA_OCI_MANIFEST, &serde_json::json!({"a": 1})).unwrap();
-        let b = store.put_json(super::super::MEDIA_OCI_MANIFEST, &serde_json::json!({"b": 1})).unwrap();
+        let a = store.put_json(MediaType::ImageManifest, &serde_json::json!({"a": 1})).unwrap();
+        let b = store.put_json(MediaType::ImageManifest, &serde_json::json!({"b": 1})).unwrap();
         assert!(store.tag("docker.io/library/x:1", &a).unwrap());
         assert!(!store.tag("docker.io/library/x:1", &a).unwrap());
         assert!(store.tag("docker.io/library/x:1", &b).unwrap());
         let idx = store.index().unwrap();
-        assert_eq!(idx.manifests.len(), 1);
-        assert_eq!(idx.manifests[0].digest, b.digest);
+        assert_eq!(idx.manifests().len(), 1);
+        assert_eq!(idx.manifests()[0].digest(), b.digest());
     }
 
     #[test]

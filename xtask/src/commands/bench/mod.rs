@@ -21,7 +21,7 @@ use crate::oci::archive::{self, ArchiveImage};
 use crate::oci::layer::{self, Compression, LayerPlan};
 use crate::oci::store::Store;
 use crate::oci::tar::Meta;
-use crate::oci::{MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST, Manifest};
+use crate::oci::{DescriptorExt, ImageManifest, MediaType};
 use crate::ui::secs;
 
 pub fn run(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
@@ -163,8 +163,8 @@ fn scenario(project: &Project, args: &BenchImagesArgs) -> Result<Scenario> {
     let base_bytes: u64 = {
         let store = Store::open(&base_store)?;
         let desc = store.lookup(BASE_TAG)?.context("bench base missing; delete target/xtask/bench and rerun")?;
-        let m: Manifest = store.read_json(&desc.digest)?;
-        m.layers.iter().map(|l| l.size).sum()
+        let m: ImageManifest = store.read_json(&desc.sha256()?)?;
+        m.layers().iter().map(|l| l.size()).sum()
     };
     Ok(Scenario { dir, repo, base_store, description, base_bytes })
 }
@@ -428,24 +428,31 @@ fn generate(dir: &Path, args: &BenchImagesArgs) -> Result<()> {
         let inputs = layer::scan(&plan)?;
         layers.push(layer::write(&plan, &inputs, &base_store, &mut |_| {})?);
     }
-    let config = serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "created": "2000-01-01T00:00:00Z",
-        "config": {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin"], "User": "50000:0", "WorkingDir": "/opt/airflow"},
-        "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>()},
-        "history": layers.iter().map(|_| serde_json::json!({"created": "2000-01-01T00:00:00Z", "created_by": "bench"})).collect::<Vec<_>>(),
-    });
-    let config = base_store.put_json(MEDIA_OCI_CONFIG, &config)?;
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(MEDIA_OCI_MANIFEST.into()),
-        config,
-        layers: layers.iter().map(|l| crate::oci::Descriptor::new(&l.media_type, l.digest.clone(), l.size)).collect(),
-        annotations: None,
-        extra: Default::default(),
-    };
-    let manifest = base_store.put_json(MEDIA_OCI_MANIFEST, &manifest)?;
+    let created = "2000-01-01T00:00:00Z".to_string();
+    let mut cfg = oci_spec::image::Config::default();
+    cfg.set_env(Some(vec!["PATH=/usr/local/bin:/usr/bin:/bin".into()]))
+        .set_user(Some("50000:0".into()))
+        .set_working_dir(Some("/opt/airflow".into()));
+    let history = layers
+        .iter()
+        .map(|_| {
+            let mut h = oci_spec::image::History::default();
+            h.set_created(Some(created.clone())).set_created_by(Some("bench".into()));
+            h
+        })
+        .collect();
+    let mut config = oci_spec::image::ImageConfiguration::default();
+    config
+        .set_architecture(crate::oci::Arch::Amd64)
+        .set_os(crate::oci::Os::Linux)
+        .set_created(Some(created))
+        .set_config(Some(cfg))
+        .set_history(Some(history));
+    config.rootfs_mut().set_diff_ids(layers.iter().map(|l| l.diff_id.to_string()).collect());
+    let config = base_store.put_json(MediaType::ImageConfig, &config)?;
+    let layers = layers.iter().map(|l| crate::oci::descriptor(l.media_type.clone(), &l.digest, l.size)).collect();
+    let manifest = crate::oci::image::oci_manifest(config, layers, None);
+    let manifest = base_store.put_json(MediaType::ImageManifest, &manifest)?;
     base_store.tag(BASE_TAG, &manifest)?;
     drop(base_store);
     fs::remove_dir_all(&rootfs)?;

@@ -10,10 +10,7 @@ use serde::Deserialize;
 use super::super::image::{BaseImage, ImportProgress, NoProgress};
 use super::super::store::{DigestMismatch, Store};
 use super::super::tar::safe_entry_path;
-use super::super::{
-    Descriptor, Digest, Index, MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER, MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_LAYER_ZSTD,
-    MEDIA_OCI_MANIFEST, Manifest, Platform, canonical_json,
-};
+use super::super::{Digest, ImageIndex, MediaType, Platform, canonical_json, descriptor};
 
 use super::layout::{LayoutFiles, check_config_platform, diff_ids_of, import_oci_layout, normalize_within};
 
@@ -40,8 +37,8 @@ pub(super) fn import_docker_archive(
 ) -> Result<BaseImage> {
     let what = files.describe().to_string();
     if let Some(index_bytes) = files.read_small("index.json")?
-        && let Ok(index) = serde_json::from_slice::<Index>(&index_bytes)
-        && !index.manifests.is_empty()
+        && let Ok(index) = serde_json::from_slice::<ImageIndex>(&index_bytes)
+        && !index.manifests().is_empty()
     {
         let tag = name.map(normalize_docker_name);
         return import_oci_layout(files, tag.as_deref(), platform, store, progress);
@@ -101,23 +98,23 @@ pub(super) fn import_docker_archive(
         let mut r = BufReader::with_capacity(1 << 20, r);
         let head = r.fill_buf()?.get(..4).map(<[u8]>::to_vec).unwrap_or_default();
         let media_type = if head.starts_with(&[0x1f, 0x8b]) {
-            MEDIA_OCI_LAYER_GZIP
+            MediaType::ImageLayerGzip
         } else if head == [0x28, 0xb5, 0x2f, 0xfd] {
-            MEDIA_OCI_LAYER_ZSTD
+            MediaType::ImageLayerZstd
         } else {
-            MEDIA_OCI_LAYER
+            MediaType::ImageLayer
         };
         let expected = path.strip_prefix("blobs/sha256/").and_then(|h| Digest::parse(&format!("sha256:{h}")).ok());
-        let expected = match (&expected, media_type) {
+        let expected = match (&expected, &media_type) {
             (Some(d), _) => Some(d.clone()),
-            (None, MEDIA_OCI_LAYER) => Some(diff_ids[i].clone()),
+            (None, MediaType::ImageLayer) => Some(diff_ids[i].clone()),
             (None, _) => None,
         };
         if let Some(d) = &expected
             && store.blob_size(d) == Some(size)
         {
             progress.advance(size);
-            layers.push(Descriptor::new(media_type, d.clone(), size));
+            layers.push(descriptor(media_type, d, size));
             continue;
         }
         let mut w = store.blob_writer()?;
@@ -127,23 +124,16 @@ pub(super) fn import_docker_archive(
         if written != size {
             bail!("{what}: layer {path} is truncated ({written} of {size} bytes)");
         }
-        layers.push(Descriptor::new(media_type, digest, written));
+        layers.push(descriptor(media_type, &digest, written));
     }
     let config = store.put_bytes(&config_bytes)?;
-    let config = Descriptor::new(MEDIA_OCI_CONFIG, config, config_bytes.len() as u64);
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(MEDIA_OCI_MANIFEST.into()),
-        config: config.clone(),
-        layers: layers.clone(),
-        annotations: None,
-        extra: Default::default(),
-    };
+    let config = descriptor(MediaType::ImageConfig, &config, config_bytes.len() as u64);
+    let manifest = super::super::image::oci_manifest(config.clone(), layers.clone(), None);
     let bytes = canonical_json(&manifest)?;
     let manifest_digest = store.put_bytes(&bytes)?;
     Ok(BaseImage {
         reference: String::new(),
-        manifest: Descriptor::new(MEDIA_OCI_MANIFEST, manifest_digest, bytes.len() as u64),
+        manifest: descriptor(MediaType::ImageManifest, &manifest_digest, bytes.len() as u64),
         config,
         layers,
         diff_ids,
@@ -240,19 +230,13 @@ pub fn import_docker_save_stream(
     import_docker_archive(&files, name, platform, store, &mut counted)
 }
 
-/// `busybox:1` and `docker.io/library/busybox:1` name the same image.
+/// `busybox:1` and `docker.io/library/busybox:1` name the same image. A name that is not
+/// a valid reference is left as written (it then matches only itself).
 pub fn normalize_docker_name(name: &str) -> String {
-    let (repo, tag) = (super::super::repository_of(name), super::super::tag_of(name));
-    let first = repo.split('/').next().unwrap_or("");
-    let has_host = repo.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
-    let repo = if has_host {
-        repo.to_string()
-    } else if repo.contains('/') {
-        format!("docker.io/{repo}")
-    } else {
-        format!("docker.io/library/{repo}")
-    };
-    format!("{repo}:{tag}")
+    match super::super::registry::ImageRef::parse(name) {
+        Ok(r) => r.to_string(),
+        Err(_) => name.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@ use super::super::image::{BaseImage, ImportProgress};
 use super::super::store::{DigestMismatch, Store};
 use super::super::tar::safe_entry_path;
 use super::super::{
-    ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, Descriptor, Digest, Index, MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST,
-    Manifest, Platform, is_index_media_type, oci_layer_media_type,
+    ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, Descriptor, DescriptorExt, Digest, ImageIndex, ImageManifest,
+    MediaType, Platform, descriptor, is_index_media_type, oci_layer_media_type, platform_matches, platform_string,
 };
 
 /// Read access to the files of an image layout, whether a directory or a tar.
@@ -196,14 +196,15 @@ pub(super) fn blob_path(d: &Digest) -> String {
 
 /// Reads a JSON blob of an OCI layout, checking its digest.
 pub(super) fn read_layout_blob(files: &dyn LayoutFiles, desc: &Descriptor) -> Result<Vec<u8>> {
+    let digest = desc.sha256().with_context(|| files.describe().to_string())?;
     let bytes = files
-        .read_small(&blob_path(&desc.digest))?
-        .ok_or_else(|| anyhow!("{}: blob {} is missing", files.describe(), desc.digest))?;
+        .read_small(&blob_path(&digest))?
+        .ok_or_else(|| anyhow!("{}: blob {digest} is missing", files.describe()))?;
     let actual = Digest::of(&bytes);
-    if actual != desc.digest {
+    if actual != digest {
         bail!(DigestMismatch {
-            what: format!("{} blob {}", files.describe(), blob_path(&desc.digest)),
-            expected: desc.digest.clone(),
+            what: format!("{} blob {}", files.describe(), blob_path(&digest)),
+            expected: digest,
             actual,
             size: bytes.len() as u64,
         });
@@ -211,10 +212,10 @@ pub(super) fn read_layout_blob(files: &dyn LayoutFiles, desc: &Descriptor) -> Re
     Ok(bytes)
 }
 
-pub(super) fn pick_from_index<'a>(index: &'a Index, tag: Option<&str>, what: &str) -> Result<&'a Descriptor> {
+pub(super) fn pick_from_index<'a>(index: &'a ImageIndex, tag: Option<&str>, what: &str) -> Result<&'a Descriptor> {
     let names = || -> String {
         let list: Vec<String> = index
-            .manifests
+            .manifests()
             .iter()
             .filter_map(|d| {
                 d.annotation(ANNOTATION_REF_NAME).or(d.annotation(ANNOTATION_CONTAINERD_NAME)).map(String::from)
@@ -224,13 +225,13 @@ pub(super) fn pick_from_index<'a>(index: &'a Index, tag: Option<&str>, what: &st
     };
     match tag {
         Some(tag) => index
-            .manifests
+            .manifests()
             .iter()
             .find(|d| {
                 d.annotation(ANNOTATION_REF_NAME) == Some(tag) || d.annotation(ANNOTATION_CONTAINERD_NAME) == Some(tag)
             })
             .ok_or_else(|| anyhow!("{what} has no image tagged `{tag}`; it has: {}", names())),
-        None => match index.manifests.as_slice() {
+        None => match index.manifests().as_slice() {
             [one] => Ok(one),
             [] => bail!("{what} holds no image"),
             _ => bail!("{what} holds several images; name one with :TAG. It has: {}", names()),
@@ -238,12 +239,14 @@ pub(super) fn pick_from_index<'a>(index: &'a Index, tag: Option<&str>, what: &st
     }
 }
 
-pub(super) fn pick_platform<'a>(index: &'a Index, platform: &Platform, what: &str) -> Result<&'a Descriptor> {
-    index.manifests.iter().find(|d| d.platform.as_ref().is_some_and(|p| p.matches(platform))).ok_or_else(|| {
-        let have: Vec<String> =
-            index.manifests.iter().filter_map(|d| d.platform.as_ref().map(|p| p.to_string())).collect();
-        anyhow!("{what} has no image for {platform}; it has: {}", have.join(", "))
-    })
+pub(super) fn pick_platform<'a>(index: &'a ImageIndex, platform: &Platform, what: &str) -> Result<&'a Descriptor> {
+    index.manifests().iter().find(|d| d.platform().as_ref().is_some_and(|p| platform_matches(platform, p))).ok_or_else(
+        || {
+            let have: Vec<String> =
+                index.manifests().iter().filter_map(|d| d.platform().as_ref().map(platform_string)).collect();
+            anyhow!("{what} has no image for {}; it has: {}", platform_string(platform), have.join(", "))
+        },
+    )
 }
 
 pub(super) fn check_config_platform(config: &[u8], platform: &Platform, what: &str) -> Result<()> {
@@ -254,10 +257,11 @@ pub(super) fn check_config_platform(config: &[u8], platform: &Platform, what: &s
     }
     let p: Plat = serde_json::from_slice(config).with_context(|| format!("{what}: image config is not valid JSON"))?;
     if let (Some(arch), Some(os)) = (p.architecture, p.os)
-        && (arch != platform.architecture || os != platform.os)
+        && (arch != platform.architecture().to_string() || os != platform.os().to_string())
     {
         bail!(
-            "{what} is an image for {os}/{arch}, but the build targets {platform}; set `platform` in docker/images.toml or pick another base"
+            "{what} is an image for {os}/{arch}, but the build targets {}; set `platform` in docker/images.toml or pick another base",
+            platform_string(platform)
         );
     }
     Ok(())
@@ -288,62 +292,59 @@ pub(super) fn import_oci_layout(
     let index_bytes = files
         .read_small("index.json")?
         .ok_or_else(|| anyhow!("{what} has no index.json; it is not an OCI image layout"))?;
-    let index: Index =
+    let index: ImageIndex =
         serde_json::from_slice(&index_bytes).with_context(|| format!("{what}: index.json is not a valid OCI index"))?;
     let mut desc = pick_from_index(&index, tag, &what)?.clone();
     let mut manifest_bytes = read_layout_blob(files, &desc)?;
     // A multi-platform image: one more level to the manifest for our platform.
-    if is_index_media_type(&desc.media_type)
-        || serde_json::from_slice::<Index>(&manifest_bytes).is_ok_and(|i| !i.manifests.is_empty())
+    if is_index_media_type(desc.media_type())
+        || serde_json::from_slice::<ImageIndex>(&manifest_bytes).is_ok_and(|i| !i.manifests().is_empty())
     {
-        let inner: Index = serde_json::from_slice(&manifest_bytes)
-            .with_context(|| format!("{what}: {} is not a valid index", desc.digest))?;
+        let inner: ImageIndex = serde_json::from_slice(&manifest_bytes)
+            .with_context(|| format!("{what}: {} is not a valid index", desc.digest()))?;
         desc = pick_platform(&inner, platform, &what)?.clone();
         manifest_bytes = read_layout_blob(files, &desc)?;
     }
-    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
-        .with_context(|| format!("{what}: manifest {} is not a valid image manifest", desc.digest))?;
-    let config_bytes = read_layout_blob(files, &manifest.config)?;
+    let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes)
+        .with_context(|| format!("{what}: manifest {} is not a valid image manifest", desc.digest()))?;
+    let config_bytes = read_layout_blob(files, manifest.config())?;
     check_config_platform(&config_bytes, platform, &what)?;
     let diff_ids = diff_ids_of(&config_bytes, &what)?;
-    if diff_ids.len() != manifest.layers.len() {
+    if diff_ids.len() != manifest.layers().len() {
         bail!(
             "{what}: the manifest lists {} layers but the config {} diff_ids; the image is corrupt",
-            manifest.layers.len(),
+            manifest.layers().len(),
             diff_ids.len()
         );
     }
-    progress.start(manifest.layers.iter().map(|l| l.size).sum());
+    progress.start(manifest.layers().iter().map(|l| l.size()).sum());
     let mut layers = Vec::new();
-    for layer in &manifest.layers {
-        let media_type = oci_layer_media_type(&layer.media_type).with_context(|| what.clone())?;
-        let (mut r, size) = files
-            .open(&blob_path(&layer.digest))?
-            .ok_or_else(|| anyhow!("{what}: layer blob {} is missing", layer.digest))?;
-        if size != layer.size {
+    for layer in manifest.layers() {
+        let media_type = oci_layer_media_type(layer.media_type()).with_context(|| what.clone())?;
+        let digest = layer.sha256().with_context(|| what.clone())?;
+        let (mut r, size) =
+            files.open(&blob_path(&digest))?.ok_or_else(|| anyhow!("{what}: layer blob {digest} is missing"))?;
+        if size != layer.size() {
             bail!(
-                "{what}: layer {} is {size} bytes but the manifest says {}; the image is corrupt",
-                layer.digest,
-                layer.size
+                "{what}: layer {digest} is {size} bytes but the manifest says {}; the image is corrupt",
+                layer.size()
             );
         }
-        store.ingest(&mut r, &layer.digest, &format!("{what} layer {}", blob_path(&layer.digest)), &mut |n| {
-            progress.advance(n)
-        })?;
-        let mut d = Descriptor::new(media_type, layer.digest.clone(), layer.size);
-        d.annotations = layer.annotations.clone();
+        store.ingest(&mut r, &digest, &format!("{what} layer {}", blob_path(&digest)), &mut |n| progress.advance(n))?;
+        let mut d = descriptor(media_type, &digest, layer.size());
+        d.set_annotations(layer.annotations().clone());
         layers.push(d);
     }
     let config_digest = store.put_bytes(&config_bytes)?;
     let manifest_digest = store.put_bytes(&manifest_bytes)?;
     Ok(BaseImage {
         reference: String::new(),
-        manifest: Descriptor::new(
-            manifest.media_type.as_deref().unwrap_or(MEDIA_OCI_MANIFEST),
-            manifest_digest,
+        manifest: descriptor(
+            manifest.media_type().clone().unwrap_or(MediaType::ImageManifest),
+            &manifest_digest,
             manifest_bytes.len() as u64,
         ),
-        config: Descriptor::new(MEDIA_OCI_CONFIG, config_digest, config_bytes.len() as u64),
+        config: descriptor(MediaType::ImageConfig, &config_digest, config_bytes.len() as u64),
         layers,
         diff_ids,
         base_name: None,

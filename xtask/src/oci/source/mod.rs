@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::image::{BaseImage, ImportProgress};
 use super::store::Store;
-use super::{MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST, Manifest, Platform};
+use super::{DescriptorExt, MediaType, Platform};
 
 use self::docker_archive::import_docker_archive;
 use self::layout::{DirFiles, TarFiles, import_oci_layout};
@@ -138,7 +138,7 @@ fn all_blobs_present(store: &Store, base: &BaseImage) -> bool {
     std::iter::once(&base.manifest)
         .chain(std::iter::once(&base.config))
         .chain(base.layers.iter())
-        .all(|d| store.blob_size(&d.digest) == Some(d.size))
+        .all(|d| d.sha256().is_ok_and(|digest| store.blob_size(&digest) == Some(d.size())))
 }
 
 /// A cheap identity of a local source (path, size, mtime, inode of the file that changes
@@ -152,8 +152,9 @@ fn fingerprint(reference: &str, base_ref: &BaseRef, platform: &Platform) -> Resu
     let Ok(md) = fs::metadata(&file) else { return Ok(None) };
     let mut h = Sha256::new();
     h.update(format!(
-        "{reference}\n{}\n{platform}\n{}:{}:{}:{}\n",
+        "{reference}\n{}\n{}\n{}:{}:{}:{}\n",
         file.display(),
+        super::platform_string(platform),
         md.len(),
         md.mtime_nsec() + md.mtime() * 1_000_000_000,
         md.ino(),
@@ -164,28 +165,37 @@ fn fingerprint(reference: &str, base_ref: &BaseRef, platform: &Platform) -> Resu
 
 /// The empty image: no layers, a config with only the platform.
 fn scratch(platform: &Platform, store: &Store) -> Result<BaseImage> {
-    let config = serde_json::json!({
-        "architecture": platform.architecture,
-        "os": platform.os,
-        "config": {},
-        "rootfs": {"type": "layers", "diff_ids": []},
-    });
-    let config = store.put_json(MEDIA_OCI_CONFIG, &config)?;
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(MEDIA_OCI_MANIFEST.into()),
-        config: config.clone(),
-        layers: vec![],
-        annotations: None,
-        extra: Default::default(),
-    };
-    let manifest = store.put_json(MEDIA_OCI_MANIFEST, &manifest)?;
+    let config = scratch_config(platform);
+    let config = store.put_json(MediaType::ImageConfig, &config)?;
+    let manifest = super::image::oci_manifest(config.clone(), vec![], None);
+    let manifest = store.put_json(MediaType::ImageManifest, &manifest)?;
     Ok(BaseImage { reference: String::new(), manifest, config, layers: vec![], diff_ids: vec![], base_name: None })
+}
+
+fn scratch_config(platform: &Platform) -> oci_spec::image::ImageConfiguration {
+    let mut config = oci_spec::image::ImageConfiguration::default();
+    config
+        .set_architecture(platform.architecture().clone())
+        .set_os(platform.os().clone())
+        .set_config(Some(Default::default()))
+        .set_history(None);
+    config.rootfs_mut().set_diff_ids(vec![]);
+    config
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scratch_config_keeps_its_bytes() {
+        let platform = crate::oci::parse_platform("linux/arm64").unwrap();
+        let bytes = crate::oci::canonical_json(&scratch_config(&platform)).unwrap();
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            r#"{"architecture":"arm64","config":{},"os":"linux","rootfs":{"diff_ids":[],"type":"layers"}}"#
+        );
+    }
 
     #[test]
     fn references_parse_like_skopeo() {
