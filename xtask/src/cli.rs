@@ -1,5 +1,9 @@
 //! The command line: one struct per subcommand, help on every flag, an example on every
 //! command.
+//!
+//! Longer than our other files on purpose: it is declarations only (no logic), and the
+//! whole command-line surface in one file is what a reviewer reads to keep flag names,
+//! defaults and help consistent across commands.
 
 use std::path::PathBuf;
 

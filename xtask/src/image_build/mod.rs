@@ -211,7 +211,7 @@ fn build_one(
     let wanted: BTreeSet<String> = def.layers.iter().flat_map(|l| ancestors(&l.target)).collect();
     let layer_info: Vec<(Digest, MediaType)> =
         base.layers.iter().map(|l| Ok((l.sha256()?, l.media_type().clone()))).collect::<Result<_>>()?;
-    let base_dirs = layer::base_dirs(store, &layer_info, &wanted)?;
+    let base_dirs = crate::oci::base_dirs::base_dirs(store, &layer_info, &wanted)?;
     let compression = match def.compression {
         CompressionChoice::Fixed(c) => c,
         CompressionChoice::Auto => {

@@ -4,6 +4,7 @@
 //! store -> a destination (archive, registry, cluster). Every destination reads the store.
 
 pub mod archive;
+pub mod base_dirs;
 pub mod docker;
 pub mod image;
 pub mod layer;

@@ -5,16 +5,13 @@
 //! The recipe is `docker/base/<name>.toml`; a base is rebuilt only when the recipe or its
 //! constraints file changed.
 
-use rustix::mount::{MountFlags, UnmountFlags};
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use crate::config::Project;
 use crate::oci::image::BaseImage;
@@ -25,155 +22,12 @@ use crate::oci::tar::Meta;
 use crate::oci::{Descriptor, DescriptorExt, MediaType};
 use crate::process;
 
-/// Bumped when the way a recipe becomes an image changes.
-const RECIPE_FORMAT: &str = "xtask-base-v1";
+mod chroot;
+mod format;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Recipe {
-    pub debian: Debian,
-    /// Shell commands run in the root filesystem after debootstrap, in order.
-    #[serde(default)]
-    pub step: Vec<Step>,
-    pub python: Option<Python>,
-    pub image: ImageSettings,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Debian {
-    pub suite: String,
-    pub mirror: String,
-    #[serde(default = "default_variant")]
-    pub variant: String,
-    #[serde(default)]
-    pub packages: Vec<String>,
-}
-
-fn default_variant() -> String {
-    "minbase".into()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Step {
-    pub run: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Python {
-    /// Where the virtualenv goes; it becomes a layer of its own.
-    pub venv: String,
-    /// What pip installs: Airflow and providers, pinned.
-    pub requirements: Vec<String>,
-    /// A pip constraints file (relative to docker/base/) pinning everything else.
-    pub constraints: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImageSettings {
-    /// `UID:GID` the container runs as.
-    pub user: String,
-    pub workdir: Option<String>,
-    #[serde(default)]
-    pub entrypoint: Vec<String>,
-    #[serde(default)]
-    pub cmd: Vec<String>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub dir: Vec<DirSpec>,
-    #[serde(default)]
-    pub file: Vec<FileSpec>,
-}
-
-/// A directory the image must have, with its owner and mode.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DirSpec {
-    pub path: String,
-    pub owner: String,
-    pub mode: String,
-}
-
-/// A file written into the image (an entrypoint script, say).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileSpec {
-    pub path: String,
-    pub mode: String,
-    pub content: String,
-}
-
-fn parse_mode(s: &str, what: &str) -> Result<u32> {
-    u32::from_str_radix(s.trim_start_matches("0o"), 8)
-        .ok()
-        .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| anyhow!("{what}: `{s}` is not an octal mode like \"0755\""))
-}
-
-fn parse_owner(s: &str, what: &str) -> Result<(u32, u32)> {
-    let (u, g) = s.split_once(':').ok_or_else(|| anyhow!("{what}: `{s}` is not UID:GID"))?;
-    Ok((
-        u.parse().map_err(|_| anyhow!("{what}: `{u}` is not a numeric uid"))?,
-        g.parse().map_err(|_| anyhow!("{what}: `{g}` is not a numeric gid"))?,
-    ))
-}
-
-pub struct LoadedRecipe {
-    pub name: String,
-    pub path: PathBuf,
-    pub recipe: Recipe,
-    pub constraints: Option<(PathBuf, String)>,
-    pub key: String,
-}
-
-pub fn recipe_path(project: &Project, name: &str) -> PathBuf {
-    project.root.join("docker/base").join(format!("{name}.toml"))
-}
-
-pub fn load(project: &Project, name: &str, mtime: u64) -> Result<LoadedRecipe> {
-    let path = recipe_path(project, name);
-    let rel = project.rel(&path);
-    let text = fs::read_to_string(&path).with_context(|| {
-        format!("cannot read the base recipe {rel}; `xtask-base:{name}` names docker/base/{name}.toml")
-    })?;
-    let recipe: Recipe = toml::from_str(&text).map_err(|e| anyhow!("{rel}: {e}"))?;
-    if let Some(py) = &recipe.python
-        && py.requirements.is_empty()
-    {
-        bail!("{rel}: [python] requirements is empty; list what pip installs (apache-airflow==VERSION, ...)");
-    }
-    parse_owner(&recipe.image.user, &format!("{rel}: [image] user"))?;
-    for d in &recipe.image.dir {
-        parse_owner(&d.owner, &format!("{rel}: [[image.dir]] {}", d.path))?;
-        parse_mode(&d.mode, &format!("{rel}: [[image.dir]] {}", d.path))?;
-    }
-    for f in &recipe.image.file {
-        parse_mode(&f.mode, &format!("{rel}: [[image.file]] {}", f.path))?;
-    }
-    let constraints = match recipe.python.as_ref().and_then(|p| p.constraints.as_ref()) {
-        Some(c) => {
-            let p = path.parent().unwrap_or(Path::new(".")).join(c);
-            let text = fs::read_to_string(&p).with_context(|| {
-                format!("{rel}: constraints file {} is missing; create it with `cargo xtask base --update-lock`, or remove the `constraints` line", project.rel(&p))
-            })?;
-            Some((p, text))
-        }
-        None => None,
-    };
-    let mut h = Sha256::new();
-    h.update(format!("{RECIPE_FORMAT}\n{mtime}\n"));
-    h.update(&text);
-    if let Some((_, c)) = &constraints {
-        h.update(c);
-    }
-    Ok(LoadedRecipe { name: name.to_string(), path, recipe, constraints, key: hex::encode(h.finalize()) })
-}
+use self::chroot::{Mount, chroot_env, debootstrap_cached, host_ca_bundle, shorten_pip_error, unmount_all_under};
+use self::format::{ImageSettings, parse_mode, parse_owner};
+pub use self::format::{LoadedRecipe, load};
 
 /// What a finished build recorded, keyed by the recipe's key.
 #[derive(Serialize, Deserialize)]
@@ -226,74 +80,7 @@ pub struct BuildOpts {
     pub human: bool,
 }
 
-/// A mount that is undone when dropped, whatever happens in between.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn proc(target: &Path) -> Result<Mount> {
-        rustix::mount::mount("proc", target, "proc", MountFlags::empty(), None)
-            .with_context(|| format!("cannot mount proc on {}", target.display()))?;
-        Ok(Mount(target.to_path_buf()))
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        // Detaching never blocks.
-        let _ = rustix::mount::unmount(&self.0, UnmountFlags::DETACH);
-    }
-}
-
-/// Environment variables passed into the chroot: nothing of the host's but what pip needs
-/// to reach the package index the way the host does.
-fn chroot_env(ca_inside: Option<&str>) -> Vec<String> {
-    let mut env = vec![
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-        "HOME=/root".into(),
-        "LANG=C.UTF-8".into(),
-        "DEBIAN_FRONTEND=noninteractive".into(),
-        "PIP_DISABLE_PIP_VERSION_CHECK=1".into(),
-        "PIP_NO_CACHE_DIR=1".into(),
-        "PIP_PROGRESS_BAR=off".into(),
-    ];
-    for key in [
-        "PIP_INDEX_URL",
-        "PIP_EXTRA_INDEX_URL",
-        "PIP_TRUSTED_HOST",
-        "PIP_DEFAULT_TIMEOUT",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "NO_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "no_proxy",
-    ] {
-        if let Ok(v) = std::env::var(key) {
-            env.push(format!("{key}={v}"));
-        }
-    }
-    if let Some(ca) = ca_inside {
-        for key in ["PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"] {
-            env.push(format!("{key}={ca}"));
-        }
-    }
-    env
-}
-
-/// The host's CA bundle, which knows any TLS-intercepting proxy the host trusts.
-fn host_ca_bundle() -> Option<PathBuf> {
-    for var in ["PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"] {
-        if let Ok(p) = std::env::var(var)
-            && Path::new(&p).is_file()
-        {
-            return Some(PathBuf::from(p));
-        }
-    }
-    let p = PathBuf::from("/etc/ssl/certs/ca-certificates.crt");
-    p.is_file().then_some(p)
-}
-
-fn step(opts: &BuildOpts, msg: &str) {
+pub(super) fn step(opts: &BuildOpts, msg: &str) {
     if opts.human {
         println!("  {msg}");
     } else {
@@ -412,90 +199,6 @@ fn build(project: &Project, store: &Store, loaded: &LoadedRecipe, mtime: u64, op
         }
     }
     result
-}
-
-/// Where debootstrap's output is kept between builds: outside the repository (it is the
-/// same for every checkout), keyed by the [debian] section.
-fn debootstrap_cache_dir() -> PathBuf {
-    std::env::var_os("XTASK_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("xtask")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/xtask")))
-        .unwrap_or_else(|| PathBuf::from("/var/cache/xtask"))
-        .join("debootstrap")
-}
-
-/// A fresh root filesystem from debootstrap, or a copy of the one an earlier build made
-/// from the same [debian] section (debootstrap takes most of a minute; a copy seconds).
-fn debootstrap_cached(debootstrap: &Path, d: &Debian, rootfs: &Path, log: &Path, opts: &BuildOpts) -> Result<()> {
-    let key = {
-        let mut h = Sha256::new();
-        h.update(format!("{}\n{}\n{}\n{}\n", d.suite, d.mirror, d.variant, d.packages.join(",")));
-        hex::encode(&h.finalize()[..12])
-    };
-    let cached = debootstrap_cache_dir().join(&key);
-    if cached.join("etc/debian_version").is_file() {
-        step(opts, &format!("debootstrap {} ({}): from the cache {}", d.suite, d.variant, cached.display()));
-        return process::run_logged(
-            duct::cmd("cp", ["-a".as_ref(), cached.as_os_str(), rootfs.as_os_str()]),
-            log,
-            "copying the cached root filesystem",
-        );
-    }
-    step(opts, &format!("debootstrap {} ({})", d.suite, d.variant));
-    let mut args: Vec<String> = vec![format!("--variant={}", d.variant)];
-    if !d.packages.is_empty() {
-        args.push(format!("--include={}", d.packages.join(",")));
-    }
-    args.push(d.suite.clone());
-    args.push(rootfs.display().to_string());
-    args.push(d.mirror.clone());
-    let t = Instant::now();
-    process::run_logged(duct::cmd(debootstrap, &args), log, "debootstrap")?;
-    step(opts, &format!("debootstrap done in {:.0} s", t.elapsed().as_secs_f64()));
-    // Keep a copy for the next build: written aside, renamed when complete.
-    let parent = debootstrap_cache_dir();
-    if fs::create_dir_all(&parent).is_ok() {
-        let tmp = parent.join(format!(".{key}.{}.partial", std::process::id()));
-        let _ = fs::remove_dir_all(&tmp);
-        if process::run_logged(
-            duct::cmd("cp", ["-a".as_ref(), rootfs.as_os_str(), tmp.as_os_str()]),
-            log,
-            "caching the root filesystem",
-        )
-        .is_ok()
-        {
-            let _ = fs::rename(&tmp, &cached);
-        }
-        let _ = fs::remove_dir_all(&tmp);
-    }
-    Ok(())
-}
-
-/// pip prints pages; the lines that say what went wrong start with "ERROR:".
-fn shorten_pip_error(err: anyhow::Error, log: &Path) -> anyhow::Error {
-    let text = fs::read_to_string(log).unwrap_or_default();
-    let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("ERROR:")).collect();
-    if errors.is_empty() {
-        return err;
-    }
-    anyhow!(
-        "pip install failed:\n  {}\n(check the versions in the [python] section of the recipe; full log: {})",
-        errors.join("\n  "),
-        log.display()
-    )
-}
-
-/// Unmounts whatever a crashed build left mounted below `root`.
-fn unmount_all_under(root: &Path) {
-    let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else { return };
-    let root = root.display().to_string();
-    let mut targets: Vec<&str> =
-        mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|t| t.starts_with(&root)).collect();
-    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
-    for t in targets {
-        let _ = rustix::mount::unmount(t, UnmountFlags::DETACH);
-    }
 }
 
 /// The directories and files the recipe declares, with their owners and modes.
