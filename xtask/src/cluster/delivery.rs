@@ -6,7 +6,6 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -48,32 +47,31 @@ impl Node for LocalContainerd {
 
     fn ctr(&self, args: &[&str], stdin: Option<Feed<'_>>) -> Result<CtrOutput> {
         crate::process::require("ctr", "sudo apt-get install containerd")?;
-        let mut child = Command::new("ctr")
-            .arg("--address")
-            .arg(&self.socket)
-            .args(["--namespace", "k8s.io"])
-            .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot run ctr")?;
+        let mut argv: Vec<std::ffi::OsString> =
+            vec!["--address".into(), self.socket.clone().into(), "--namespace".into(), "k8s.io".into()];
+        argv.extend(args.iter().map(Into::into));
+        let ctr = duct::cmd("ctr", argv).stdout_capture().stderr_capture().unchecked();
         let mut sent = 0;
-        if let Some(feed) = stdin {
-            let mut pipe = child.stdin.take().expect("piped");
-            let fed = feed(&mut pipe);
-            drop(pipe);
-            match fed {
-                Ok(n) => sent = n,
-                Err(e) => {
-                    let out = child.wait_with_output()?;
-                    return Err(
-                        e.context(format!("ctr stopped reading: {}", String::from_utf8_lossy(&out.stderr).trim()))
-                    );
+        let out = match stdin {
+            None => ctr.stdin_null().run().context("cannot run ctr")?,
+            Some(feed) => {
+                // The archive is generated as ctr reads it: streamed through a pipe.
+                let (reader, mut writer) = std::io::pipe().context("cannot make a pipe for ctr")?;
+                let handle = ctr.stdin_file(reader).start().context("cannot run ctr")?;
+                let fed = feed(&mut writer);
+                drop(writer);
+                let out = handle.into_output()?;
+                match fed {
+                    Ok(n) => sent = n,
+                    Err(e) => {
+                        return Err(
+                            e.context(format!("ctr stopped reading: {}", String::from_utf8_lossy(&out.stderr).trim()))
+                        );
+                    }
                 }
+                out
             }
-        }
-        let out = child.wait_with_output()?;
+        };
         Ok(CtrOutput {
             success: out.status.success(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

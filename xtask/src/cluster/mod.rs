@@ -4,6 +4,7 @@
 pub mod delivery;
 pub mod diagnose;
 pub mod exec;
+pub mod hotsync;
 pub mod inspect;
 pub mod kind;
 pub mod pods;

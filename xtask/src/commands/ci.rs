@@ -52,6 +52,14 @@ fn cluster_flags(c: &ClusterArgs) -> Vec<String> {
     v
 }
 
+/// `cargo xtask --root ROOT ARGS...` as a child of this process. Its report goes to stderr
+/// so that stdout holds only the JSON summary; a failing step is a status, not an error.
+fn step(exe: &std::path::Path, root: &std::path::Path, args: &[String]) -> duct::Expression {
+    let mut argv: Vec<std::ffi::OsString> = vec!["--root".into(), root.into()];
+    argv.extend(args.iter().map(Into::into));
+    duct::cmd(exe, argv).stdout_to_stderr().unchecked()
+}
+
 pub fn run(ctx: &Ctx, args: &CiArgs) -> Result<()> {
     let project = &ctx.project;
     let started = Instant::now();
@@ -89,14 +97,11 @@ pub fn run(ctx: &Ctx, args: &CiArgs) -> Result<()> {
         eprintln!("==> {name}: cargo xtask {}", step_args.join(" "));
         let t = Instant::now();
         // Each step's report goes to stderr, so stdout holds only the JSON summary.
-        let status = std::process::Command::new(&exe)
-            .arg("--root")
-            .arg(&project.root)
-            .args(step_args)
-            .stdout(std::io::stderr())
+        let status = step(&exe, &project.root, step_args)
             .env("NO_COLOR", "1")
-            .status()
-            .with_context(|| format!("cannot run step {name}"))?;
+            .run()
+            .with_context(|| format!("cannot run step {name}"))?
+            .status;
         let ok = status.success();
         steps.push(Step {
             name: name.to_string(),
@@ -123,12 +128,7 @@ pub fn run(ctx: &Ctx, args: &CiArgs) -> Result<()> {
     } else {
         eprintln!("==> k8s-down: cargo xtask {}", down_args.join(" "));
         let t = Instant::now();
-        let status = std::process::Command::new(&exe)
-            .arg("--root")
-            .arg(&project.root)
-            .args(&down_args)
-            .stdout(std::io::stderr())
-            .status()?;
+        let status = step(&exe, &project.root, &down_args).run().context("cannot run k8s-down")?.status;
         steps.push(Step {
             name: "k8s-down".into(),
             status: if status.success() { "ok" } else { "failed" },

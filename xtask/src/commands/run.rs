@@ -88,8 +88,8 @@ fn execute(ctx: &Ctx, task: &TaskDef, ready: Ready) -> Result<i32> {
     let argv = vec!["sh".to_string(), "-c".to_string(), task.script.clone()];
     match ready {
         Ready::Local => {
-            let status = std::process::Command::new(&argv[0]).args(&argv[1..]).current_dir(&project.root).status()?;
-            Ok(status.code().unwrap_or(1))
+            let out = duct::cmd(&argv[0], &argv[1..]).dir(&project.root).unchecked().run()?;
+            Ok(out.status.code().unwrap_or(1))
         }
         Ready::Container(None) => bail!("the worker image was not resolved before the task ran"),
         Ready::Container(Some(image)) => {

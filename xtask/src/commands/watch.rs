@@ -7,28 +7,20 @@
 //! printed for each change. A DAG that fails the check is reported and not shipped.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail};
-use futures::StreamExt;
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 
+use crate::airflow::checker::Checker;
 use crate::airflow::dagcheck::{self, FileResult};
-use crate::airflow::{container, runner};
 use crate::cli::{K8sUpArgs, WatchArgs};
+use crate::cluster::hotsync::{image_paths, sync_into};
 use crate::cluster::{Cluster, Target};
-use crate::config::{self, ImageOverrides, Project};
 use crate::ctx::Ctx;
 use crate::pipeline::{self, Until};
 use crate::ui;
-
-/// Where the DAG and include trees sit in the worker image.
-const DAGS_IN_IMAGE: &str = "/opt/airflow/dags";
-const INCLUDE_IN_IMAGE: &str = "/opt/airflow/include";
 
 /// A file's identity for change detection: modification time and size.
 type Snapshot = BTreeMap<PathBuf, (SystemTime, u64)>;
@@ -74,136 +66,6 @@ fn diff(old: &Snapshot, new: &Snapshot) -> Vec<PathBuf> {
     changed
 }
 
-/// A long-lived `dag_check.py --serve`: Airflow is imported once, each check parses only
-/// the files asked for.
-enum Checker {
-    Container { attached: container::Attached, pending: String, rt: tokio::runtime::Handle },
-    Local { child: Child, stdin: ChildStdin, stdout: BufReader<ChildStdout> },
-}
-
-impl Checker {
-    fn start(ctx: &Ctx, mode: &str) -> Result<Checker> {
-        let project = &ctx.project;
-        let skip = serde_json::to_string(&dagcheck::exceptions(project))?;
-        let dags_dir = project.root.join("files/dags");
-        let include_dir = project.root.join("files/include");
-        let mut checker = match mode {
-            "local" => {
-                let python = runner::ensure_venv(project, &project.work_dir().join("venv"), true)?;
-                let mut child = Command::new(python)
-                    .args(["-c", dagcheck::CHECK_SCRIPT, "--serve"])
-                    .env("XTASK_DAGS_DIR", &dags_dir)
-                    .env("XTASK_INCLUDE_DIR", &include_dir)
-                    .env("AIRFLOW__CORE__DAGS_FOLDER", &dags_dir)
-                    .env("PYTHONPATH", &include_dir)
-                    .env("XTASK_SKIP", &skip)
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .context("cannot start the DAG checker in the virtualenv")?;
-                let stdin = child.stdin.take().expect("piped");
-                let stdout = BufReader::new(child.stdout.take().expect("piped"));
-                Checker::Local { child, stdin, stdout }
-            }
-            "image" => {
-                let runner = runner::for_project(project, ctx.handle(), false, None, "airflow-worker", false)?;
-                let runner::Runner::Image { name: image, .. } = runner else {
-                    bail!("no worker image to check DAGs in")
-                };
-                let spec = container::Spec {
-                    image,
-                    cmd: vec!["python".into(), "-c".into(), dagcheck::CHECK_SCRIPT.into(), "--serve".into()],
-                    env: vec![format!("XTASK_SKIP={skip}")],
-                    binds: vec![
-                        format!("{}:{DAGS_IN_IMAGE}:ro", dags_dir.display()),
-                        format!("{}:{INCLUDE_IN_IMAGE}:ro", include_dir.display()),
-                    ],
-                    tty: false,
-                    auto_remove: true,
-                };
-                let attached = ctx.block_on(container::start(&spec))?;
-                Checker::Container { attached, pending: String::new(), rt: ctx.handle().clone() }
-            }
-            other => {
-                bail!("--check {other}: use `image` (the worker image on the Docker engine) or `local` (a virtualenv)")
-            }
-        };
-        match checker.next_result()? {
-            Some(v) if v["ready"] == true => Ok(checker),
-            other => {
-                bail!("the DAG checker did not start (it said {other:?}); try `cargo xtask dags check` to see why")
-            }
-        }
-    }
-
-    /// The next `@@xtask` line's JSON; None when the checker has exited.
-    fn next_result(&mut self) -> Result<Option<serde_json::Value>> {
-        loop {
-            let line = match self {
-                Checker::Local { stdout, .. } => {
-                    let mut line = String::new();
-                    if stdout.read_line(&mut line)? == 0 {
-                        return Ok(None);
-                    }
-                    line
-                }
-                Checker::Container { attached, pending, rt } => loop {
-                    if let Some(i) = pending.find('\n') {
-                        break pending.drain(..=i).collect::<String>();
-                    }
-                    match rt.block_on(attached.output.next()) {
-                        Some(chunk) => pending.push_str(&String::from_utf8_lossy(
-                            &chunk.context("lost the DAG checker's output")?.into_bytes(),
-                        )),
-                        None => return Ok(None),
-                    }
-                },
-            };
-            if let Some(json) = line.trim_end().strip_prefix(runner::RESULT_PREFIX) {
-                return Ok(Some(serde_json::from_str(json)?));
-            }
-        }
-    }
-
-    fn check(&mut self, files: &[String]) -> Result<Vec<FileResult>> {
-        let request = format!("{}\n", serde_json::to_string(files)?);
-        match self {
-            Checker::Local { stdin, .. } => {
-                stdin.write_all(request.as_bytes())?;
-                stdin.flush()?;
-            }
-            Checker::Container { attached, rt, .. } => {
-                rt.block_on(async {
-                    attached.input.write_all(request.as_bytes()).await?;
-                    attached.input.flush().await
-                })?;
-            }
-        }
-        let mut results = Vec::new();
-        loop {
-            match self.next_result()? {
-                None => bail!("the DAG checker exited; restart `cargo xtask watch`"),
-                Some(v) if v["done"] == true => return Ok(results),
-                Some(v) => results.push(serde_json::from_value(v)?),
-            }
-        }
-    }
-
-    fn stop(self) {
-        match self {
-            Checker::Local { mut child, stdin, .. } => {
-                drop(stdin);
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            Checker::Container { attached, rt, .. } => {
-                rt.block_on(attached.remove());
-            }
-        }
-    }
-}
-
 /// What one change did, for `--json` (one line each) and the benchmark.
 #[derive(Serialize, Default)]
 pub struct ChangeReport {
@@ -217,78 +79,6 @@ pub struct ChangeReport {
     pub save_to_parsed_seconds: Option<f64>,
     pub image: Option<String>,
     pub errors: Vec<String>,
-}
-
-/// Files of the change as the image holds them: (path in the image, path on disk).
-fn image_paths(project: &Project, files: &[PathBuf]) -> Result<Vec<(String, PathBuf)>> {
-    let defs = config::load_images(project, &ImageOverrides::default())?;
-    let worker = defs
-        .iter()
-        .find(|d| d.name == "airflow-worker")
-        .or(defs.first())
-        .ok_or_else(|| anyhow!("docker/images.toml defines no image"))?;
-    let mut out = Vec::new();
-    for f in files {
-        let s = f.to_string_lossy();
-        if let Some(layer) =
-            worker.layers.iter().find(|l| s.starts_with(&format!("{}/", l.source.trim_end_matches('/'))))
-        {
-            let rel = &s[layer.source.trim_end_matches('/').len() + 1..];
-            out.push((format!("/{}/{rel}", layer.target), project.root.join(f)));
-        }
-    }
-    Ok(out)
-}
-
-/// The changed files as a tar for the pod, and the paths (in the image) of removed ones.
-/// A symbolic link goes as the link itself, as the image layer holds it: its target is
-/// never read, so a link under files/ cannot ship a file from outside it.
-fn sync_tar(files: &[(String, PathBuf)]) -> Result<(Vec<u8>, Vec<String>)> {
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut removed = Vec::new();
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_secs();
-    for (in_image, on_disk) in files {
-        let path = in_image.trim_start_matches('/');
-        let Ok(md) = std::fs::symlink_metadata(on_disk) else {
-            removed.push(in_image.clone());
-            continue;
-        };
-        let mut h = tar::Header::new_gnu();
-        h.set_mtime(now);
-        if md.file_type().is_symlink() {
-            let target =
-                std::fs::read_link(on_disk).with_context(|| format!("cannot read link {}", on_disk.display()))?;
-            h.set_entry_type(tar::EntryType::Symlink);
-            h.set_mode(0o777);
-            h.set_size(0);
-            tar.append_link(&mut h, path, &target)?;
-        } else if md.is_file() {
-            let bytes = std::fs::read(on_disk).with_context(|| format!("cannot read {}", on_disk.display()))?;
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_mode(0o644);
-            h.set_size(bytes.len() as u64);
-            tar.append_data(&mut h, path, bytes.as_slice())?;
-        } else {
-            bail!("{} is neither a file nor a symbolic link; only those ship", on_disk.display());
-        }
-    }
-    Ok((tar.into_inner()?, removed))
-}
-
-/// Copies changed files into a running pod (removed ones are removed there too).
-async fn sync_into(cluster: &Cluster, pod: &str, container: &str, files: &[(String, PathBuf)]) -> Result<()> {
-    let (bytes, removed) = sync_tar(files)?;
-    let argv = vec!["tar".into(), "-x".into(), "-o".into(), "-C".into(), "/".into()];
-    let (code, _, err) = crate::cluster::exec::exec_capture(cluster, pod, container, argv, Some(bytes)).await?;
-    if code != 0 {
-        bail!("copying into {pod} failed: {}", String::from_utf8_lossy(&err).trim());
-    }
-    if !removed.is_empty() {
-        let mut argv = vec!["rm".to_string(), "-f".to_string()];
-        argv.extend(removed);
-        crate::cluster::exec::exec_capture(cluster, pod, container, argv, None).await?;
-    }
-    Ok(())
 }
 
 /// Waits until the cluster's Airflow has parsed each DAG again (its `last_parsed_time`
@@ -510,7 +300,7 @@ pub fn run(ctx: &Ctx, args: &WatchArgs) -> Result<()> {
         );
     }
     let started = Instant::now();
-    let mut checker = Checker::start(ctx, &args.check)?;
+    let mut checker = Checker::start(&ctx.project, ctx.handle(), &args.check)?;
     let mut last = snapshot(&project.root);
     if human {
         println!(
@@ -613,37 +403,6 @@ mod tests {
         // Another namespace was not deployed by that k8s-up: nothing is carried over.
         let b = up_args(&ctx, &watch_args("staging")).unwrap();
         assert!(b.overlay.is_empty() && b.registry.is_none() && b.insecure_registry.is_empty());
-    }
-
-    #[test]
-    fn a_link_to_a_file_outside_ships_as_a_link_never_its_target() {
-        let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("credentials");
-        std::fs::write(&secret, "aws_secret_access_key = hunter2").unwrap();
-        let dags = dir.path().join("files/dags");
-        std::fs::create_dir_all(&dags).unwrap();
-        std::fs::write(dags.join("a.py"), "print('a')").unwrap();
-        std::os::unix::fs::symlink(&secret, dags.join("leak.py")).unwrap();
-        let files = vec![
-            ("/opt/airflow/dags/a.py".to_string(), dags.join("a.py")),
-            ("/opt/airflow/dags/leak.py".to_string(), dags.join("leak.py")),
-            ("/opt/airflow/dags/gone.py".to_string(), dags.join("gone.py")),
-        ];
-        let (bytes, removed) = sync_tar(&files).unwrap();
-        assert_eq!(removed, ["/opt/airflow/dags/gone.py"]);
-        assert!(!bytes.windows(7).any(|w| w == b"hunter2"), "the link's target was shipped");
-        let mut archive = tar::Archive::new(&bytes[..]);
-        let entries: Vec<(String, tar::EntryType, Option<PathBuf>)> = archive
-            .entries()
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                let link = e.link_name().unwrap().map(|l| l.into_owned());
-                (e.path().unwrap().display().to_string(), e.header().entry_type(), link)
-            })
-            .collect();
-        assert_eq!(entries[0].0, "opt/airflow/dags/a.py");
-        assert_eq!(entries[1], ("opt/airflow/dags/leak.py".into(), tar::EntryType::Symlink, Some(secret)));
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! Waiting until Airflow is healthy: each step with a deadline and a progress line per
 //! component; on a timeout, or on a problem waiting will not fix, the reason (pod, phase,
 //! container reason, events, fix, the command that shows more) rather than "timed out".
+//!
+//! The checks are ours rather than kube::runtime's wait conditions: those answer only
+//! yes or no, where each check here also says where it stands ("1/2 available") for the
+//! progress line, and a failed Job ends the wait at once instead of at the deadline.
 
 use std::time::{Duration, Instant};
 

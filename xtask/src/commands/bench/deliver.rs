@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::{docker_ok, docker_save_import, timed};
+use super::tools::{docker_ok, docker_save_import, timed};
 use crate::cli::BenchClusterArgs;
 use crate::config::Project;
 use crate::ctx::Ctx;
@@ -26,18 +26,16 @@ pub fn repo_copy(project: &Project) -> Result<PathBuf> {
     fs::create_dir_all(&copy)?;
     for dir in ["docker", "files", "k8s"] {
         let _ = fs::remove_dir_all(copy.join(dir));
-        let status = Command::new("cp").arg("-a").arg(project.root.join(dir)).arg(&copy).status()?;
-        if !status.success() {
-            bail!("cannot copy {dir}/ into {}", copy.display());
-        }
+        duct::cmd!("cp", "-a", project.root.join(dir), &copy)
+            .run()
+            .with_context(|| format!("cannot copy {dir}/ into {}", copy.display()))?;
     }
     let store = copy.join("target/xtask/oci");
     if !store.exists() && project.store_dir().exists() {
         fs::create_dir_all(store.parent().unwrap())?;
-        let status = Command::new("cp").arg("-al").arg(project.store_dir()).arg(&store).status()?;
-        if !status.success() {
-            bail!("cannot hard-link {} into {}", project.store_dir().display(), store.display());
-        }
+        duct::cmd!("cp", "-al", project.store_dir(), &store)
+            .run()
+            .with_context(|| format!("cannot hard-link {} into {}", project.store_dir().display(), store.display()))?;
     }
     Ok(copy)
 }
@@ -52,7 +50,7 @@ pub fn edit_dag(repo: &Path) -> Result<()> {
 }
 
 /// `xtask --root REPO ARGS...`, timed; stdout is the command's JSON.
-pub fn xtask(repo: &Path, args: &[&str]) -> Result<super::Run> {
+pub fn xtask(repo: &Path, args: &[&str]) -> Result<super::tools::Run> {
     let mut c = Command::new(std::env::current_exe()?);
     c.arg("--root").arg(repo).args(args).env_remove("SOURCE_DATE_EPOCH");
     timed(c)
@@ -91,14 +89,14 @@ pub fn run(ctx: &Ctx, args: &BenchClusterArgs) -> Result<()> {
     // A DAG repository of realistic size: SQL templates next to the DAGs.
     let data = repo.join("files/dags/sql");
     fs::create_dir_all(&data)?;
-    let mut rng = super::Rng(0x5eed_da75);
+    let mut rng = super::scenario::Rng(0x5eed_da75);
     for i in 0..args.dag_files {
         fs::write(data.join(format!("query_{i:04}.sql")), rng.python_source(25_000))?;
     }
     let flags = cluster_flags(args);
     let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
     let socket = args.node_containerd.display().to_string();
-    let up = |extra: &[&str]| -> Result<super::Run> {
+    let up = |extra: &[&str]| -> Result<super::tools::Run> {
         let mut a = vec!["k8s-up", "--no-wait", "--json", "--node-containerd", &socket];
         a.extend_from_slice(&flag_refs);
         a.extend_from_slice(extra);
@@ -134,10 +132,9 @@ pub fn run(ctx: &Ctx, args: &BenchClusterArgs) -> Result<()> {
         let docker_name = "xtask-bench/airflow-worker:docker";
         let load_and_tag = || -> Result<()> {
             xtask(&repo, &["images", "--load", "docker", "--image", "airflow-worker"])?;
-            let ok = Command::new("docker").args(["tag", &image_name, docker_name]).status()?.success();
-            if !ok {
-                bail!("docker tag {image_name} {docker_name} failed");
-            }
+            duct::cmd!("docker", "tag", &image_name, docker_name)
+                .run()
+                .with_context(|| format!("docker tag {image_name} {docker_name} failed"))?;
             Ok(())
         };
         let tar = repo.join("../save.tar");

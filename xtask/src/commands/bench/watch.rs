@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::deliver::{EDITED_DAG, check_cluster, cluster_flags, edit_dag, repo_copy, xtask};
-use super::{docker_ok, docker_save_import, timed};
+use super::tools::{docker_ok, docker_save_import, timed};
 use crate::cli::BenchClusterArgs;
 use crate::cluster::Target;
 use crate::ctx::Ctx;
