@@ -205,3 +205,112 @@ fn a_second_base_build_with_an_unchanged_recipe_does_nothing() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["built"], false);
 }
+
+/// What Airflow's own DagBag says of every file of the DAGs folder, loaded the way the DAG
+/// processor's DagBag loads a folder, in the worker image, with `dags check`'s stand-ins
+/// for variables, connections and the environment (the one intended difference) in place.
+const DAGBAG_VERDICTS: &str = r#"
+import json, os, sys
+sys.path.insert(0, "/xtask")
+import dag_check  # the environment and os.getenv stand-in of dags check
+DagBag = dag_check._dagbag_class()  # Airflow's DagBag, with the Variable/Connection stand-ins
+kw = {"include_examples": False} if "include_examples" in DagBag.__init__.__code__.co_varnames else {}
+bag = DagBag(dag_folder=dag_check.DAGS, **kw)
+real = lambda p: os.path.realpath(os.path.join(dag_check.DAGS, p))
+errors = {real(f) for f in bag.import_errors}
+out = {}
+for d, _, files in os.walk(dag_check.DAGS):
+    for f in files:
+        if not f.endswith(".py"):
+            continue
+        path = real(os.path.join(d, f))
+        if path in errors:
+            out[os.path.relpath(path, dag_check.DAGS)] = {"status": "error", "dags": []}
+        else:
+            dags = sorted(x.dag_id for x in bag.dags.values() if real(x.fileloc) == path)
+            out[os.path.relpath(path, dag_check.DAGS)] = {"status": "ok", "dags": dags}
+print("@@verdicts " + json.dumps(out))
+"#;
+
+#[test]
+fn dags_check_reports_what_airflows_dagbag_reports_for_the_same_folder() {
+    require_docker();
+    let repo = airflow_repo();
+    let out =
+        repo.xtask().args(["images", "--load", "docker", "--image", "airflow-worker", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let worker = image(&report)["reference"].as_str().unwrap().to_string();
+
+    // The DAGs folder: the example DAGs that ship inside the apache-airflow wheel...
+    let dags = repo.path("files/dags");
+    fs::remove_dir_all(&dags).unwrap();
+    fs::create_dir_all(&dags).unwrap();
+    let _ = fs::remove_file(repo.path("files/dags_check_exceptions.txt"));
+    let examples = sh(Command::new("docker").args([
+        "run",
+        "--rm",
+        &worker,
+        "sh",
+        "-c",
+        r#"cd "$(python -c 'import airflow.example_dags as e, os; print(os.path.dirname(e.__file__))')" && tar cf - --exclude=__pycache__ ."#,
+    ]));
+    tar::Archive::new(&examples.stdout[..]).unpack(&dags).unwrap();
+    let shipped = fs::read_dir(&dags).unwrap().count();
+    assert!(shipped > 10, "the wheel's example DAGs were not found ({shipped} entries)");
+    // ...and broken files of our own: a syntax error, a missing module, a cycle, a DAG id
+    // defined twice, a file Airflow's safe mode passes over.
+    let dag = |id: &str, body: &str| {
+        format!(
+            "from datetime import datetime\nfrom airflow.sdk import DAG\nfrom airflow.providers.standard.operators.empty import EmptyOperator\nwith DAG(dag_id={id:?}, schedule=None, start_date=datetime(2024, 1, 1)):\n{body}"
+        )
+    };
+    repo.write("files/dags/zz_bad_syntax.py", "from airflow.sdk import dag\ndef broken(:\n    pass\n");
+    repo.write("files/dags/zz_bad_import.py", "from airflow.sdk import dag\nimport no_such_module\n");
+    repo.write(
+        "files/dags/zz_cycle.py",
+        &dag("zz_cycle", "    a = EmptyOperator(task_id='a')\n    b = EmptyOperator(task_id='b')\n    a >> b >> a\n"),
+    );
+    repo.write("files/dags/zz_twice_a.py", &dag("zz_twice", "    EmptyOperator(task_id='a')\n"));
+    repo.write("files/dags/zz_twice_b.py", &dag("zz_twice", "    EmptyOperator(task_id='b')\n"));
+    repo.write("files/dags/zz_helper.py", "VALUE = 1\n");
+
+    let out = repo.xtask().args(["dags", "check", "--json"]).output().unwrap();
+    let ours: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(&out), stderr(&out)));
+    let ours = results_by_file(&ours);
+
+    let script = workspace().join("xtask/src/airflow/dag_check.py");
+    let out = sh(Command::new("docker")
+        .args(["run", "--rm", "-v"])
+        .arg(format!("{}:/opt/airflow/dags:ro", dags.display()))
+        .arg("-v")
+        .arg(format!("{}:/xtask/dag_check.py:ro", script.display()))
+        .args([&worker, "python", "-c", DAGBAG_VERDICTS]));
+    let text = stdout(&out);
+    let line = text.lines().find_map(|l| l.strip_prefix("@@verdicts ")).unwrap_or_else(|| panic!("{text}"));
+    let airflow: std::collections::BTreeMap<String, serde_json::Value> = serde_json::from_str(line).unwrap();
+
+    // Our own broken files are judged as Airflow judges them, and the test covers them.
+    for f in ["zz_bad_syntax.py", "zz_bad_import.py", "zz_cycle.py"] {
+        assert_eq!(airflow[f]["status"], "error", "{f}: {}", airflow[f]);
+    }
+    assert_eq!(
+        airflow["zz_twice_a.py"]["status"]
+            .as_str()
+            .zip(airflow["zz_twice_b.py"]["status"].as_str())
+            .map(|(a, b)| a != b),
+        Some(true)
+    );
+    assert!(airflow.values().filter(|v| v["status"] == "ok" && !v["dags"].as_array().unwrap().is_empty()).count() > 10);
+
+    let mut differences = Vec::new();
+    for file in airflow.keys().chain(ours.keys()).collect::<std::collections::BTreeSet<_>>() {
+        let theirs = airflow.get(file).map(|v| (v["status"].clone(), v["dags"].clone()));
+        let mine = ours.get(file).map(|v| (v["status"].clone(), v["dags"].clone()));
+        if theirs != mine {
+            differences.push(format!("{file}: dags check {mine:?}, DagBag {theirs:?}"));
+        }
+    }
+    assert!(differences.is_empty(), "dags check and Airflow's DagBag disagree:\n{}", differences.join("\n"));
+}

@@ -77,13 +77,29 @@ def _install_stand_ins():
 
 
 def _files():
+    """The DAG files in the order Airflow's DagBag visits them (which decides which of two
+    files defining the same DAG id is the duplicate)."""
     try:
         from airflow.utils.file import list_py_file_paths
 
         paths = list_py_file_paths(DAGS, safe_mode=False)
     except Exception:
-        paths = [os.path.join(d, f) for d, _, fs in os.walk(DAGS) for f in fs if f.endswith(".py")]
-    return sorted(p for p in paths if "__pycache__" not in p)
+        paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(DAGS) for f in fs if f.endswith(".py"))
+    return [p for p in paths if "__pycache__" not in p]
+
+
+def _duplicates(result, seen):
+    """Marks a file whose DAG id an earlier file already defined, as Airflow's DagBag
+    does when it loads the folder; records this file's other DAG ids."""
+    if result["status"] != "ok":
+        return result
+    taken = [d for d in result["dags"] if seen.get(d, result["file"]) != result["file"]]
+    for d in result["dags"]:
+        seen.setdefault(d, result["file"])
+    if taken:
+        result = dict(result, status="error", dags=[])
+        result["error"] = "; ".join(f"DAG id {d!r} is already defined in {seen[d]}; Airflow ignores this one" for d in taken)
+    return result
 
 
 def _dagbag_class():
@@ -153,8 +169,9 @@ def main():
         return serve()
     DagBag = _dagbag_class()
     failed = 0
+    seen = {}
     for path in _files():
-        result = _check(DagBag, path)
+        result = _duplicates(_check(DagBag, path), seen)
         if result["status"] == "error":
             failed += 1
         _emit(result)
