@@ -5,7 +5,7 @@
 //! whole command-line surface in one file is what a reviewer reads to keep flag names,
 //! defaults and help consistent across commands.
 
-use std::path::PathBuf;
+use camino::Utf8PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
@@ -22,7 +22,7 @@ use crate::config::CompressionChoice;
 pub struct Cli {
     /// The repository root [default: nearest directory with docker/images.toml]
     #[arg(long, global = true, env = "XTASK_ROOT", value_name = "DIR")]
-    pub root: Option<PathBuf>,
+    pub root: Option<Utf8PathBuf>,
 
     /// More detail on stderr (-v: debug, -vv: trace)
     #[arg(short, long, global = true, action = ArgAction::Count)]
@@ -154,7 +154,7 @@ pub enum Command {
 pub struct ClusterArgs {
     /// Use this kubeconfig's cluster instead of the kind cluster
     #[arg(long, env = "XTASK_KUBECONFIG", value_name = "FILE")]
-    pub kubeconfig: Option<PathBuf>,
+    pub kubeconfig: Option<Utf8PathBuf>,
     /// The kubeconfig context [default: its current context]
     #[arg(long, value_name = "NAME")]
     pub context: Option<String>,
@@ -254,7 +254,7 @@ pub struct WatchArgs {
     pub check: String,
     /// Passed to the delivery: import images into this containerd socket
     #[arg(long, value_name = "SOCKET", env = "XTASK_NODE_CONTAINERD")]
-    pub node_containerd: Option<PathBuf>,
+    pub node_containerd: Option<Utf8PathBuf>,
     /// Passed to the delivery: ship images through this registry
     #[arg(long, value_name = "HOST[:PORT][/PREFIX]")]
     pub registry: Option<String>,
@@ -296,7 +296,7 @@ pub struct K8sUpArgs {
     pub insecure_registry: Vec<String>,
     /// Import images into this containerd socket (a node whose runtime is on this machine)
     #[arg(long, value_name = "SOCKET", env = "XTASK_NODE_CONTAINERD")]
-    pub node_containerd: Option<PathBuf>,
+    pub node_containerd: Option<Utf8PathBuf>,
     /// kind node image [default: kindest/node:<kubernetes_version of k8s/settings.toml>]
     #[arg(long, value_name = "IMAGE")]
     pub node_image: Option<String>,
@@ -329,7 +329,7 @@ pub struct CiArgs {
     pub insecure_registry: Vec<String>,
     /// Passed to k8s-up: import images into this containerd socket
     #[arg(long, value_name = "SOCKET", env = "XTASK_NODE_CONTAINERD")]
-    pub node_containerd: Option<PathBuf>,
+    pub node_containerd: Option<Utf8PathBuf>,
     /// Seconds each k8s-up wait step and the smoke run may take
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
@@ -409,7 +409,7 @@ pub struct DagsCheckArgs {
     pub local: bool,
     /// The virtualenv for --local [default: target/xtask/venv, made from docker/base/airflow.toml]
     #[arg(long, value_name = "DIR")]
-    pub venv: Option<PathBuf>,
+    pub venv: Option<Utf8PathBuf>,
     /// The image (of docker/images.toml) whose DAGs to check
     #[arg(long, default_value = "airflow-worker")]
     pub image: String,
@@ -434,7 +434,7 @@ pub struct SmokeArgs {
     pub local: bool,
     /// With --local: run in this virtualenv instead of the image
     #[arg(long, value_name = "DIR")]
-    pub venv: Option<PathBuf>,
+    pub venv: Option<Utf8PathBuf>,
     /// Only this smoke DAG (repeatable) [default: every files/dags/smoke_*.py]
     #[arg(long)]
     pub dag: Vec<String>,
@@ -492,7 +492,7 @@ pub struct BenchClusterArgs {
         value_name = "FILE",
         default_value = "/var/lib/xtask-local-cluster/admin.kubeconfig"
     )]
-    pub kubeconfig: PathBuf,
+    pub kubeconfig: Utf8PathBuf,
     /// The node's containerd socket
     #[arg(
         long,
@@ -500,7 +500,7 @@ pub struct BenchClusterArgs {
         value_name = "SOCKET",
         default_value = "/run/xtask-local-cluster/containerd.sock"
     )]
-    pub node_containerd: PathBuf,
+    pub node_containerd: Utf8PathBuf,
     /// Namespace the benchmark deploys into (removed at the end)
     #[arg(long, default_value = "xtask-bench")]
     pub namespace: String,
@@ -544,7 +544,7 @@ pub struct ImagesArgs {
     /// Also write one tar loadable by `docker load`, `kind load image-archive` and
     /// `ctr images import` [default path: target/xtask/images.tar]
     #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "target/xtask/images.tar")]
-    pub archive: Option<PathBuf>,
+    pub archive: Option<Utf8PathBuf>,
 
     /// Tag of the built images [default: from docker/images.toml, else "dev"]
     #[arg(long, env = "XTASK_TAG")]
@@ -580,7 +580,7 @@ pub struct ImagesArgs {
         default_value = "/run/containerd/containerd.sock",
         env = "XTASK_CONTAINERD_SOCKET"
     )]
-    pub containerd_socket: PathBuf,
+    pub containerd_socket: Utf8PathBuf,
 
     /// Registry that may be reached over plain HTTP (repeatable; loopback always may)
     #[arg(

@@ -2,9 +2,9 @@
 //! variable > settings file > built-in default. Flags and environment variables are
 //! handled by clap (`#[arg(env = ...)]`); this module reads the files and fills defaults.
 
+use camino::{Utf8Component, Utf8Path, Utf8PathBuf};
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
@@ -14,44 +14,44 @@ use crate::oci::layer::Compression;
 /// The repository xtask works on.
 #[derive(Clone, Debug)]
 pub struct Project {
-    pub root: PathBuf,
+    pub root: Utf8PathBuf,
 }
 
 impl Project {
     /// `--root` / `XTASK_ROOT` if given, else the nearest directory at or above the current
     /// one holding `docker/images.toml`, else the workspace this binary was built from.
-    pub fn discover(explicit: Option<&Path>) -> Result<Project> {
+    pub fn discover(explicit: Option<&Utf8Path>) -> Result<Project> {
         if let Some(root) = explicit {
-            let root = fs::canonicalize(root).with_context(|| format!("--root {} does not exist", root.display()))?;
+            let root = root.canonicalize_utf8().with_context(|| format!("--root {root} does not exist"))?;
             return Ok(Project { root });
         }
-        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        let cwd = crate::fsutil::current_dir()?;
         for dir in cwd.ancestors() {
             if dir.join("docker/images.toml").is_file() {
                 return Ok(Project { root: dir.to_path_buf() });
             }
         }
-        let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf);
+        let built_from = Utf8Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Utf8Path::to_path_buf);
         match built_from {
             Some(root) if root.join("docker/images.toml").is_file() => Ok(Project { root }),
             _ => bail!(
                 "cannot find the repository: no docker/images.toml in {} or above; run from inside the repository or pass --root",
-                cwd.display()
+                cwd
             ),
         }
     }
 
     /// Where xtask keeps everything it makes: `target/xtask`.
-    pub fn work_dir(&self) -> PathBuf {
+    pub fn work_dir(&self) -> Utf8PathBuf {
         self.root.join("target/xtask")
     }
 
     /// The content-addressed image store (an OCI layout).
-    pub fn store_dir(&self) -> PathBuf {
+    pub fn store_dir(&self) -> Utf8PathBuf {
         self.work_dir().join("oci")
     }
 
-    pub fn rel(&self, p: &Path) -> String {
+    pub fn rel(&self, p: &Utf8Path) -> String {
         crate::fsutil::display_rel(p, &self.root)
     }
 }
@@ -141,7 +141,7 @@ pub struct ImageDef {
     pub mtime: u64,
     /// Registries that may be spoken to over plain HTTP (besides loopback ones).
     pub insecure: Vec<String>,
-    pub context: PathBuf,
+    pub context: Utf8PathBuf,
     pub exclude: Vec<String>,
     pub uid: u64,
     pub gid: u64,
@@ -309,18 +309,18 @@ fn parse_owner(s: &str) -> Result<(u64, u64)> {
     ))
 }
 
-fn lexically_inside(path: &Path, dir: &Path) -> bool {
-    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+fn lexically_inside(path: &Utf8Path, dir: &Utf8Path) -> bool {
+    let mut parts: Vec<&str> = Vec::new();
     for c in path.components() {
         match c {
-            std::path::Component::ParentDir => {
+            Utf8Component::ParentDir => {
                 parts.pop();
             }
-            std::path::Component::Normal(p) => parts.push(p),
+            Utf8Component::Normal(p) => parts.push(p),
             _ => {}
         }
     }
-    let normalized: PathBuf = std::iter::once(std::path::Component::RootDir.as_os_str()).chain(parts).collect();
+    let normalized: Utf8PathBuf = std::iter::once("/").chain(parts).collect();
     normalized.starts_with(dir)
 }
 
@@ -329,7 +329,7 @@ mod tests {
     use super::*;
 
     fn project() -> Project {
-        Project { root: PathBuf::from("/repo") }
+        Project { root: Utf8PathBuf::from("/repo") }
     }
 
     const GOOD: &str = r#"

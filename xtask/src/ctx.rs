@@ -54,7 +54,7 @@ impl Ctx {
     /// A connection to `target` (the API server asked for its version), made once per
     /// process, cluster and namespace, then reused.
     pub fn connect(&self, target: &Target, namespace: &str) -> Result<Cluster> {
-        let key = format!("{}|{}|{namespace}", target.kubeconfig().display(), target.context().unwrap_or(""));
+        let key = format!("{}|{}|{namespace}", target.kubeconfig(), target.context().unwrap_or(""));
         if let Some(c) = self.clusters.lock().expect("clusters lock").get(&key) {
             return Ok(c.clone());
         }

@@ -1,34 +1,46 @@
 //! Small filesystem helpers shared by every module that writes results.
 
+use camino::{Utf8Path, Utf8PathBuf};
 use std::fs::{self, File};
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
+
+/// `path` as UTF-8, or an error naming it with the fix: the project's paths are UTF-8,
+/// refused once here when they are not.
+pub fn utf8(path: std::path::PathBuf) -> Result<Utf8PathBuf> {
+    Utf8PathBuf::from_path_buf(path)
+        .map_err(|p| anyhow::anyhow!("{} is not valid UTF-8; rename it (xtask works with UTF-8 paths)", p.display()))
+}
+
+/// The current directory, as UTF-8.
+pub fn current_dir() -> Result<Utf8PathBuf> {
+    utf8(std::env::current_dir().context("cannot read the current directory")?)
+}
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A unique name for a temporary sibling of `path`, in the same directory (so a rename is
 /// atomic). The `.partial` suffix marks it as never to be read.
-pub fn temp_sibling(path: &Path) -> PathBuf {
+pub fn temp_sibling(path: &Utf8Path) -> Utf8PathBuf {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path.file_name().map(str::to_string).unwrap_or_default();
     path.with_file_name(format!(".{name}.{}-{n}.partial", std::process::id()))
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename: a reader sees the old
 /// content or the new one, never a part.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Utf8Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
+        fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir))?;
     }
     let tmp = temp_sibling(path);
     let result = (|| -> Result<()> {
-        let mut f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+        let mut f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp))?;
+        f.write_all(bytes).with_context(|| format!("cannot write {}", tmp))?;
         f.sync_all().ok();
-        fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
+        fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp, path))?;
         Ok(())
     })();
     if result.is_err() {
@@ -40,18 +52,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// A file being written under a temporary name; [`AtomicFile::commit`] renames it into
 /// place, dropping it without commit removes it.
 pub struct AtomicFile {
-    tmp: PathBuf,
-    dest: PathBuf,
+    tmp: Utf8PathBuf,
+    dest: Utf8PathBuf,
     file: Option<File>,
 }
 
 impl AtomicFile {
-    pub fn create(dest: &Path) -> Result<AtomicFile> {
+    pub fn create(dest: &Utf8Path) -> Result<AtomicFile> {
         if let Some(dir) = dest.parent() {
-            fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
+            fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir))?;
         }
         let tmp = temp_sibling(dest);
-        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp))?;
         Ok(AtomicFile { tmp, dest: dest.to_path_buf(), file: Some(file) })
     }
 
@@ -61,10 +73,9 @@ impl AtomicFile {
 
     pub fn commit(mut self) -> Result<()> {
         let file = self.file.take().expect("commit once");
-        file.sync_all().with_context(|| format!("cannot flush {}", self.tmp.display()))?;
+        file.sync_all().with_context(|| format!("cannot flush {}", self.tmp))?;
         drop(file);
-        fs::rename(&self.tmp, &self.dest)
-            .with_context(|| format!("cannot move {} to {}", self.tmp.display(), self.dest.display()))?;
+        fs::rename(&self.tmp, &self.dest).with_context(|| format!("cannot move {} to {}", self.tmp, self.dest))?;
         Ok(())
     }
 }
@@ -90,8 +101,8 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 /// Shows `path` relative to `base` when it lies under it, else as is.
-pub fn display_rel(path: &Path, base: &Path) -> String {
-    path.strip_prefix(base).unwrap_or(path).display().to_string()
+pub fn display_rel(path: &Utf8Path, base: &Utf8Path) -> String {
+    path.strip_prefix(base).unwrap_or(path).to_string()
 }
 
 #[cfg(test)]
@@ -100,7 +111,7 @@ mod tests {
 
     #[test]
     fn atomic_write_replaces_whole_content_and_leaves_no_temp() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = camino_tempfile::tempdir().unwrap();
         let p = dir.path().join("x.json");
         write_atomic(&p, b"first").unwrap();
         write_atomic(&p, b"second").unwrap();
@@ -110,7 +121,7 @@ mod tests {
 
     #[test]
     fn dropped_atomic_file_leaves_nothing() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = camino_tempfile::tempdir().unwrap();
         let p = dir.path().join("a.tar");
         {
             let mut f = AtomicFile::create(&p).unwrap();

@@ -61,7 +61,7 @@ pub struct Delivery {
     pub overlays: Vec<String>,
     pub registry: Option<String>,
     pub insecure_registries: Vec<String>,
-    pub node_containerd: Option<std::path::PathBuf>,
+    pub node_containerd: Option<camino::Utf8PathBuf>,
 }
 
 impl Delivery {

@@ -1,24 +1,27 @@
 //! Running the external programs xtask cannot do without (debootstrap, kind, docker CLI
 //! fallbacks, python): checked before use, with how to install them when missing.
 
+use camino::{Utf8Path, Utf8PathBuf};
 use std::fs;
-use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
 /// The full path of `program` on PATH, if any.
-pub fn find(program: &str) -> Option<PathBuf> {
+pub fn find(program: &str) -> Option<Utf8PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .filter_map(|d| Utf8PathBuf::from_path_buf(d).ok())
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
 }
 
 /// The path of `program`, or an error saying how to install it.
-pub fn require(program: &str, install: &str) -> Result<PathBuf> {
+pub fn require(program: &str, install: &str) -> Result<Utf8PathBuf> {
     find(program).with_context(|| format!("`{program}` is not installed (or not on PATH); install it with: {install}"))
 }
 
 /// The last `n` lines of a log file, for error messages.
-pub fn tail(path: &Path, n: usize) -> String {
+pub fn tail(path: &Utf8Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -26,13 +29,10 @@ pub fn tail(path: &Path, n: usize) -> String {
 
 /// Runs `expr` with stdout and stderr appended to `log`; on failure the error carries the
 /// log's last lines and its path.
-pub fn run_logged(expr: duct::Expression, log: &Path, what: &str) -> Result<()> {
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("cannot open {}", log.display()))?;
-    tracing::debug!(what, ?expr, log = %log.display(), "running");
+pub fn run_logged(expr: duct::Expression, log: &Utf8Path, what: &str) -> Result<()> {
+    let file =
+        fs::OpenOptions::new().create(true).append(true).open(log).with_context(|| format!("cannot open {}", log))?;
+    tracing::debug!(what, ?expr, log = %log, "running");
     let out = expr
         .stdin_null()
         .stderr_to_stdout()
@@ -42,7 +42,7 @@ pub fn run_logged(expr: duct::Expression, log: &Path, what: &str) -> Result<()> 
         .with_context(|| format!("cannot start {what}"))?;
     tracing::debug!(what, status = %out.status, "finished");
     if !out.status.success() {
-        bail!("{what} failed ({}); last lines of {}:\n{}", out.status, log.display(), tail(log, 15));
+        bail!("{what} failed ({}); last lines of {}:\n{}", out.status, log, tail(log, 15));
     }
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! Machine-readable results for CI: JUnit XML (what CI systems render as test results)
 //! and JSON summaries, written atomically under target/xtask.
 
+use camino::Utf8Path;
 use std::fmt::Write as _;
-use std::path::Path;
 
 use anyhow::Result;
 
@@ -79,11 +79,11 @@ pub fn junit_xml(suites: &[Suite]) -> String {
     out
 }
 
-pub fn write_junit(path: &Path, suites: &[Suite]) -> Result<()> {
+pub fn write_junit(path: &Utf8Path, suites: &[Suite]) -> Result<()> {
     crate::fsutil::write_atomic(path, junit_xml(suites).as_bytes())
 }
 
-pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+pub fn write_json<T: serde::Serialize>(path: &Utf8Path, value: &T) -> Result<()> {
     crate::fsutil::write_atomic(path, &serde_json::to_vec_pretty(value)?)
 }
 

@@ -2,33 +2,33 @@
 //! does. Commands are leaves, modules form no circle, every command is in the README, and
 //! lists that must agree do.
 
+use camino::{Utf8Path, Utf8PathBuf};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::{Path, PathBuf};
 
 use clap::CommandFactory;
 
 use crate::cli::Cli;
 
-fn src_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+fn src_dir() -> Utf8PathBuf {
+    Utf8Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the crate sits in the workspace").to_path_buf()
+fn repo_root() -> Utf8PathBuf {
+    Utf8Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the crate sits in the workspace").to_path_buf()
 }
 
 /// Every module of the crate: its path (`oci/source`, `` for the crate root) -> its source,
 /// without the unit tests (they may reach anywhere).
 fn modules() -> BTreeMap<String, String> {
-    fn walk(dir: &Path, base: &Path, out: &mut BTreeMap<String, String>) {
-        for e in fs::read_dir(dir).expect("src is readable").flatten() {
-            let p = e.path();
+    fn walk(dir: &Utf8Path, base: &Utf8Path, out: &mut BTreeMap<String, String>) {
+        for e in dir.read_dir_utf8().expect("src is readable").flatten() {
+            let p = e.into_path();
             if p.is_dir() {
                 walk(&p, base, out);
             } else if p.extension().is_some_and(|x| x == "rs") {
                 let rel = p.strip_prefix(base).unwrap().with_extension("");
-                let rel = rel.to_str().expect("UTF-8 paths").to_string();
+                let rel = rel.to_string();
                 let module = match rel.as_str() {
                     "main" => String::new(),
                     r => r.strip_suffix("/mod").unwrap_or(r).to_string(),

@@ -35,7 +35,7 @@ impl Checker {
                 // Requests go in through a pipe we keep; duct kills the child when its
                 // reader is dropped.
                 let (requests, stdin) = std::io::pipe().context("cannot make a pipe for the DAG checker")?;
-                let reader = duct::cmd(python, ["-c", dagcheck::CHECK_SCRIPT, "--serve"])
+                let reader = duct::cmd(python.as_std_path(), ["-c", dagcheck::CHECK_SCRIPT, "--serve"])
                     .env("XTASK_DAGS_DIR", &dags_dir)
                     .env("XTASK_INCLUDE_DIR", &include_dir)
                     .env("AIRFLOW__CORE__DAGS_FOLDER", &dags_dir)
@@ -57,8 +57,8 @@ impl Checker {
                     cmd: vec!["python".into(), "-c".into(), dagcheck::CHECK_SCRIPT.into(), "--serve".into()],
                     env: vec![format!("XTASK_SKIP={skip}")],
                     binds: vec![
-                        format!("{}:{DAGS_IN_IMAGE}:ro", dags_dir.display()),
-                        format!("{}:{INCLUDE_IN_IMAGE}:ro", include_dir.display()),
+                        format!("{}:{DAGS_IN_IMAGE}:ro", dags_dir),
+                        format!("{}:{INCLUDE_IN_IMAGE}:ro", include_dir),
                     ],
                     tty: false,
                     auto_remove: true,

@@ -2,10 +2,10 @@
 //! (through its API), or in a local virtualenv. Either way, stdout lines stream back live
 //! and lines prefixed `@@xtask ` carry the JSON results.
 
+use camino::{Utf8Path, Utf8PathBuf};
 use std::collections::VecDeque;
 use std::fs;
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
@@ -21,7 +21,7 @@ pub enum Runner {
     /// driven on the process's runtime.
     Image { name: String, rt: tokio::runtime::Handle },
     /// A virtualenv with Airflow; DAGs and include come from the repository.
-    Venv { python: PathBuf, dags: PathBuf, include: PathBuf },
+    Venv { python: Utf8PathBuf, dags: Utf8PathBuf, include: Utf8PathBuf },
 }
 
 pub struct Output {
@@ -34,7 +34,7 @@ impl Runner {
     pub fn describe(&self) -> String {
         match self {
             Runner::Image { name, .. } => format!("in the image {name} (Docker engine)"),
-            Runner::Venv { python, .. } => format!("in the virtualenv of {}", python.display()),
+            Runner::Venv { python, .. } => format!("in the virtualenv of {}", python),
         }
     }
 
@@ -42,7 +42,7 @@ impl Runner {
     pub fn dags_dir(&self) -> String {
         match self {
             Runner::Image { .. } => "/opt/airflow/dags".into(),
-            Runner::Venv { dags, .. } => dags.display().to_string(),
+            Runner::Venv { dags, .. } => dags.to_string(),
         }
     }
 
@@ -73,7 +73,7 @@ impl Runner {
             Runner::Venv { python, dags, include } => {
                 let mut full_args = vec!["-c".to_string(), script.to_string()];
                 full_args.extend(args.iter().cloned());
-                let mut cmd = duct::cmd(python, full_args)
+                let mut cmd = duct::cmd(python.as_std_path(), full_args)
                     .env("AIRFLOW__CORE__DAGS_FOLDER", dags)
                     .env("PYTHONPATH", include)
                     .env("XTASK_DAGS_DIR", dags)
@@ -82,7 +82,7 @@ impl Runner {
                 for (k, v) in env {
                     cmd = cmd.env(k, v);
                 }
-                let reader = cmd.reader().with_context(|| format!("cannot run {}", python.display()))?;
+                let reader = cmd.reader().with_context(|| format!("cannot run {}", python))?;
                 let mut lines = std::io::BufReader::new(&reader);
                 let mut line = String::new();
                 loop {
@@ -167,7 +167,7 @@ async fn run_in_container(
 
 /// A virtualenv with the base recipe's Airflow, made with the host's python3 on first use
 /// (and remade when the recipe changes).
-pub fn ensure_venv(project: &Project, venv: &Path, human: bool) -> Result<PathBuf> {
+pub fn ensure_venv(project: &Project, venv: &Utf8Path, human: bool) -> Result<Utf8PathBuf> {
     let loaded = recipe::load(project, "airflow", 0)?;
     let python = venv.join("bin/python");
     let marker = venv.join(".xtask-recipe");
@@ -187,18 +187,21 @@ pub fn ensure_venv(project: &Project, venv: &Path, human: bool) -> Result<PathBu
     fs::create_dir_all(project.work_dir())?;
     let _ = fs::remove_dir_all(venv);
     process::run_logged(
-        duct::cmd(&host_python, [std::ffi::OsStr::new("-m"), std::ffi::OsStr::new("venv"), venv.as_os_str()]),
+        duct::cmd(
+            host_python.as_std_path(),
+            [std::ffi::OsStr::new("-m"), std::ffi::OsStr::new("venv"), venv.as_os_str()],
+        ),
         &log,
         "python3 -m venv",
     )?;
     let mut args: Vec<String> = vec!["install".into(), "--quiet".into()];
     if let Some((path, _)) = &loaded.constraints {
         args.push("--constraint".into());
-        args.push(path.display().to_string());
+        args.push(path.to_string());
     }
     args.extend(py.requirements.iter().cloned());
     let pip = venv.join("bin/pip");
-    if let Err(e) = process::run_logged(duct::cmd(&pip, &args), &log, "pip install") {
+    if let Err(e) = process::run_logged(duct::cmd(pip.as_std_path(), &args), &log, "pip install") {
         let _ = fs::remove_dir_all(venv);
         bail!("{e}\n(the virtualenv was removed; fix the cause and run again)");
     }
@@ -212,12 +215,12 @@ pub fn for_project(
     project: &Project,
     rt: &tokio::runtime::Handle,
     local: bool,
-    venv: Option<&Path>,
+    venv: Option<&Utf8Path>,
     image: &str,
     human: bool,
 ) -> Result<Runner> {
     if local {
-        let venv = venv.map(Path::to_path_buf).unwrap_or_else(|| project.work_dir().join("venv"));
+        let venv = venv.map(Utf8Path::to_path_buf).unwrap_or_else(|| project.work_dir().join("venv"));
         let python = ensure_venv(project, &venv, human)?;
         return Ok(Runner::Venv {
             python,

@@ -3,9 +3,9 @@
 //! without the blobs its content store holds, the full archive if containerd refuses the
 //! thin one.
 
+use camino::Utf8PathBuf;
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -37,12 +37,12 @@ pub struct CtrOutput {
 /// A containerd on this machine, by socket: a node whose runtime is local (the test
 /// cluster, a single-node kubeadm or k3s machine).
 pub struct LocalContainerd {
-    pub socket: PathBuf,
+    pub socket: Utf8PathBuf,
 }
 
 impl Node for LocalContainerd {
     fn name(&self) -> String {
-        format!("containerd at {}", self.socket.display())
+        format!("containerd at {}", self.socket)
     }
 
     fn ctr(&self, args: &[&str], stdin: Option<Feed<'_>>) -> Result<CtrOutput> {

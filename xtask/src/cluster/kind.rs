@@ -1,7 +1,7 @@
 //! The kind CLI, for what kind offers no API for: creating, listing and deleting clusters,
 //! their kubeconfig and their nodes.
 
-use std::path::{Path, PathBuf};
+use camino::{Utf8Path, Utf8PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use xshell::{Shell, cmd};
@@ -12,7 +12,7 @@ pub const INSTALL: &str =
     "go install sigs.k8s.io/kind@v0.33.0 (or see https://kind.sigs.k8s.io/docs/user/quick-start/#installation)";
 
 /// kind's path and version, or how to install it.
-pub fn require() -> Result<(PathBuf, String)> {
+pub fn require() -> Result<(Utf8PathBuf, String)> {
     let kind = process::require("kind", INSTALL)?;
     let sh = Shell::new()?;
     let version = cmd!(sh, "{kind} version").quiet().read().context("`kind version` failed")?;
@@ -44,7 +44,7 @@ pub fn delete(name: &str) -> Result<()> {
 }
 
 /// Writes the cluster's kubeconfig to `path` (not to ~/.kube/config).
-pub fn write_kubeconfig(name: &str, path: &Path) -> Result<()> {
+pub fn write_kubeconfig(name: &str, path: &Utf8Path) -> Result<()> {
     let sh = Shell::new()?;
     let text = cmd!(sh, "kind get kubeconfig --name {name}")
         .quiet()
@@ -67,10 +67,10 @@ pub fn export_kubeconfig(name: &str) -> Result<()> {
 /// between tries. On the last failure the error carries kind's own output.
 pub fn create(
     name: &str,
-    config: &Path,
+    config: &Utf8Path,
     node_image: &str,
     attempts: u32,
-    log: &Path,
+    log: &Utf8Path,
     on_attempt: &mut dyn FnMut(u32, Option<&str>),
 ) -> Result<()> {
     let mut last = String::new();
@@ -86,7 +86,7 @@ pub fn create(
                     "--name",
                     name,
                     "--config",
-                    &config.display().to_string(),
+                    config.as_str(),
                     "--image",
                     node_image,
                     "--wait",
@@ -105,7 +105,7 @@ pub fn create(
                     let _ = e;
                     bail!(
                         "kind could not create cluster {name} in {attempts} attempts (full log: {}); kind said:\n{last}",
-                        log.display()
+                        log
                     );
                 }
             }

@@ -10,7 +10,7 @@ pub mod kind;
 pub mod pods;
 pub mod portforward;
 
-use std::path::{Path, PathBuf};
+use camino::{Utf8Path, Utf8PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -22,9 +22,9 @@ use crate::config::{self, ClusterSettings, Project};
 #[derive(Clone, Debug)]
 pub enum Target {
     /// The kind cluster of this name; its kubeconfig is kept under target/xtask.
-    Kind { name: String, kubeconfig: PathBuf },
+    Kind { name: String, kubeconfig: Utf8PathBuf },
     /// Any cluster, by kubeconfig and context.
-    Existing { kubeconfig: PathBuf, context: Option<String> },
+    Existing { kubeconfig: Utf8PathBuf, context: Option<String> },
 }
 
 impl Target {
@@ -32,7 +32,7 @@ impl Target {
         let settings = config::load_cluster(project, args.namespace.as_deref(), args.cluster_name.as_deref())?;
         let target = match &args.kubeconfig {
             Some(k) => Target::Existing {
-                kubeconfig: if k.is_absolute() { k.clone() } else { std::env::current_dir()?.join(k) },
+                kubeconfig: if k.is_absolute() { k.clone() } else { crate::fsutil::current_dir()?.join(k) },
                 context: args.context.clone(),
             },
             None => Target::Kind { kubeconfig: kind_kubeconfig(project, &settings.name), name: settings.name.clone() },
@@ -40,7 +40,7 @@ impl Target {
         Ok((target, settings))
     }
 
-    pub fn kubeconfig(&self) -> &Path {
+    pub fn kubeconfig(&self) -> &Utf8Path {
         match self {
             Target::Kind { kubeconfig, .. } | Target::Existing { kubeconfig, .. } => kubeconfig,
         }
@@ -58,8 +58,8 @@ impl Target {
         match self {
             Target::Kind { name, .. } => format!("kind cluster {name}"),
             Target::Existing { kubeconfig, context } => match context {
-                Some(c) => format!("context {c} of {}", kubeconfig.display()),
-                None => format!("the current context of {}", kubeconfig.display()),
+                Some(c) => format!("context {c} of {}", kubeconfig),
+                None => format!("the current context of {}", kubeconfig),
             },
         }
     }
@@ -67,7 +67,7 @@ impl Target {
 
 /// Where the kubeconfig of a kind cluster is kept (the user's ~/.kube/config is left alone
 /// unless asked).
-pub fn kind_kubeconfig(project: &Project, name: &str) -> PathBuf {
+pub fn kind_kubeconfig(project: &Project, name: &str) -> Utf8PathBuf {
     project.work_dir().join(format!("kubeconfig-{name}"))
 }
 
@@ -86,28 +86,27 @@ pub async fn connect(target: &Target, namespace: &str) -> Result<Cluster> {
     if !path.is_file() {
         match target {
             Target::Kind { name, .. } => {
-                bail!("the kind cluster {name} is not up (no {}); create it with `cargo xtask k8s-up`", path.display())
+                bail!("the kind cluster {name} is not up (no {}); create it with `cargo xtask k8s-up`", path)
             }
             Target::Existing { .. } => {
-                bail!("kubeconfig {} does not exist; pass the right --kubeconfig", path.display())
+                bail!("kubeconfig {} does not exist; pass the right --kubeconfig", path)
             }
         }
     }
-    let kubeconfig =
-        Kubeconfig::read_from(path).with_context(|| format!("{} is not a valid kubeconfig", path.display()))?;
+    let kubeconfig = Kubeconfig::read_from(path).with_context(|| format!("{} is not a valid kubeconfig", path))?;
     if let Some(ctx) = target.context()
         && !kubeconfig.contexts.iter().any(|c| c.name == ctx)
     {
         let names: Vec<&str> = kubeconfig.contexts.iter().map(|c| c.name.as_str()).collect();
-        bail!("kubeconfig {} has no context `{ctx}`; it has: {}", path.display(), names.join(", "));
+        bail!("kubeconfig {} has no context `{ctx}`; it has: {}", path, names.join(", "));
     }
     let opts = KubeConfigOptions { context: target.context().map(String::from), ..Default::default() };
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &opts)
         .await
-        .with_context(|| format!("cannot use kubeconfig {}", path.display()))?;
+        .with_context(|| format!("cannot use kubeconfig {}", path))?;
     let url = config.cluster_url.to_string();
     let client = kube::Client::try_from(config).context("cannot set up a Kubernetes client")?;
-    tracing::debug!(url, kubeconfig = %path.display(), context = ?target.context(), "connecting to the cluster");
+    tracing::debug!(url, kubeconfig = %path, context = ?target.context(), "connecting to the cluster");
     let cluster = Cluster { client, url, namespace: namespace.to_string(), target: target.clone() };
     cluster.version().await?;
     Ok(cluster)
@@ -126,10 +125,7 @@ impl Cluster {
                 format!("is the kind cluster running? `kind get clusters`; `docker ps --filter name={name}`")
             }
             Target::Existing { kubeconfig, .. } => {
-                format!(
-                    "check that the cluster runs and that {} points at it (server, certificates, VPN)",
-                    kubeconfig.display()
-                )
+                format!("check that the cluster runs and that {} points at it (server, certificates, VPN)", kubeconfig)
             }
         };
         anyhow!("cannot reach the Kubernetes API server at {} ({e}); {what}", self.url)
@@ -148,7 +144,7 @@ impl Cluster {
                 anyhow!(
                     "Unauthorized at {}: the credentials in {} were refused ({})",
                     self.url,
-                    self.target.kubeconfig().display(),
+                    self.target.kubeconfig(),
                     s.message
                 )
             }

@@ -38,7 +38,7 @@ pub fn run(ctx: &Ctx, args: &BaseArgs) -> Result<()> {
         let report = Report {
             recipe: format!("docker/base/{}.toml", args.name),
             reference: format!("xtask-base:{}", args.name),
-            store: store.root().display().to_string(),
+            store: store.root().to_string(),
             store_name: outcome.store_name.clone(),
             manifest_digest: base.manifest.digest(),
             layers: base.layers.iter().map(|l| (l.digest(), l.size())).collect(),

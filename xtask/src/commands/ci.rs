@@ -3,8 +3,8 @@
 //! target/xtask/ci/ before the teardown. Non-interactive: no prompts, no colour or progress
 //! bars when not on a terminal, and `--json` for a summary CI can read.
 
+use camino::{Utf8Path, Utf8PathBuf};
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -38,7 +38,7 @@ struct Summary {
 fn cluster_flags(c: &ClusterArgs) -> Vec<String> {
     let mut v = Vec::new();
     if let Some(k) = &c.kubeconfig {
-        v.extend(["--kubeconfig".to_string(), k.display().to_string()]);
+        v.extend(["--kubeconfig".to_string(), k.to_string()]);
     }
     if let Some(x) = &c.context {
         v.extend(["--context".into(), x.clone()]);
@@ -54,7 +54,7 @@ fn cluster_flags(c: &ClusterArgs) -> Vec<String> {
 
 /// `cargo xtask --root ROOT ARGS...` as a child of this process. Its report goes to stderr
 /// so that stdout holds only the JSON summary; a failing step is a status, not an error.
-fn step(exe: &std::path::Path, root: &std::path::Path, args: &[String]) -> duct::Expression {
+fn step(exe: &std::path::Path, root: &camino::Utf8Path, args: &[String]) -> duct::Expression {
     let mut argv: Vec<std::ffi::OsString> = vec!["--root".into(), root.into()];
     argv.extend(args.iter().map(Into::into));
     duct::cmd(exe, argv).stdout_to_stderr().unchecked()
@@ -74,7 +74,7 @@ pub fn run(ctx: &Ctx, args: &CiArgs) -> Result<()> {
         up_args.extend(["--insecure-registry".into(), r.clone()]);
     }
     if let Some(s) = &args.node_containerd {
-        up_args.extend(["--node-containerd".into(), s.display().to_string()]);
+        up_args.extend(["--node-containerd".into(), s.to_string()]);
     }
     let mut smoke_args: Vec<String> = vec!["smoke".into(), "--timeout".into(), args.timeout.to_string()];
     smoke_args.extend(cluster_args.clone());
@@ -156,7 +156,7 @@ pub fn run(ctx: &Ctx, args: &CiArgs) -> Result<()> {
 
 /// Pod descriptions, events and every container's log in the namespace; with kind, also
 /// `kind export logs` (the nodes' own logs).
-fn save_diagnostics(ctx: &Ctx, args: &ClusterArgs, dir: &Path) -> Result<()> {
+fn save_diagnostics(ctx: &Ctx, args: &ClusterArgs, dir: &Utf8Path) -> Result<()> {
     let project = &ctx.project;
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir)?;
@@ -164,7 +164,7 @@ fn save_diagnostics(ctx: &Ctx, args: &ClusterArgs, dir: &Path) -> Result<()> {
     if let Target::Kind { name, .. } = &target
         && kind::clusters().unwrap_or_default().contains(name)
     {
-        let _ = duct::cmd("kind", ["export", "logs", &dir.join("kind").display().to_string(), "--name", name])
+        let _ = duct::cmd("kind", ["export", "logs", dir.join("kind").as_str(), "--name", name])
             .stdout_null()
             .stderr_null()
             .run();
@@ -188,7 +188,7 @@ fn save_diagnostics(ctx: &Ctx, args: &ClusterArgs, dir: &Path) -> Result<()> {
             ));
         }
         fs::write(dir.join("events.txt"), text)?;
-        let logs: PathBuf = dir.join("logs");
+        let logs: Utf8PathBuf = dir.join("logs");
         fs::create_dir_all(&logs)?;
         for p in &list.items {
             let name = p.metadata.name.clone().unwrap_or_default();

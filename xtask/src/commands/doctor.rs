@@ -164,14 +164,14 @@ fn checks(ctx: &Ctx, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) -> Resul
                     "start it (`sudo systemctl start docker`, or `dockerd &`)",
                 ),
                 (Ok(_), None) => broken("tools", "kind is not on PATH", crate::cluster::kind::INSTALL),
-                (Ok((_, version)), Some(k)) => ok("tools", format!("Docker engine {version}, kind at {}", k.display())),
+                (Ok((_, version)), Some(k)) => ok("tools", format!("Docker engine {version}, kind at {}", k)),
             };
             if !push(c) {
                 return Ok(false);
             }
         }
         Target::Existing { kubeconfig, .. } => {
-            if !push(ok("tools", format!("none needed for a cluster by kubeconfig ({})", kubeconfig.display()))) {
+            if !push(ok("tools", format!("none needed for a cluster by kubeconfig ({})", kubeconfig))) {
                 return Ok(false);
             }
         }

@@ -137,7 +137,7 @@ fn write_archive(
     project: &Project,
     store: &Store,
     reports: &[ImageReport],
-    path: &std::path::Path,
+    path: &camino::Utf8Path,
     human: bool,
 ) -> Result<ArchiveReport> {
     let images: Vec<ArchiveImage> = reports.iter().map(ImageReport::archive_image).collect();

@@ -129,9 +129,9 @@ fn local(ctx: &Ctx, args: &SmokeArgs) -> Result<()> {
     }
     let mut env = pod_template_env(project)?;
     // A virtualenv run gets an Airflow home of its own (a container starts clean anyway).
-    let home = tempfile::Builder::new().prefix("xtask-smoke-").tempdir()?;
+    let home = camino_tempfile::Builder::new().prefix("xtask-smoke-").tempdir()?;
     if matches!(runner, runner::Runner::Venv { .. }) {
-        env.push(("AIRFLOW_HOME".into(), home.path().display().to_string()));
+        env.push(("AIRFLOW_HOME".into(), home.path().to_string()));
     }
     let mut results: Vec<DagResult> = Vec::new();
     let out = runner.run_python(crate::airflow::SMOKE_LOCAL_SCRIPT, &dags, &env, &mut |v| {

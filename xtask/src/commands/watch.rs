@@ -6,8 +6,8 @@
 //! in seconds instead of after the roll; the time from save to "parsed in the cluster" is
 //! printed for each change. A DAG that fails the check is reported and not shipped.
 
+use camino::{Utf8Path, Utf8PathBuf};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -23,14 +23,13 @@ use crate::pipeline::{self, Until};
 use crate::ui;
 
 /// A file's identity for change detection: modification time and size.
-type Snapshot = BTreeMap<PathBuf, (SystemTime, u64)>;
+type Snapshot = BTreeMap<Utf8PathBuf, (SystemTime, u64)>;
 
-fn scan(root: &Path, dir: &str, out: &mut Snapshot) {
-    fn walk(base: &Path, p: &Path, out: &mut Snapshot) {
-        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+fn scan(root: &Utf8Path, dir: &str, out: &mut Snapshot) {
+    fn walk(base: &Utf8Path, p: &Utf8Path, out: &mut Snapshot) {
+        for e in p.read_dir_utf8().into_iter().flatten().flatten() {
             let path = e.path();
             let name = e.file_name();
-            let name = name.to_string_lossy();
             if name == "__pycache__"
                 || name.ends_with(".pyc")
                 || name.starts_with(".#")
@@ -41,7 +40,7 @@ fn scan(root: &Path, dir: &str, out: &mut Snapshot) {
             }
             let Ok(md) = e.metadata() else { continue };
             if md.is_dir() {
-                walk(base, &path, out);
+                walk(base, path, out);
             } else if let Ok(rel) = path.strip_prefix(base) {
                 out.insert(rel.to_path_buf(), (md.modified().unwrap_or(SystemTime::UNIX_EPOCH), md.len()));
             }
@@ -50,7 +49,7 @@ fn scan(root: &Path, dir: &str, out: &mut Snapshot) {
     walk(root, &root.join(dir), out);
 }
 
-fn snapshot(root: &Path) -> Snapshot {
+fn snapshot(root: &Utf8Path) -> Snapshot {
     let mut s = Snapshot::new();
     scan(root, "files/dags", &mut s);
     scan(root, "files/include", &mut s);
@@ -58,8 +57,8 @@ fn snapshot(root: &Path) -> Snapshot {
 }
 
 /// Paths (relative to the repository) that were added, changed or removed.
-fn diff(old: &Snapshot, new: &Snapshot) -> Vec<PathBuf> {
-    let mut changed: Vec<PathBuf> =
+fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Utf8PathBuf> {
+    let mut changed: Vec<Utf8PathBuf> =
         new.iter().filter(|(p, v)| old.get(*p) != Some(*v)).map(|(p, _)| p.clone()).collect();
     changed.extend(old.keys().filter(|p| !new.contains_key(*p)).cloned());
     changed.sort();
@@ -128,7 +127,7 @@ fn handle(
     args: &WatchArgs,
     up_args: &K8sUpArgs,
     checker: &mut Checker,
-    files: &[PathBuf],
+    files: &[Utf8PathBuf],
     human: bool,
 ) -> Result<ChangeReport> {
     let project = &ctx.project;
@@ -142,8 +141,7 @@ fn handle(
         .filter_map(|f| std::fs::metadata(project.root.join(f)).ok()?.modified().ok())
         .max()
         .unwrap_or_else(SystemTime::now);
-    let mut report =
-        ChangeReport { files: files.iter().map(|f| f.display().to_string()).collect(), ..Default::default() };
+    let mut report = ChangeReport { files: files.iter().map(|f| f.to_string()).collect(), ..Default::default() };
     say(&format!("change   {}", report.files.join(", ")));
 
     // 1. Check: the changed DAG files, or every DAG when include/ changed.
@@ -154,14 +152,14 @@ fn handle(
         scan(&project.root.join("files"), "dags", &mut s);
         s.keys()
             .filter(|p| p.extension().is_some_and(|e| e == "py"))
-            .map(|p| p.strip_prefix("dags").unwrap_or(p).display().to_string())
+            .map(|p| p.strip_prefix("dags").unwrap_or(p).to_string())
             .collect()
     } else {
         files
             .iter()
             .filter_map(|f| f.strip_prefix("files/dags").ok())
             .filter(|p| p.extension().is_some_and(|e| e == "py"))
-            .map(|p| p.display().to_string())
+            .map(|p| p.to_string())
             .collect()
     };
     let results = checker.check(&dag_files)?;
@@ -317,9 +315,12 @@ pub fn run(ctx: &Ctx, args: &WatchArgs) -> Result<()> {
     let mut debouncer = notify_debouncer_mini::new_debouncer(Duration::from_millis(args.debounce_ms), tx)
         .context("cannot watch files/ for changes (inotify)")?;
     for dir in ["files/dags", "files/include"] {
-        debouncer.watcher().watch(&project.root.join(dir), notify::RecursiveMode::Recursive).with_context(|| {
-            format!("cannot watch {dir} (too many files for inotify? raise fs.inotify.max_user_watches)")
-        })?;
+        debouncer
+            .watcher()
+            .watch(project.root.join(dir).as_std_path(), notify::RecursiveMode::Recursive)
+            .with_context(|| {
+                format!("cannot watch {dir} (too many files for inotify? raise fs.inotify.max_user_watches)")
+            })?;
     }
     let mut handled = 0usize;
     loop {
@@ -342,7 +343,7 @@ pub fn run(ctx: &Ctx, args: &WatchArgs) -> Result<()> {
                     println!("failed   {e:#}\n         (watch keeps going; fix the cause and save again)");
                 }
                 ChangeReport {
-                    files: files.iter().map(|f| f.display().to_string()).collect(),
+                    files: files.iter().map(|f| f.to_string()).collect(),
                     outcome: "failed".into(),
                     errors: vec![format!("{e:#}")],
                     ..Default::default()
@@ -366,7 +367,7 @@ mod tests {
 
     #[test]
     fn a_save_repeats_the_overlays_and_flags_of_the_last_k8s_up_on_that_cluster() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = camino_tempfile::tempdir().unwrap();
         let ctx = Ctx::new(crate::config::Project::discover(Some(dir.path())).unwrap()).unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         let watch_args = |namespace: &str| WatchArgs {
@@ -409,12 +410,16 @@ mod tests {
     fn changes_are_added_modified_and_removed_files() {
         let t = SystemTime::UNIX_EPOCH;
         let old: Snapshot =
-            [(PathBuf::from("files/dags/a.py"), (t, 1)), (PathBuf::from("files/dags/b.py"), (t, 1))].into();
+            [(Utf8PathBuf::from("files/dags/a.py"), (t, 1)), (Utf8PathBuf::from("files/dags/b.py"), (t, 1))].into();
         let new: Snapshot =
-            [(PathBuf::from("files/dags/a.py"), (t, 2)), (PathBuf::from("files/dags/c.py"), (t, 1))].into();
+            [(Utf8PathBuf::from("files/dags/a.py"), (t, 2)), (Utf8PathBuf::from("files/dags/c.py"), (t, 1))].into();
         assert_eq!(
             diff(&old, &new),
-            vec![PathBuf::from("files/dags/a.py"), PathBuf::from("files/dags/b.py"), PathBuf::from("files/dags/c.py")]
+            vec![
+                Utf8PathBuf::from("files/dags/a.py"),
+                Utf8PathBuf::from("files/dags/b.py"),
+                Utf8PathBuf::from("files/dags/c.py")
+            ]
         );
         assert!(diff(&new, &new).is_empty());
     }

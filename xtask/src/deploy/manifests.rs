@@ -2,9 +2,9 @@
 //! Kubernetes objects (unknown fields found). `check` holds the rules, `render` what is
 //! applied.
 
+use camino::Utf8Path;
 use std::fmt;
 use std::fs;
-use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
@@ -33,7 +33,7 @@ pub const POD_TEMPLATE_KEY: &str = "pod_template.yaml";
 /// One YAML document of k8s/.
 #[derive(Clone, Debug)]
 pub struct Doc {
-    /// Path relative to the repository, e.g. `k8s/airflow/scheduler.yaml`.
+    /// Utf8Path relative to the repository, e.g. `k8s/airflow/scheduler.yaml`.
     pub file: String,
     /// 1-based position in its file.
     pub index: usize,
@@ -85,10 +85,10 @@ impl Doc {
 
 /// Reads every `*.yaml`/`*.yml` under `dirs` (sorted by path), one [`Doc`] per non-empty
 /// document. A YAML error names the file and line.
-pub fn load(root: &Path, dirs: &[&Path]) -> Result<Vec<Doc>> {
+pub fn load(root: &Utf8Path, dirs: &[&Utf8Path]) -> Result<Vec<Doc>> {
     let mut files = Vec::new();
     for dir in dirs {
-        collect_yaml(dir, &mut files).with_context(|| format!("cannot read {}", dir.display()))?;
+        collect_yaml(dir, &mut files).with_context(|| format!("cannot read {}", dir))?;
     }
     files.sort();
     let mut docs = Vec::new();
@@ -100,13 +100,13 @@ pub fn load(root: &Path, dirs: &[&Path]) -> Result<Vec<Doc>> {
     Ok(docs)
 }
 
-fn collect_yaml(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
-    for e in fs::read_dir(dir)? {
-        let p = e?.path();
+fn collect_yaml(dir: &Utf8Path, out: &mut Vec<camino::Utf8PathBuf>) -> Result<()> {
+    for e in dir.read_dir_utf8()? {
+        let p = e?.into_path();
         if p.is_dir() {
             continue; // overlays live in subdirectories and are applied only when asked for
         }
-        if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        if matches!(p.extension(), Some("yaml" | "yml")) {
             out.push(p);
         }
     }

@@ -8,8 +8,8 @@ pub mod render;
 pub mod secrets;
 pub mod wait;
 
+use camino::{Utf8Path, Utf8PathBuf};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
@@ -18,7 +18,7 @@ use crate::oci::store::Store;
 use manifests::Doc;
 
 /// The directories whose documents are applied: k8s/airflow, then each overlay asked for.
-pub fn manifest_dirs(project: &Project, overlays: &[String]) -> Result<Vec<PathBuf>> {
+pub fn manifest_dirs(project: &Project, overlays: &[String]) -> Result<Vec<Utf8PathBuf>> {
     let mut dirs = vec![project.root.join("k8s/airflow")];
     for o in overlays {
         let d = project.root.join("k8s/overlays").join(o);
@@ -38,7 +38,7 @@ pub fn manifest_dirs(project: &Project, overlays: &[String]) -> Result<Vec<PathB
 
 pub fn load_docs(project: &Project, overlays: &[String]) -> Result<Vec<Doc>> {
     let dirs = manifest_dirs(project, overlays)?;
-    let refs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+    let refs: Vec<&Utf8Path> = dirs.iter().map(Utf8PathBuf::as_path).collect();
     manifests::load(&project.root, &refs)
 }
 

@@ -5,9 +5,9 @@
 //! with its fully qualified name and `org.opencontainers.image.ref.name` with its tag),
 //! `manifest.json` (docker's list of config + layers + RepoTags), then `blobs/sha256/*`.
 
+use camino::Utf8Path;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufWriter, Write};
-use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -142,12 +142,12 @@ pub fn write_archive(
 pub fn write_archive_file(
     store: &Store,
     images: &[ArchiveImage],
-    path: &Path,
+    path: &Utf8Path,
     on_bytes: &mut dyn FnMut(u64),
 ) -> Result<ArchiveStats> {
     let mut file = AtomicFile::create(path)?;
     let stats = write_archive(store, images, &ArchiveOptions::default(), file.file(), on_bytes)
-        .with_context(|| format!("cannot write archive {}", path.display()))?;
+        .with_context(|| format!("cannot write archive {}", path))?;
     file.commit()?;
     Ok(stats)
 }

@@ -213,7 +213,7 @@ mod tests {
     /// user's images would be rebuilt and re-shipped for nothing.
     #[test]
     fn the_same_inputs_keep_the_digests_they_had() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = camino_tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store")).unwrap();
         let base_layer = store.put_bytes(b"base layer bytes").unwrap();
         // A base config with fields no OCI type models: they must survive as they are.

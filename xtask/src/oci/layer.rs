@@ -5,12 +5,12 @@
 //! everything in the plan that shapes the bytes; when that summary matches a cached build
 //! whose blob is still in the store, the layer is reused without reading a single file.
 
+use camino::{Utf8Component, Utf8Path, Utf8PathBuf};
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 #[cfg(test)]
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Component, Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -57,12 +57,12 @@ pub struct LayerPlan {
     /// Short name shown to the user ("dags").
     pub name: String,
     /// Absolute path of the directory whose content the layer carries.
-    pub source: PathBuf,
+    pub source: Utf8PathBuf,
     /// The source as the user wrote it, for messages ("files/dags").
     pub source_label: String,
     /// Absolute path of the tree symlinks must stay inside (the repository's `files/`).
     /// Ignored for a root filesystem.
-    pub context: PathBuf,
+    pub context: Utf8PathBuf,
     /// A whole root filesystem (the base recipe's) rather than repository files: owners
     /// and modes come from the files, symlinks may point anywhere, sockets, pipes and
     /// devices are left out, and the `prune` directories are kept empty.
@@ -96,9 +96,9 @@ pub enum InputKind {
 /// One entry of a layer's source directory.
 #[derive(Clone, Debug)]
 pub struct Input {
-    /// Path relative to the source directory, '/'-separated.
+    /// Utf8Path relative to the source directory, '/'-separated.
     pub rel: String,
-    pub abs: PathBuf,
+    pub abs: Utf8PathBuf,
     pub kind: InputKind,
     pub size: u64,
     pub mtime_ns: i128,
@@ -142,7 +142,7 @@ pub fn scan(plan: &LayerPlan) -> Result<Vec<Input>> {
     Ok(out)
 }
 
-fn walk(plan: &LayerPlan, dir: &Path, rel_dir: &str, out: &mut Vec<Input>) -> Result<()> {
+fn walk(plan: &LayerPlan, dir: &Utf8Path, rel_dir: &str, out: &mut Vec<Input>) -> Result<()> {
     let label = |rel: &str| format!("{}/{}", plan.source_label, rel);
     let entries = fs::read_dir(dir).with_context(|| {
         format!(
@@ -151,7 +151,7 @@ fn walk(plan: &LayerPlan, dir: &Path, rel_dir: &str, out: &mut Vec<Input>) -> Re
         )
     })?;
     for entry in entries {
-        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let entry = entry.with_context(|| format!("cannot list {}", dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else {
             bail!(
@@ -164,7 +164,7 @@ fn walk(plan: &LayerPlan, dir: &Path, rel_dir: &str, out: &mut Vec<Input>) -> Re
             continue;
         }
         let rel = if rel_dir.is_empty() { name.to_string() } else { format!("{rel_dir}/{name}") };
-        let abs = entry.path();
+        let abs = dir.join(name);
         let md = fs::symlink_metadata(&abs).with_context(|| format!("cannot stat {}", label(&rel)))?;
         let ft = md.file_type();
         let kind = if ft.is_dir() {
@@ -223,11 +223,11 @@ fn check_symlink(plan: &LayerPlan, rel: &str, target: &str) -> Result<()> {
     }
     let link_abs = plan.source.join(rel);
     let link_dir = link_abs.parent().unwrap_or(&plan.source);
-    let rel_to_context = link_dir.strip_prefix(&plan.context).unwrap_or(Path::new(""));
+    let rel_to_context = link_dir.strip_prefix(&plan.context).unwrap_or(Utf8Path::new(""));
     let mut stack: Vec<String> = rel_to_context
         .components()
         .filter_map(|c| match c {
-            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+            Utf8Component::Normal(s) => Some(s.to_string()),
             _ => None,
         })
         .collect();
@@ -389,7 +389,7 @@ pub fn write(plan: &LayerPlan, inputs: &[Input], store: &Store, on_bytes: &mut d
 mod tests {
     use super::*;
 
-    fn plan(dir: &Path) -> LayerPlan {
+    fn plan(dir: &Utf8Path) -> LayerPlan {
         LayerPlan {
             name: "dags".into(),
             source: dir.join("files/dags"),
@@ -420,7 +420,7 @@ mod tests {
 
     #[test]
     fn symlinks_inside_files_pass_and_outside_fail() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = camino_tempfile::tempdir().unwrap();
         let p = plan(dir.path());
         check_symlink(&p, "x.py", "../include/x.py").unwrap();
         check_symlink(&p, "sub/x.py", "../y.py").unwrap();
@@ -432,7 +432,7 @@ mod tests {
 
     #[test]
     fn excluded_names_and_their_subtrees_are_left_out() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = camino_tempfile::tempdir().unwrap();
         let p = plan(dir.path());
         fs::create_dir_all(p.source.join("__pycache__")).unwrap();
         fs::write(p.source.join("__pycache__/a.cpython-311.pyc"), b"x").unwrap();
@@ -445,7 +445,7 @@ mod tests {
 
     #[test]
     fn a_root_filesystem_keeps_file_owners_and_any_symlink_and_prunes() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = camino_tempfile::tempdir().unwrap();
         let root = dir.path().join("rootfs");
         fs::create_dir_all(root.join("proc/1")).unwrap();
         fs::create_dir_all(root.join("usr/bin")).unwrap();
@@ -473,7 +473,7 @@ mod tests {
 
     #[test]
     fn cache_key_changes_with_content_identity_and_plan() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = camino_tempfile::tempdir().unwrap();
         let p = plan(dir.path());
         fs::create_dir_all(&p.source).unwrap();
         fs::write(p.source.join("a.py"), b"x").unwrap();

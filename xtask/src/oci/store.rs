@@ -7,9 +7,9 @@
 //! name. Because the store is a plain OCI layout, `skopeo`, `umoci` and `oci:` base
 //! references can read it directly.
 
+use camino::{Utf8Path, Utf8PathBuf};
 use std::fs::{self, File, TryLockError};
 use std::io::{self, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -34,32 +34,31 @@ pub struct DigestMismatch {
 }
 
 pub struct Store {
-    root: PathBuf,
+    root: Utf8PathBuf,
     _lock: File,
 }
 
 impl Store {
     /// Opens (creating if needed) the store at `root`, holding its lock for as long as the
     /// returned value lives. A second build on the same store waits.
-    pub fn open(root: &Path) -> Result<Store> {
+    pub fn open(root: &Utf8Path) -> Result<Store> {
         for dir in ["blobs/sha256", "tmp", "cache"] {
-            fs::create_dir_all(root.join(dir))
-                .with_context(|| format!("cannot create the image store at {}", root.display()))?;
+            fs::create_dir_all(root.join(dir)).with_context(|| format!("cannot create the image store at {}", root))?;
         }
         let lock = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(root.join("lock"))
-            .with_context(|| format!("cannot open {}", root.join("lock").display()))?;
+            .with_context(|| format!("cannot open {}", root.join("lock")))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                eprintln!("waiting for another xtask process that is using {}", root.display());
-                lock.lock().with_context(|| format!("cannot lock {}", root.display()))?;
+                eprintln!("waiting for another xtask process that is using {}", root);
+                lock.lock().with_context(|| format!("cannot lock {}", root))?;
             }
             Err(TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("cannot lock {}", root.display()));
+                return Err(e).with_context(|| format!("cannot lock {}", root));
             }
         }
         let store = Store { root: root.to_path_buf(), _lock: lock };
@@ -81,17 +80,16 @@ impl Store {
 
     /// A second handle on a store this process has already opened (and locked), for a
     /// reader on another thread. It takes no lock and cleans nothing.
-    pub fn open_view(root: &Path) -> Result<Store> {
-        let lock =
-            File::open(root.join("lock")).with_context(|| format!("{} is not an image store", root.display()))?;
+    pub fn open_view(root: &Utf8Path) -> Result<Store> {
+        let lock = File::open(root.join("lock")).with_context(|| format!("{} is not an image store", root))?;
         Ok(Store { root: root.to_path_buf(), _lock: lock })
     }
 
-    pub fn root(&self) -> &Path {
+    pub fn root(&self) -> &Utf8Path {
         &self.root
     }
 
-    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+    pub fn blob_path(&self, digest: &Digest) -> Utf8PathBuf {
         self.root.join("blobs/sha256").join(digest.hex())
     }
 
@@ -108,7 +106,7 @@ impl Store {
         File::open(&p).with_context(|| {
             format!(
                 "blob {digest} is missing from the image store {}; run `cargo xtask images` again to rebuild it",
-                self.root.display()
+                self.root
             )
         })
     }
@@ -121,7 +119,7 @@ impl Store {
         if &actual != digest {
             let _ = fs::remove_file(self.blob_path(digest));
             bail!(DigestMismatch {
-                what: format!("store blob {}", self.blob_path(digest).display()),
+                what: format!("store blob {}", self.blob_path(digest)),
                 expected: digest.clone(),
                 actual,
                 size: bytes.len() as u64,
@@ -156,7 +154,7 @@ impl Store {
     /// A writer for a new blob; its digest is computed as it is written.
     pub fn blob_writer(&self) -> Result<BlobWriter> {
         let tmp = crate::fsutil::temp_sibling(&self.root.join("tmp").join("blob"));
-        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp))?;
         Ok(BlobWriter {
             inner: Some(HashingWriter::new(BufWriter::with_capacity(1 << 20, file))),
             tmp,
@@ -184,7 +182,7 @@ impl Store {
         Ok(size)
     }
 
-    fn cache_path(&self, kind: &str, key: &str) -> PathBuf {
+    fn cache_path(&self, kind: &str, key: &str) -> Utf8PathBuf {
         self.root.join("cache").join(kind).join(format!("{key}.json"))
     }
 
@@ -200,9 +198,9 @@ impl Store {
 
     pub fn index(&self) -> Result<ImageIndex> {
         let p = self.root.join("index.json");
-        let bytes = fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let bytes = fs::read(&p).with_context(|| format!("cannot read {}", p))?;
         serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is not a valid OCI index; delete it and run the build again", p.display()))
+            .with_context(|| format!("{} is not a valid OCI index; delete it and run the build again", p))
     }
 
     fn write_index(&self, index: &ImageIndex) -> Result<()> {
@@ -244,8 +242,8 @@ impl Store {
 /// `blobs/sha256/`, removed if dropped uncommitted.
 pub struct BlobWriter {
     inner: Option<HashingWriter<BufWriter<File>>>,
-    tmp: PathBuf,
-    blobs: PathBuf,
+    tmp: Utf8PathBuf,
+    blobs: Utf8PathBuf,
 }
 
 impl BlobWriter {
@@ -265,7 +263,7 @@ impl BlobWriter {
         if dest.exists() {
             let _ = fs::remove_file(&self.tmp);
         } else {
-            fs::rename(&self.tmp, &dest).with_context(|| format!("cannot move blob into {}", dest.display()))?;
+            fs::rename(&self.tmp, &dest).with_context(|| format!("cannot move blob into {}", dest))?;
         }
         Ok((digest, size))
     }
@@ -315,7 +313,7 @@ mod tests {
 
     #[test]
     fn ingest_rejects_wrong_bytes_and_keeps_nothing() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = camino_tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let expected = Digest::of(b"good");
         let err = store.ingest(&mut &b"evil"[..], &expected, "test blob", &mut |_| {}).unwrap_err();
@@ -327,7 +325,7 @@ mod tests {
 
     #[test]
     fn tag_replaces_and_reports_change() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = camino_tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let a = store.put_json(MediaType::ImageManifest, &serde_json::json!({"a": 1})).unwrap();
         let b = store.put_json(MediaType::ImageManifest, &serde_json::json!({"b": 1})).unwrap();
@@ -341,7 +339,7 @@ mod tests {
 
     #[test]
     fn leftover_temp_files_are_removed_on_open() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = camino_tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
             let mut w = store.blob_writer().unwrap();

@@ -2,8 +2,8 @@
 //! image on the node, next to what kind load does (`docker save` + `ctr import`), on the
 //! local test cluster's containerd.
 
+use camino::{Utf8Path, Utf8PathBuf};
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -21,27 +21,27 @@ pub const EDITED_DAG: &str = "files/dags/example_bash.py";
 /// A copy of this repository's docker/, files/ and k8s/ under target/xtask/bench/cluster,
 /// so benchmarks edit DAGs without touching the user's files. Its store starts as hard
 /// links to this repository's store, so the Airflow base is not built again.
-pub fn repo_copy(project: &Project) -> Result<PathBuf> {
+pub fn repo_copy(project: &Project) -> Result<Utf8PathBuf> {
     let copy = project.work_dir().join("bench/cluster/repo");
     fs::create_dir_all(&copy)?;
     for dir in ["docker", "files", "k8s"] {
         let _ = fs::remove_dir_all(copy.join(dir));
         duct::cmd!("cp", "-a", project.root.join(dir), &copy)
             .run()
-            .with_context(|| format!("cannot copy {dir}/ into {}", copy.display()))?;
+            .with_context(|| format!("cannot copy {dir}/ into {}", copy))?;
     }
     let store = copy.join("target/xtask/oci");
     if !store.exists() && project.store_dir().exists() {
         fs::create_dir_all(store.parent().unwrap())?;
         duct::cmd!("cp", "-al", project.store_dir(), &store)
             .run()
-            .with_context(|| format!("cannot hard-link {} into {}", project.store_dir().display(), store.display()))?;
+            .with_context(|| format!("cannot hard-link {} into {}", project.store_dir(), store))?;
     }
     Ok(copy)
 }
 
 /// Appends a line to the edited DAG, different on every call.
-pub fn edit_dag(repo: &Path) -> Result<()> {
+pub fn edit_dag(repo: &Utf8Path) -> Result<()> {
     use std::io::Write;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
     let mut f = fs::OpenOptions::new().append(true).open(repo.join(EDITED_DAG))?;
@@ -50,14 +50,14 @@ pub fn edit_dag(repo: &Path) -> Result<()> {
 }
 
 /// `xtask --root REPO ARGS...`, timed; stdout is the command's JSON.
-pub fn xtask(repo: &Path, args: &[&str]) -> Result<super::tools::Run> {
+pub fn xtask(repo: &Utf8Path, args: &[&str]) -> Result<super::tools::Run> {
     let mut c = Command::new(std::env::current_exe()?);
     c.arg("--root").arg(repo).args(args).env_remove("SOURCE_DATE_EPOCH");
     timed(c)
 }
 
 pub fn cluster_flags(args: &BenchClusterArgs) -> Vec<String> {
-    vec!["--kubeconfig".into(), args.kubeconfig.display().to_string(), "--namespace".into(), args.namespace.clone()]
+    vec!["--kubeconfig".into(), args.kubeconfig.to_string(), "--namespace".into(), args.namespace.clone()]
 }
 
 fn node_ctr(args: &BenchClusterArgs) -> Command {
@@ -70,13 +70,13 @@ pub fn check_cluster(args: &BenchClusterArgs) -> Result<()> {
     if !args.kubeconfig.is_file() {
         bail!(
             "{} does not exist: start the local cluster with `.ci/local-cluster up` or pass --kubeconfig",
-            args.kubeconfig.display()
+            args.kubeconfig
         );
     }
     if !args.node_containerd.exists() {
         bail!(
             "no containerd socket at {}: start the local cluster with `.ci/local-cluster up` or pass --node-containerd",
-            args.node_containerd.display()
+            args.node_containerd
         );
     }
     Ok(())
@@ -95,7 +95,7 @@ pub fn run(ctx: &Ctx, args: &BenchClusterArgs) -> Result<()> {
     }
     let flags = cluster_flags(args);
     let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let socket = args.node_containerd.display().to_string();
+    let socket = args.node_containerd.to_string();
     let up = |extra: &[&str]| -> Result<super::tools::Run> {
         let mut a = vec!["k8s-up", "--no-wait", "--json", "--node-containerd", &socket];
         a.extend_from_slice(&flag_refs);
@@ -159,7 +159,7 @@ pub fn run(ctx: &Ctx, args: &BenchClusterArgs) -> Result<()> {
         args.dag_files,
         human_bytes(dag_layer)
     );
-    println!("node: containerd at {}\n", args.node_containerd.display());
+    println!("node: containerd at {}\n", args.node_containerd);
     println!("{:<40} {:>10} {:>12}   note", "", "time", "bytes sent");
     println!(
         "{:<40} {:>10} {:>12}   {:.4}x the DAG layer (target <= 1.1x; {} over it: config, manifest, tar headers); delivery itself {}; status {}",

@@ -1,9 +1,9 @@
 //! `cargo xtask bench images`: building the worker image cold, after one DAG edit and with
 //! nothing changed, next to `docker build` of the same content.
 
+use camino::Utf8Path;
 use std::fs;
 use std::io::Write;
-use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -178,7 +178,7 @@ pub(super) struct DockerTimes {
 }
 
 /// `docker build` of the same Dockerfile-shaped image, after the same edits.
-pub(super) fn docker_peer(dir: &Path, repo: &Path, base_store: &Path) -> Result<Option<DockerTimes>> {
+pub(super) fn docker_peer(dir: &Utf8Path, repo: &Utf8Path, base_store: &Utf8Path) -> Result<Option<DockerTimes>> {
     if !docker_ok() {
         eprintln!("the Docker engine is not running: docker columns left empty (start dockerd, or pass --no-docker)");
         return Ok(None);
@@ -232,8 +232,8 @@ pub(super) fn docker_peer(dir: &Path, repo: &Path, base_store: &Path) -> Result<
 
 /// Writes the DAG layer gzip and uncompressed, and times decompression, so the choice of
 /// what to ship to containerd or docker load is made on numbers.
-pub(super) fn compression_choice(repo: &Path) -> Result<Vec<(String, f64, u64)>> {
-    let scratch = tempfile::tempdir()?;
+pub(super) fn compression_choice(repo: &Utf8Path) -> Result<Vec<(String, f64, u64)>> {
+    let scratch = camino_tempfile::tempdir()?;
     let store = Store::open(scratch.path())?;
     let mut out = Vec::new();
     let mut gz_blob = None;

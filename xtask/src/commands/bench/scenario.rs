@@ -1,9 +1,9 @@
 //! The images benchmark's scenario: a generated repository (many DAGs, an include tree)
 //! and base, made once per set of parameters and reused by later runs.
 
+use camino::{Utf8Path, Utf8PathBuf};
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
@@ -89,15 +89,15 @@ impl Rng {
 pub(super) const BASE_TAG: &str = "xtask-bench-base";
 
 /// Scenario files live here and are reused by later runs with the same parameters.
-pub(super) fn bench_dir(project: &Project) -> PathBuf {
+pub(super) fn bench_dir(project: &Project) -> Utf8PathBuf {
     project.work_dir().join("bench/images")
 }
 
 /// The scenario's files, generated once and reused while the parameters stay the same.
 pub(super) struct Scenario {
-    pub(super) dir: PathBuf,
-    pub(super) repo: PathBuf,
-    pub(super) base_store: PathBuf,
+    pub(super) dir: Utf8PathBuf,
+    pub(super) repo: Utf8PathBuf,
+    pub(super) base_store: Utf8PathBuf,
     pub(super) description: String,
     pub(super) base_bytes: u64,
 }
@@ -126,14 +126,14 @@ pub(super) fn scenario(project: &Project, args: &BenchImagesArgs) -> Result<Scen
     Ok(Scenario { dir, repo, base_store, description, base_bytes })
 }
 
-pub(super) fn dir_size(dir: &Path) -> Result<(usize, u64)> {
+pub(super) fn dir_size(dir: &Utf8Path) -> Result<(usize, u64)> {
     let mut files = 0;
     let mut bytes = 0;
-    for e in fs::read_dir(dir)? {
+    for e in dir.read_dir_utf8()? {
         let e = e?;
         let md = e.metadata()?;
         if md.is_dir() {
-            let (f, b) = dir_size(&e.path())?;
+            let (f, b) = dir_size(e.path())?;
             files += f;
             bytes += b;
         } else {
@@ -144,7 +144,7 @@ pub(super) fn dir_size(dir: &Path) -> Result<(usize, u64)> {
     Ok((files, bytes))
 }
 
-pub(super) fn edit_one_dag(repo: &Path, n: u32) -> Result<()> {
+pub(super) fn edit_one_dag(repo: &Utf8Path, n: u32) -> Result<()> {
     let p = repo.join("files/dags/dag_0000.py");
     let mut f = fs::OpenOptions::new().append(true).open(&p)?;
     writeln!(f, "# edit {n}")?;
@@ -153,7 +153,7 @@ pub(super) fn edit_one_dag(repo: &Path, n: u32) -> Result<()> {
 
 /// Writes the scenario: a base image (an OCI layout of three large gzip layers and
 /// /opt/airflow/dags owned by 50000:0) and a repository with DAGs and an include tree.
-pub(super) fn generate(dir: &Path, args: &BenchImagesArgs) -> Result<()> {
+pub(super) fn generate(dir: &Utf8Path, args: &BenchImagesArgs) -> Result<()> {
     eprintln!("generating the scenario (once; reused by later runs)");
     let mut rng = Rng(0x5eed_0123_4567_89ab);
     let rootfs = dir.join("rootfs");
@@ -183,7 +183,7 @@ pub(super) fn generate(dir: &Path, args: &BenchImagesArgs) -> Result<()> {
     let mtime = 946_684_800;
     let root_meta = |mode| Meta { uid: 0, gid: 0, mode, mtime };
     let mut layers = Vec::new();
-    let mut specs: Vec<(PathBuf, String, u64)> =
+    let mut specs: Vec<(Utf8PathBuf, String, u64)> =
         (0..3).map(|l| (rootfs.join(format!("layer{l}")), format!("usr/lib/bench{l}"), 0)).collect();
     specs.push((rootfs.join("empty"), "opt/airflow/dags".into(), 50000));
     for (source, target, uid) in specs {
@@ -203,7 +203,7 @@ pub(super) fn generate(dir: &Path, args: &BenchImagesArgs) -> Result<()> {
         let plan = LayerPlan {
             name: target.clone(),
             source: source.clone(),
-            source_label: source.display().to_string(),
+            source_label: source.to_string(),
             context: rootfs.clone(),
             target,
             parents,
@@ -278,7 +278,7 @@ pub(super) fn generate(dir: &Path, args: &BenchImagesArgs) -> Result<()> {
         repo.join("docker/images.toml"),
         format!(
             "[[image]]\nname = \"bench-worker\"\nbase = \"oci:{}:{BASE_TAG}\"\n\n[[image.layer]]\nname = \"include\"\nsource = \"files/include\"\ntarget = \"/opt/airflow/include\"\n\n[[image.layer]]\nname = \"dags\"\nsource = \"files/dags\"\ntarget = \"/opt/airflow/dags\"\n",
-            dir.join("base").display()
+            dir.join("base")
         ),
     )?;
     fs::write(

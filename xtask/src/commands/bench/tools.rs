@@ -5,8 +5,8 @@
 //! child's own pid to collect its peak RSS with wait4, which both of those hide. The
 //! long-lived destinations (containerd, the registry) are duct handles, killed on drop.
 
+use camino::{Utf8Path, Utf8PathBuf};
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -70,18 +70,18 @@ pub(super) fn docker_has_base() -> Result<bool> {
 /// A private containerd (its own root, state and socket), stopped on drop: the
 /// destination of `ctr import` measurements.
 pub struct PrivateContainerd {
-    pub dir: PathBuf,
+    pub dir: Utf8PathBuf,
     child: duct::Handle,
 }
 
 impl PrivateContainerd {
-    pub fn start(dir: &Path) -> Result<PrivateContainerd> {
+    pub fn start(dir: &Utf8Path) -> Result<PrivateContainerd> {
         crate::process::require("containerd", "sudo apt-get install containerd (or run .ci/setup)")?;
         let _ = fs::remove_dir_all(dir);
         fs::create_dir_all(dir)?;
         let config = format!(
             "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n[grpc]\n  address = \"{0}/containerd.sock\"\n",
-            dir.display()
+            dir
         );
         fs::write(dir.join("config.toml"), config)?;
         let log = fs::File::create(dir.join("containerd.log"))?;
@@ -98,10 +98,10 @@ impl PrivateContainerd {
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        bail!("containerd did not start; see {}", dir.join("containerd.log").display())
+        bail!("containerd did not start; see {}", dir.join("containerd.log"))
     }
 
-    pub fn socket(&self) -> PathBuf {
+    pub fn socket(&self) -> Utf8PathBuf {
         self.dir.join("containerd.sock")
     }
 
@@ -123,12 +123,12 @@ impl Drop for PrivateContainerd {
 /// A docker-registry on a free loopback port with throwaway storage, stopped on drop.
 pub(super) struct BenchRegistry {
     pub(super) host: String,
-    pub(super) storage: PathBuf,
+    pub(super) storage: Utf8PathBuf,
     child: duct::Handle,
 }
 
 impl BenchRegistry {
-    pub(super) fn start(dir: &Path) -> Result<BenchRegistry> {
+    pub(super) fn start(dir: &Utf8Path) -> Result<BenchRegistry> {
         crate::process::require("docker-registry", "sudo apt-get install docker-registry (or run .ci/setup)")?;
         let _ = fs::remove_dir_all(dir);
         fs::create_dir_all(dir)?;
@@ -138,7 +138,7 @@ impl BenchRegistry {
             dir.join("config.yml"),
             format!(
                 "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
-                storage.display()
+                storage
             ),
         )?;
         let child = duct::cmd!("docker-registry", "serve", dir.join("config.yml"))
@@ -159,12 +159,12 @@ impl BenchRegistry {
 
     /// Bytes of every blob the registry stores.
     pub(super) fn stored_bytes(&self) -> u64 {
-        fn walk(p: &Path) -> u64 {
+        fn walk(p: &Utf8Path) -> u64 {
             let mut n = 0;
-            for e in fs::read_dir(p).into_iter().flatten().flatten() {
+            for e in p.read_dir_utf8().into_iter().flatten().flatten() {
                 let path = e.path();
                 if path.is_dir() {
-                    n += walk(&path);
+                    n += walk(path);
                 } else if e.file_name() == "data" {
                     n += e.metadata().map(|m| m.len()).unwrap_or(0);
                 }
@@ -184,7 +184,7 @@ impl Drop for BenchRegistry {
 /// What `kind load docker-image` does: `docker save` to a file, then `ctr images import`
 /// of it (`ctr` is the containerd command to import with). Returns seconds and the
 /// archive's size.
-pub(super) fn docker_save_import(image: &str, tar: &Path, mut ctr: Command) -> Result<(f64, u64)> {
+pub(super) fn docker_save_import(image: &str, tar: &Utf8Path, mut ctr: Command) -> Result<(f64, u64)> {
     let started = Instant::now();
     let mut save = Command::new("docker");
     save.args(["save", "-o"]).arg(tar).arg(image);

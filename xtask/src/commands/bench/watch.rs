@@ -55,7 +55,7 @@ pub fn run(ctx: &Ctx, args: &BenchClusterArgs) -> Result<()> {
     let repo = repo_copy(project)?;
     let flags = cluster_flags(args);
     let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let socket = args.node_containerd.display().to_string();
+    let socket = args.node_containerd.to_string();
     let with_cluster = |cmd: &[&str]| -> Vec<String> {
         let mut a: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
         a.extend(flags.iter().cloned());

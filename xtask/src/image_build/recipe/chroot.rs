@@ -1,9 +1,9 @@
 //! The root filesystem's construction site: debootstrap (cached per suite and package
 //! list), mounts undone on drop, and the environment commands run with in the chroot.
 
+use camino::{Utf8Path, Utf8PathBuf};
 use rustix::mount::{MountFlags, UnmountFlags};
 use std::fs;
-use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
 use sha2::{Digest as _, Sha256};
@@ -15,12 +15,12 @@ use super::format::Debian;
 use super::{BuildOpts, step};
 
 /// A mount that is undone when dropped, whatever happens in between.
-pub(super) struct Mount(PathBuf);
+pub(super) struct Mount(Utf8PathBuf);
 
 impl Mount {
-    pub(super) fn proc(target: &Path) -> Result<Mount> {
-        rustix::mount::mount("proc", target, "proc", MountFlags::empty(), None)
-            .with_context(|| format!("cannot mount proc on {}", target.display()))?;
+    pub(super) fn proc(target: &Utf8Path) -> Result<Mount> {
+        rustix::mount::mount("proc", target.as_std_path(), "proc", MountFlags::empty(), None)
+            .with_context(|| format!("cannot mount proc on {}", target))?;
         Ok(Mount(target.to_path_buf()))
     }
 }
@@ -28,7 +28,7 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         // Detaching never blocks.
-        let _ = rustix::mount::unmount(&self.0, UnmountFlags::DETACH);
+        let _ = rustix::mount::unmount(self.0.as_std_path(), UnmountFlags::DETACH);
     }
 }
 
@@ -69,36 +69,37 @@ pub(super) fn chroot_env(ca_inside: Option<&str>) -> Vec<String> {
 }
 
 /// The host's CA bundle, which knows any TLS-intercepting proxy the host trusts.
-pub(super) fn host_ca_bundle() -> Option<PathBuf> {
+pub(super) fn host_ca_bundle() -> Option<Utf8PathBuf> {
     for var in ["PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"] {
         if let Ok(p) = std::env::var(var)
-            && Path::new(&p).is_file()
+            && Utf8Path::new(&p).is_file()
         {
-            return Some(PathBuf::from(p));
+            return Some(Utf8PathBuf::from(p));
         }
     }
-    let p = PathBuf::from("/etc/ssl/certs/ca-certificates.crt");
+    let p = Utf8PathBuf::from("/etc/ssl/certs/ca-certificates.crt");
     p.is_file().then_some(p)
 }
 
 /// Where debootstrap's output is kept between builds: outside the repository (it is the
 /// same for every checkout), keyed by the [debian] section.
-pub(super) fn debootstrap_cache_dir() -> PathBuf {
-    std::env::var_os("XTASK_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("xtask")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/xtask")))
-        .unwrap_or_else(|| PathBuf::from("/var/cache/xtask"))
+pub(super) fn debootstrap_cache_dir() -> Utf8PathBuf {
+    std::env::var("XTASK_CACHE")
+        .ok()
+        .map(Utf8PathBuf::from)
+        .or_else(|| std::env::var("XDG_CACHE_HOME").ok().map(|d| Utf8PathBuf::from(d).join("xtask")))
+        .or_else(|| std::env::var("HOME").ok().map(|h| Utf8PathBuf::from(h).join(".cache/xtask")))
+        .unwrap_or_else(|| Utf8PathBuf::from("/var/cache/xtask"))
         .join("debootstrap")
 }
 
 /// A fresh root filesystem from debootstrap, or a copy of the one an earlier build made
 /// from the same [debian] section (debootstrap takes most of a minute; a copy seconds).
 pub(super) fn debootstrap_cached(
-    debootstrap: &Path,
+    debootstrap: &Utf8Path,
     d: &Debian,
-    rootfs: &Path,
-    log: &Path,
+    rootfs: &Utf8Path,
+    log: &Utf8Path,
     opts: &BuildOpts,
 ) -> Result<()> {
     let key = {
@@ -108,7 +109,7 @@ pub(super) fn debootstrap_cached(
     };
     let cached = debootstrap_cache_dir().join(&key);
     if cached.join("etc/debian_version").is_file() {
-        step(opts, &format!("debootstrap {} ({}): from the cache {}", d.suite, d.variant, cached.display()));
+        step(opts, &format!("debootstrap {} ({}): from the cache {}", d.suite, d.variant, cached));
         return process::run_logged(
             duct::cmd("cp", ["-a".as_ref(), cached.as_os_str(), rootfs.as_os_str()]),
             log,
@@ -121,10 +122,10 @@ pub(super) fn debootstrap_cached(
         args.push(format!("--include={}", d.packages.join(",")));
     }
     args.push(d.suite.clone());
-    args.push(rootfs.display().to_string());
+    args.push(rootfs.to_string());
     args.push(d.mirror.clone());
     let t = Instant::now();
-    process::run_logged(duct::cmd(debootstrap, &args), log, "debootstrap")?;
+    process::run_logged(duct::cmd(debootstrap.as_std_path(), &args), log, "debootstrap")?;
     step(opts, &format!("debootstrap done in {:.0} s", t.elapsed().as_secs_f64()));
     // Keep a copy for the next build: written aside, renamed when complete.
     let parent = debootstrap_cache_dir();
@@ -146,7 +147,7 @@ pub(super) fn debootstrap_cached(
 }
 
 /// pip prints pages; the lines that say what went wrong start with "ERROR:".
-pub(super) fn shorten_pip_error(err: anyhow::Error, log: &Path) -> anyhow::Error {
+pub(super) fn shorten_pip_error(err: anyhow::Error, log: &Utf8Path) -> anyhow::Error {
     let text = fs::read_to_string(log).unwrap_or_default();
     let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("ERROR:")).collect();
     if errors.is_empty() {
@@ -155,14 +156,14 @@ pub(super) fn shorten_pip_error(err: anyhow::Error, log: &Path) -> anyhow::Error
     anyhow!(
         "pip install failed:\n  {}\n(check the versions in the [python] section of the recipe; full log: {})",
         errors.join("\n  "),
-        log.display()
+        log
     )
 }
 
 /// Unmounts whatever a crashed build left mounted below `root`.
-pub(super) fn unmount_all_under(root: &Path) {
+pub(super) fn unmount_all_under(root: &Utf8Path) {
     let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else { return };
-    let root = root.display().to_string();
+    let root = root.to_string();
     let mut targets: Vec<&str> =
         mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|t| t.starts_with(&root)).collect();
     targets.sort_by_key(|t| std::cmp::Reverse(t.len()));

@@ -1,9 +1,9 @@
 //! `docker/base/<name>.toml`: what a base recipe may say, and loading it with the key that
 //! decides whether the base must be built again.
 
+use camino::{Utf8Path, Utf8PathBuf};
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
@@ -112,13 +112,13 @@ pub(super) fn parse_owner(s: &str, what: &str) -> Result<(u32, u32)> {
 
 pub struct LoadedRecipe {
     pub name: String,
-    pub path: PathBuf,
+    pub path: Utf8PathBuf,
     pub recipe: Recipe,
-    pub constraints: Option<(PathBuf, String)>,
+    pub constraints: Option<(Utf8PathBuf, String)>,
     pub key: String,
 }
 
-pub fn recipe_path(project: &Project, name: &str) -> PathBuf {
+pub fn recipe_path(project: &Project, name: &str) -> Utf8PathBuf {
     project.root.join("docker/base").join(format!("{name}.toml"))
 }
 
@@ -144,7 +144,7 @@ pub fn load(project: &Project, name: &str, mtime: u64) -> Result<LoadedRecipe> {
     }
     let constraints = match recipe.python.as_ref().and_then(|p| p.constraints.as_ref()) {
         Some(c) => {
-            let p = path.parent().unwrap_or(Path::new(".")).join(c);
+            let p = path.parent().unwrap_or(Utf8Path::new(".")).join(c);
             let text = fs::read_to_string(&p).with_context(|| {
                 format!("{rel}: constraints file {} is missing; create it with `cargo xtask base --update-lock`, or remove the `constraints` line", project.rel(&p))
             })?;

@@ -5,9 +5,9 @@
 //! The recipe is `docker/base/<name>.toml`; a base is rebuilt only when the recipe or its
 //! constraints file changed.
 
+use camino::{Utf8Path, Utf8PathBuf};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -103,14 +103,14 @@ fn build(project: &Project, store: &Store, loaded: &LoadedRecipe, mtime: u64, op
     if work.exists() {
         // A previous build was interrupted: nothing in it is trusted.
         unmount_all_under(&rootfs);
-        fs::remove_dir_all(&work).with_context(|| format!("cannot clear {}", work.display()))?;
+        fs::remove_dir_all(&work).with_context(|| format!("cannot clear {}", work))?;
     }
     fs::create_dir_all(&work)?;
     let result = (|| -> Result<BaseImage> {
         debootstrap_cached(&debootstrap, &r.debian, &rootfs, &log, opts)?;
 
         let _proc = Mount::proc(&rootfs.join("proc"))?;
-        if Path::new("/etc/resolv.conf").exists() {
+        if Utf8Path::new("/etc/resolv.conf").exists() {
             let _ = fs::remove_file(rootfs.join("etc/resolv.conf"));
             fs::copy("/etc/resolv.conf", rootfs.join("etc/resolv.conf"))
                 .context("cannot copy /etc/resolv.conf into the chroot")?;
@@ -124,7 +124,7 @@ fn build(project: &Project, store: &Store, loaded: &LoadedRecipe, mtime: u64, op
         };
         let env = chroot_env(ca_inside);
         let in_chroot = |what: &str, cmd: &[&str]| -> Result<()> {
-            let mut args: Vec<String> = vec![rootfs.display().to_string(), "/usr/bin/env".into(), "-i".into()];
+            let mut args: Vec<String> = vec![rootfs.to_string(), "/usr/bin/env".into(), "-i".into()];
             args.extend(env.iter().cloned());
             args.extend(cmd.iter().map(|s| s.to_string()));
             process::run_logged(duct::cmd("chroot", &args), &log, what)
@@ -159,10 +159,9 @@ fn build(project: &Project, store: &Store, loaded: &LoadedRecipe, mtime: u64, op
                     .as_ref()
                     .map(|(p, _)| p.clone())
                     .unwrap_or_else(|| loaded.path.with_extension("lock"));
-                let freeze =
-                    duct::cmd("chroot", [rootfs.display().to_string(), pip.clone(), "freeze".into(), "--all".into()])
-                        .read()
-                        .context("pip freeze failed")?;
+                let freeze = duct::cmd("chroot", [rootfs.to_string(), pip.clone(), "freeze".into(), "--all".into()])
+                    .read()
+                    .context("pip freeze failed")?;
                 let header = format!(
                     "# Every package of the {} base, as `cargo xtask base --update-lock` resolved it.\n",
                     loaded.name
@@ -202,7 +201,7 @@ fn build(project: &Project, store: &Store, loaded: &LoadedRecipe, mtime: u64, op
 }
 
 /// The directories and files the recipe declares, with their owners and modes.
-fn lay_out(rootfs: &Path, img: &ImageSettings, rel: &str) -> Result<()> {
+fn lay_out(rootfs: &Utf8Path, img: &ImageSettings, rel: &str) -> Result<()> {
     for d in &img.dir {
         let p = rootfs.join(d.path.trim_start_matches('/'));
         fs::create_dir_all(&p).with_context(|| format!("cannot create {} in the image", d.path))?;
@@ -221,12 +220,12 @@ fn lay_out(rootfs: &Path, img: &ImageSettings, rel: &str) -> Result<()> {
     Ok(())
 }
 
-fn write_image(store: &Store, loaded: &LoadedRecipe, rootfs: &Path, mtime: u64) -> Result<BaseImage> {
+fn write_image(store: &Store, loaded: &LoadedRecipe, rootfs: &Utf8Path, mtime: u64) -> Result<BaseImage> {
     let img = &loaded.recipe.image;
     let venv_rel = loaded.recipe.python.as_ref().map(|p| p.venv.trim_start_matches('/').to_string());
-    let plan = |source: PathBuf, target: String, parents: Vec<(String, Meta)>, prune: Vec<String>| LayerPlan {
+    let plan = |source: Utf8PathBuf, target: String, parents: Vec<(String, Meta)>, prune: Vec<String>| LayerPlan {
         name: if target.is_empty() { "os".into() } else { "python".into() },
-        source_label: source.display().to_string(),
+        source_label: source.to_string(),
         source,
         context: rootfs.to_path_buf(),
         target,

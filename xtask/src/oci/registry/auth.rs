@@ -60,9 +60,10 @@ pub fn credentials_for(host: &str) -> Option<Credentials> {
     {
         return Some(Credentials { user, password, source: "XTASK_REGISTRY_USER/XTASK_REGISTRY_PASSWORD".into() });
     }
-    let dir = std::env::var_os("DOCKER_CONFIG")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".docker")))?;
+    let dir = std::env::var("DOCKER_CONFIG")
+        .ok()
+        .map(camino::Utf8PathBuf::from)
+        .or_else(|| std::env::var("HOME").ok().map(|h| camino::Utf8Path::new(&h).join(".docker")))?;
     let path = dir.join("config.json");
     let cfg: DockerConfig = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
     fn hub(h: &str) -> &str {
@@ -81,7 +82,7 @@ pub fn credentials_for(host: &str) -> Option<Credentials> {
         return Some(c);
     }
     let (_, auth) = cfg.auths.iter().find(|(k, _)| hub(host_of(k)) == wanted)?;
-    let source = format!("{} (auths)", path.display());
+    let source = format!("{} (auths)", path);
     if let (Some(u), Some(p)) = (&auth.username, &auth.password) {
         return Some(Credentials { user: u.clone(), password: p.clone(), source });
     }

@@ -1,10 +1,10 @@
 //! OCI image layouts as a base: a directory (`oci:`) or a tar (`oci-archive:`), read in
 //! place; blobs are streamed into the store and checked against their digests.
 
+use camino::{Utf8Path, Utf8PathBuf};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
@@ -42,16 +42,16 @@ pub(super) trait LayoutFiles {
 }
 
 pub(super) struct DirFiles {
-    root: PathBuf,
+    root: Utf8PathBuf,
     label: String,
 }
 
 impl DirFiles {
-    pub(super) fn open(root: &Path, reference: &str) -> Result<DirFiles> {
+    pub(super) fn open(root: &Utf8Path, reference: &str) -> Result<DirFiles> {
         if !root.join("index.json").is_file() {
             bail!(
                 "{} is not an OCI image layout (no index.json); check the path in `{reference}` (docker/images.toml), or build the base first",
-                root.display()
+                root
             );
         }
         Ok(DirFiles { root: root.to_path_buf(), label: reference.to_string() })
@@ -72,7 +72,7 @@ impl LayoutFiles for DirFiles {
                 Ok(Some((Box::new(f), size)))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", p)),
         }
     }
 }
@@ -86,32 +86,26 @@ enum TarLoc {
 /// A tar archive indexed once (names -> offsets) and then read by seeking, so a blob is
 /// streamed straight from its place in the archive.
 pub(super) struct TarFiles {
-    path: PathBuf,
+    path: Utf8PathBuf,
     label: String,
     entries: HashMap<String, TarLoc>,
 }
 
 impl TarFiles {
-    pub(super) fn open(path: &Path, reference: &str) -> Result<TarFiles> {
+    pub(super) fn open(path: &Utf8Path, reference: &str) -> Result<TarFiles> {
         let file = File::open(path).with_context(|| {
-            format!(
-                "{} does not exist or cannot be read; check the path in `{reference}` (docker/images.toml)",
-                path.display()
-            )
+            format!("{} does not exist or cannot be read; check the path in `{reference}` (docker/images.toml)", path)
         })?;
         let file_len = file.metadata()?.len();
         let mut archive = ::tar::Archive::new(file);
         let mut entries = HashMap::new();
         let corrupt = |e: std::io::Error| {
-            anyhow!(
-                "{} is not a readable tar archive ({e}); it is corrupt or truncated, export it again",
-                path.display()
-            )
+            anyhow!("{} is not a readable tar archive ({e}); it is corrupt or truncated, export it again", path)
         };
         for entry in archive.entries_with_seek().map_err(corrupt)? {
             let entry = entry.map_err(corrupt)?;
             let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            let name = safe_entry_path(&raw).map_err(|e| anyhow!("{}: {e}; refusing to read it", path.display()))?;
+            let name = safe_entry_path(&raw).map_err(|e| anyhow!("{}: {e}; refusing to read it", path))?;
             let kind = entry.header().entry_type();
             let loc = if kind.is_symlink() || kind.is_hard_link() {
                 let link =
@@ -123,7 +117,7 @@ impl TarFiles {
                     link.clone()
                 };
                 let resolved = normalize_within(&resolved).ok_or_else(|| {
-                    anyhow!("{}: link {name} -> {link} escapes the archive; refusing to read it", path.display())
+                    anyhow!("{}: link {name} -> {link} escapes the archive; refusing to read it", path)
                 })?;
                 TarLoc::Link(resolved)
             } else if kind.is_file() {
@@ -132,7 +126,7 @@ impl TarFiles {
                 if offset + size > file_len {
                     bail!(
                         "{} is truncated: {name} needs {} bytes but the file ends after {}; export it again",
-                        path.display(),
+                        path,
                         offset + size,
                         file_len
                     );
@@ -144,7 +138,7 @@ impl TarFiles {
             entries.insert(name, loc);
         }
         if entries.is_empty() {
-            bail!("{} holds no files; it is not an image archive", path.display());
+            bail!("{} holds no files; it is not an image archive", path);
         }
         Ok(TarFiles { path: path.to_path_buf(), label: reference.to_string(), entries })
     }
@@ -184,7 +178,7 @@ impl LayoutFiles for TarFiles {
     fn open(&self, path: &str) -> Result<Option<(Box<dyn Read + '_>, u64)>> {
         let Some(name) = normalize_within(path) else { return Ok(None) };
         let Some((offset, size)) = self.locate(&name) else { return Ok(None) };
-        let mut f = File::open(&self.path).with_context(|| format!("cannot open {}", self.path.display()))?;
+        let mut f = File::open(&self.path).with_context(|| format!("cannot open {}", self.path))?;
         f.seek(SeekFrom::Start(offset))?;
         Ok(Some((Box::new(BufReader::with_capacity(1 << 20, f).take(size)), size)))
     }

@@ -8,9 +8,9 @@
 pub mod docker_archive;
 mod layout;
 
+use camino::{Utf8Path, Utf8PathBuf};
 use std::fs::{self};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
 use sha2::{Digest as _, Sha256};
@@ -26,15 +26,15 @@ use self::layout::{DirFiles, TarFiles, import_oci_layout};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BaseRef {
     OciDir {
-        path: PathBuf,
+        path: Utf8PathBuf,
         tag: Option<String>,
     },
     OciArchive {
-        path: PathBuf,
+        path: Utf8PathBuf,
         tag: Option<String>,
     },
     DockerArchive {
-        path: PathBuf,
+        path: Utf8PathBuf,
         name: Option<String>,
     },
     DockerDaemon {
@@ -49,12 +49,12 @@ pub enum BaseRef {
 
 impl BaseRef {
     /// Parses `reference`; relative paths are taken from `root` (the repository).
-    pub fn parse(reference: &str, root: &Path) -> Result<BaseRef> {
+    pub fn parse(reference: &str, root: &Utf8Path) -> Result<BaseRef> {
         if reference == "scratch" {
             return Ok(BaseRef::Scratch);
         }
         let (transport, rest) = reference.split_once(':').ok_or_else(|| bad_ref(reference))?;
-        let path_and_tag = |rest: &str| -> (PathBuf, Option<String>) {
+        let path_and_tag = |rest: &str| -> (Utf8PathBuf, Option<String>) {
             let (p, t) = match rest.split_once(':') {
                 Some((p, t)) if !t.is_empty() => (p, Some(t.to_string())),
                 _ => (rest.trim_end_matches(':'), None),
@@ -94,7 +94,7 @@ fn bad_ref(reference: &str) -> anyhow::Error {
 /// earlier import of the same unchanged source.
 pub fn import(
     reference: &str,
-    root: &Path,
+    root: &Utf8Path,
     platform: &Platform,
     insecure: &[String],
     store: &Store,
@@ -153,7 +153,7 @@ fn fingerprint(reference: &str, base_ref: &BaseRef, platform: &Platform) -> Resu
     let mut h = Sha256::new();
     h.update(format!(
         "{reference}\n{}\n{}\n{}:{}:{}:{}\n",
-        file.display(),
+        file,
         super::platform_string(platform),
         md.len(),
         md.mtime_nsec() + md.mtime() * 1_000_000_000,
@@ -199,7 +199,7 @@ mod tests {
 
     #[test]
     fn references_parse_like_skopeo() {
-        let root = Path::new("/repo");
+        let root = Utf8Path::new("/repo");
         assert_eq!(
             BaseRef::parse("oci:target/base:airflow", root).unwrap(),
             BaseRef::OciDir { path: "/repo/target/base".into(), tag: Some("airflow".into()) }
