@@ -53,17 +53,36 @@ impl Status {
     }
 }
 
-pub fn node_has(node: &Node, image: &BuiltImage) -> bool {
+/// Whether `node` holds `image`: a pod there runs it, or the node's status lists it. The
+/// status alone is not enough: the kubelet refreshes it only every few seconds and lists
+/// at most 50 images (nodeStatusMaxImages), so a node with many images may never show ours.
+pub fn node_has(node: &Node, image: &BuiltImage, pods: &[Pod]) -> bool {
     let digest = format!("@{}", image.manifest.digest());
-    node.status
-        .iter()
-        .flat_map(|s| s.images.iter().flatten())
-        .flat_map(|i| i.names.iter().flatten())
-        .any(|n| n.ends_with(&digest))
+    let name = node.metadata.name.as_deref();
+    let runs_it = pods.iter().any(|p| {
+        p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == name
+            && p.status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+                .any(|c| c.image_id.ends_with(&digest))
+    });
+    runs_it
+        || node
+            .status
+            .iter()
+            .flat_map(|s| s.images.iter().flatten())
+            .flat_map(|i| i.names.iter().flatten())
+            .any(|n| n.ends_with(&digest))
 }
 
 pub async fn collect(cluster: &Cluster, built: &[BuiltImage]) -> Result<Status> {
     let version = cluster.version().await?;
+    let ns = &cluster.namespace;
+    let pods = Api::<Pod>::namespaced(cluster.client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| cluster.explain(e, "list", "pods"))?
+        .items;
     let nodes: Vec<Node> = Api::<Node>::all(cluster.client.clone())
         .list(&ListParams::default())
         .await
@@ -84,10 +103,9 @@ pub async fn collect(cluster: &Cluster, built: &[BuiltImage]) -> Result<Status> 
                 .and_then(|s| s.node_info.as_ref())
                 .map(|i| i.kubelet_version.clone())
                 .unwrap_or_default(),
-            images: built.iter().map(|b| (b.name.clone(), node_has(n, b))).collect(),
+            images: built.iter().map(|b| (b.name.clone(), node_has(n, b, &pods))).collect(),
         })
         .collect();
-    let ns = &cluster.namespace;
     let pinned: Vec<String> = built.iter().map(|b| b.manifest.digest().to_string()).collect();
     let selector = "app.kubernetes.io/name=airflow";
     let mut components = Vec::new();
@@ -134,13 +152,8 @@ pub async fn collect(cluster: &Cluster, built: &[BuiltImage]) -> Result<Status> 
         });
     }
     let mut failing = Vec::new();
-    for p in Api::<Pod>::namespaced(cluster.client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| cluster.explain(e, "list", "pods"))?
-        .items
-    {
-        let st = diagnose::pod_state(&cluster.client, ns, &p).await?;
+    for p in &pods {
+        let st = diagnose::pod_state(&cluster.client, ns, p).await?;
         if st.phase != "Succeeded" && (!st.ready || !st.problems.is_empty()) {
             failing.push(st);
         }
