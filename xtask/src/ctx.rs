@@ -15,7 +15,8 @@ use crate::config::Project;
 
 pub struct Ctx {
     pub project: Project,
-    rt: Runtime,
+    /// Always Some until the context is dropped.
+    rt: Option<Runtime>,
     docker: OnceLock<(Docker, String)>,
     clusters: Mutex<BTreeMap<String, Cluster>>,
 }
@@ -29,17 +30,21 @@ impl Ctx {
             .enable_all()
             .build()
             .context("cannot start the async runtime")?;
-        Ok(Ctx { project, rt, docker: OnceLock::new(), clusters: Mutex::new(BTreeMap::new()) })
+        Ok(Ctx { project, rt: Some(rt), docker: OnceLock::new(), clusters: Mutex::new(BTreeMap::new()) })
     }
 
     /// Runs async work (kube, bollard) from the synchronous commands, on the one runtime.
     pub fn block_on<F: Future>(&self, f: F) -> F::Output {
-        self.rt.block_on(f)
+        self.runtime().block_on(f)
+    }
+
+    fn runtime(&self) -> &Runtime {
+        self.rt.as_ref().expect("the runtime lives as long as the context")
     }
 
     /// The runtime, for the modules below the commands that take a handle.
     pub fn handle(&self) -> &Handle {
-        self.rt.handle()
+        self.runtime().handle()
     }
 
     /// The local Docker engine and its version, connected on first use.
@@ -67,5 +72,16 @@ impl Ctx {
     /// address and certificates).
     pub fn forget_clusters(&self) {
         self.clusters.lock().expect("clusters lock").clear();
+    }
+}
+
+impl Drop for Ctx {
+    /// The runtime is shut down without waiting for blocking tasks: a read of standard input
+    /// (exec -it, run) never ends by itself, and waiting for it kept xtask alive after the
+    /// remote command had exited, until a key was pressed.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
     }
 }
