@@ -73,7 +73,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn init_tracing(verbose: u8) {
     let level = match verbose {
-        0 => "warn",
+        // Without -v only our own warnings: a library's log line would repeat, unexplained,
+        // what our error already says with its fix.
+        0 => "off,xtask=warn",
         1 => "xtask=debug,info",
         _ => "xtask=trace,debug",
     };

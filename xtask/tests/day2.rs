@@ -401,3 +401,55 @@ async fn status_names_a_stale_image_and_why_a_pod_is_pending() {
     assert_eq!(component(&s, "worker")["stale"], true, "{s:#}");
     assert!(!s["nodes"][0]["images"].to_string().contains("true"), "{s:#}");
 }
+
+/// `doctor` names the check that fails and its fix: an API server that does not answer, a
+/// namespace that does not exist, a namespace without Airflow's RBAC. Nothing but its
+/// report is printed: no library's log line repeats the error without the fix.
+#[tokio::test]
+async fn doctor_names_each_failing_check_with_its_fix() {
+    let client = kube_client().await;
+    let repo = Repo::new();
+    let doctor = |kubeconfig: &std::path::Path, ns: &str| -> (serde_json::Value, String) {
+        let out = repo
+            .xtask()
+            .args(["doctor", "--json", "--kubeconfig", kubeconfig.to_str().unwrap(), "--namespace", ns])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "doctor passed: {}", stdout(&out));
+        let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)));
+        (report, stderr(&out))
+    };
+    let check = |report: &serde_json::Value, name: &str| -> serde_json::Value {
+        let c = report["checks"].as_array().unwrap().iter().find(|c| c["check"] == name).cloned();
+        c.unwrap_or_else(|| panic!("no {name} check: {report:#}"))
+    };
+
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let kubeconfig = fs_read(&test_kubeconfig());
+    let server = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: ")).unwrap().to_string();
+    let closed = repo.path("closed.kubeconfig");
+    std::fs::write(&closed, kubeconfig.replace(&server, &format!("https://127.0.0.1:{port}"))).unwrap();
+    let (report, err) = doctor(&closed, "airflow");
+    let cluster = check(&report, "cluster");
+    assert_eq!(cluster["ok"], false, "{report:#}");
+    assert!(cluster["detail"].as_str().unwrap().contains("cannot reach"), "{cluster}");
+    assert!(cluster["fix"].as_str().unwrap().contains("--kubeconfig"), "{cluster}");
+    assert!(!err.contains("ERROR"), "a library's log line on stderr: {err}");
+
+    let (report, _) = doctor(&test_kubeconfig(), "xtask-no-such-namespace");
+    let namespace = check(&report, "namespace");
+    assert_eq!(namespace["ok"], false, "{report:#}");
+    assert!(namespace["fix"].as_str().unwrap().contains("k8s-up"), "{namespace}");
+
+    let ns = TestNamespace::new(&client, "xtask-doctor").await;
+    let (report, _) = doctor(&test_kubeconfig(), &ns.name);
+    let rbac = check(&report, "rbac");
+    assert_eq!(rbac["ok"], false, "{report:#}");
+    assert!(rbac["detail"].as_str().unwrap().contains("may not create"), "{rbac}");
+    assert!(rbac["fix"].as_str().unwrap().contains("rbac.yaml"), "{rbac}");
+}
+
+fn fs_read(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
