@@ -1,7 +1,8 @@
 //! End to end on the local cluster, with real Airflow: k8s-up (idempotent), status, the
 //! smoke DAGs through the KubernetesExecutor, failures diagnosed (failing task, import
 //! error, worker image not on the node, a component whose image is missing, one that
-//! cannot be scheduled), pruning, registry delivery, and k8s-down --keep-cluster.
+//! cannot be scheduled), doctor, logs, watch, pruning, registry delivery, and k8s-down
+//! --keep-cluster.
 //!
 //! One test, in steps: each Airflow install takes a minute of a two-core machine, so the
 //! steps share one.
@@ -181,6 +182,44 @@ async fn airflow_on_kubernetes_end_to_end() {
     assert_eq!(admission["ok"], false, "{checks}");
     assert!(admission["detail"].as_str().unwrap().contains("exceeded quota"), "{admission}");
     assert!(admission["fix"].as_str().unwrap().contains("ResourceQuota"), "{admission}");
+
+    // 4d. watch: a DAG that does not import is reported and not shipped; the fixed DAG
+    //     ships and is parsed by the cluster's Airflow.
+    {
+        use std::io::{BufRead, BufReader};
+        let mut watch = repo.xtask();
+        watch
+            .args(["watch", "--json", "--max-changes", "2", "--kubeconfig", test_kubeconfig().to_str().unwrap()])
+            .args(["--namespace", &namespace])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let mut child = watch.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut next = || -> serde_json::Value {
+            loop {
+                let line = lines.next().expect("watch ended before the event").unwrap();
+                if line.starts_with('{') {
+                    return serde_json::from_str(&line).unwrap();
+                }
+            }
+        };
+        assert_eq!(next()["event"], "ready");
+        repo.write("files/dags/watched.py", "from airflow.sdk import dag\nimport no_such_module_for_watch\n");
+        let rejected = next();
+        assert_eq!(rejected["change"]["outcome"], "rejected", "{rejected}");
+        assert!(rejected["change"]["image"].is_null(), "a rejected change was shipped: {rejected}");
+        assert!(rejected["change"]["errors"].to_string().contains("no_such_module_for_watch"), "{rejected}");
+        repo.write(
+            "files/dags/watched.py",
+            "from datetime import datetime\nfrom airflow.sdk import DAG\nwith DAG(dag_id='watched', schedule=None, start_date=datetime(2024, 1, 1)):\n    pass\n",
+        );
+        let shipped = next();
+        assert_eq!(shipped["change"]["outcome"], "ok", "{shipped}");
+        assert!(shipped["change"]["image"].is_string(), "{shipped}");
+        assert!(shipped["change"]["save_to_parsed_seconds"].as_f64().is_some(), "not parsed in the cluster: {shipped}");
+        assert!(child.wait().unwrap().success(), "watch did not end after its two changes");
+        fs::remove_file(repo.path("files/dags/watched.py")).unwrap();
+    }
 
     // 5. A failing task and a DAG that does not import: both fail fast, with the reason.
     repo.write(
