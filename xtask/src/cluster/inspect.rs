@@ -78,15 +78,15 @@ pub fn node_has(node: &Node, image: &BuiltImage, pods: &[Pod]) -> bool {
 pub async fn collect(cluster: &Cluster, built: &[BuiltImage]) -> Result<Status> {
     let version = cluster.version().await?;
     let ns = &cluster.namespace;
-    let pods = Api::<Pod>::namespaced(cluster.client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| cluster.explain(e, "list", "pods"))?
-        .items;
     let nodes: Vec<Node> = Api::<Node>::all(cluster.client.clone())
         .list(&ListParams::default())
         .await
         .map_err(|e| cluster.explain(e, "list", "nodes"))?
+        .items;
+    let pods = Api::<Pod>::namespaced(cluster.client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| cluster.explain(e, "list", "pods"))?
         .items;
     let node_status = nodes
         .iter()
