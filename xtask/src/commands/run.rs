@@ -17,9 +17,9 @@ use crate::ctx::Ctx;
 /// An executor that can run the task now, with what it runs on.
 enum Ready {
     Local,
-    /// The worker image on the local Docker engine: `None` until the task is about to run
-    /// (listing what could run builds nothing), then the image built and loaded for it.
-    Container(Option<String>),
+    /// The worker image on the local Docker engine, built and loaded only when the task
+    /// runs (listing what could run builds nothing).
+    Container,
     Kubernetes {
         cluster: Box<Cluster>,
         pod: String,
@@ -31,8 +31,7 @@ impl Ready {
     fn describe(&self) -> String {
         match self {
             Ready::Local => "on this machine".into(),
-            Ready::Container(None) => "in a container of the worker image (Docker engine)".into(),
-            Ready::Container(Some(image)) => format!("in a container of {image}"),
+            Ready::Container => "in a container of the worker image (Docker engine)".into(),
             Ready::Kubernetes { cluster, pod, container } => {
                 format!("in pod {}/{pod} (container {container})", cluster.namespace)
             }
@@ -61,7 +60,7 @@ fn availability(
             // Only whether the engine answers: the image is built and loaded when the task
             // runs, not to list what could run.
             ctx.docker()?;
-            Ok(Ready::Container(None))
+            Ok(Ready::Container)
         }
         Executor::Kubernetes => {
             let cluster = Box::new(ctx.connect(target, &settings.namespace)?);
@@ -82,8 +81,14 @@ fn availability(
     }
 }
 
-fn execute(ctx: &Ctx, task: &TaskDef, ready: Ready) -> Result<i32> {
+/// Runs the task on `ready`, first saying where (`run NAME: executor X, ...`).
+fn execute(ctx: &Ctx, name: &str, executor: Executor, task: &TaskDef, ready: Ready) -> Result<i32> {
     let project = &ctx.project;
+    let say = |on: &str| eprintln!("run {name}: executor {executor}, {on}");
+    // The container's image is named once it is built, below.
+    if !matches!(ready, Ready::Container) {
+        say(&ready.describe());
+    }
     let tty = task.interactive && std::io::stdin().is_terminal();
     let argv = vec!["sh".to_string(), "-c".to_string(), task.script.clone()];
     match ready {
@@ -91,8 +96,9 @@ fn execute(ctx: &Ctx, task: &TaskDef, ready: Ready) -> Result<i32> {
             let out = duct::cmd(&argv[0], &argv[1..]).dir(&project.root).unchecked().run()?;
             Ok(out.status.code().unwrap_or(1))
         }
-        Ready::Container(None) => bail!("the worker image was not resolved before the task ran"),
-        Ready::Container(Some(image)) => {
+        Ready::Container => {
+            let image = worker_image(ctx)?;
+            say(&format!("in a container of {image}"));
             let spec = container::Spec { image, cmd: argv, env: vec![], binds: vec![], tty, auto_remove: false };
             Ok(ctx.block_on(container::run_with_stdio(&spec, task.interactive))? as i32)
         }
@@ -164,15 +170,7 @@ pub fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32> {
     let mut passed_over = Vec::new();
     for x in order {
         match availability(ctx, &target, &settings, task, x) {
-            Ok(Ready::Container(None)) => {
-                let image = worker_image(ctx)?;
-                eprintln!("run {name}: executor {x}, {}", Ready::Container(Some(image.clone())).describe());
-                return execute(ctx, task, Ready::Container(Some(image)));
-            }
-            Ok(ready) => {
-                eprintln!("run {name}: executor {x}, {}", ready.describe());
-                return execute(ctx, task, ready);
-            }
+            Ok(ready) => return execute(ctx, name, x, task, ready),
             Err(e) => {
                 eprintln!("run {name}: executor {x} is unavailable: {}", first_line(&e));
                 passed_over.push(format!("  {x}: {e}"));

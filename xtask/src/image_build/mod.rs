@@ -155,7 +155,7 @@ fn select(defs: Vec<ImageDef>, only: &[String]) -> Result<Vec<ImageDef>> {
 }
 
 /// Every ancestor of `target` and the target itself, outermost first.
-fn ancestors(target: &str) -> Vec<String> {
+pub(crate) fn ancestors(target: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut acc = String::new();
     for part in target.split('/') {

@@ -187,19 +187,13 @@ pub(super) fn generate(dir: &Utf8Path, args: &BenchImagesArgs) -> Result<()> {
         (0..3).map(|l| (rootfs.join(format!("layer{l}")), format!("usr/lib/bench{l}"), 0)).collect();
     specs.push((rootfs.join("empty"), "opt/airflow/dags".into(), 50000));
     for (source, target, uid) in specs {
-        let parents = {
-            let mut acc = String::new();
-            let mut v = Vec::new();
-            for p in target.split('/') {
-                if !acc.is_empty() {
-                    acc.push('/');
-                }
-                acc.push_str(p);
-                let meta = if acc == target { Meta { uid, ..root_meta(0o775) } } else { root_meta(0o755) };
-                v.push((acc.clone(), meta));
-            }
-            v
-        };
+        let parents = crate::image_build::ancestors(&target)
+            .into_iter()
+            .map(|dir| {
+                let meta = if dir == target { Meta { uid, ..root_meta(0o775) } } else { root_meta(0o755) };
+                (dir, meta)
+            })
+            .collect();
         let plan = LayerPlan {
             name: target.clone(),
             source: source.clone(),

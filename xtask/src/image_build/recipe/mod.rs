@@ -247,19 +247,11 @@ fn write_image(store: &Store, loaded: &LoadedRecipe, rootfs: &Utf8Path, mtime: u
     prune.extend(venv_rel.clone());
     let mut plans = vec![plan(rootfs.to_path_buf(), String::new(), vec![], prune)];
     if let Some(venv_rel) = &venv_rel {
+        use std::os::unix::fs::MetadataExt;
         let mut parents = Vec::new();
-        let mut acc = String::new();
-        for part in venv_rel.split('/') {
-            if !acc.is_empty() {
-                acc.push('/');
-            }
-            acc.push_str(part);
-            let md = fs::symlink_metadata(rootfs.join(&acc))?;
-            use std::os::unix::fs::MetadataExt;
-            parents.push((
-                acc.clone(),
-                Meta { uid: md.uid().into(), gid: md.gid().into(), mode: md.mode() & 0o7777, mtime },
-            ));
+        for dir in super::ancestors(venv_rel) {
+            let md = fs::symlink_metadata(rootfs.join(&dir))?;
+            parents.push((dir, Meta { uid: md.uid().into(), gid: md.gid().into(), mode: md.mode() & 0o7777, mtime }));
         }
         plans.push(plan(rootfs.join(venv_rel), venv_rel.clone(), parents, vec![]));
     }

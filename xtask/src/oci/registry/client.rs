@@ -316,20 +316,21 @@ impl Client {
         }
         let mut location = self.location(&resp)?;
         let mut file = store.open_blob(&digest)?;
-        let mut sent = 0u64;
-        if size > chunk {
-            // Chunked: PATCH pieces in order, then PUT with the digest.
+        let mut counting = CountingReader { inner: &mut file, on_bytes: &mut *on_bytes };
+        let chunked = size > chunk;
+        if chunked {
+            // Chunked: PATCH pieces in order; the PUT below only closes the upload.
+            let mut sent = 0u64;
             while sent < size {
                 let n = chunk.min(size - sent);
                 let range = format!("{}-{}", sent, sent + n - 1);
-                let mut piece = (&mut file).take(n);
-                let mut counting = CountingReader { inner: &mut piece, on_bytes: &mut *on_bytes };
+                let mut piece = (&mut counting).take(n);
                 let resp = self.send(
                     "PATCH",
                     &location,
                     scope,
                     &[("Content-Type", "application/octet-stream"), ("Content-Range", &range)],
-                    Body::Reader(&mut counting, n),
+                    Body::Reader(&mut piece, n),
                 )?;
                 if resp.status() != 202 {
                     bail!("registry {} refused chunk {range} of blob {} ({})", self.host, digest, resp.status());
@@ -337,40 +338,19 @@ impl Client {
                 location = self.location(&resp)?;
                 sent += n;
             }
-            let url = with_digest(&location, &digest);
-            let mut resp = self.send("PUT", &url, scope, &[], Body::Empty)?;
-            if resp.status() != 201 {
-                let status = resp.status();
-                bail!(
-                    "registry {} did not accept blob {} ({status}): {}",
-                    self.host,
-                    digest,
-                    Self::error_body(&mut resp)
-                );
-            }
-        } else {
-            // Monolithic: one PUT with the whole blob.
-            let url = with_digest(&location, &digest);
-            let mut counting = CountingReader { inner: &mut file, on_bytes: &mut *on_bytes };
-            let mut resp = self.send(
-                "PUT",
-                &url,
-                scope,
-                &[("Content-Type", "application/octet-stream")],
-                Body::Reader(&mut counting, size),
-            )?;
-            if resp.status() != 201 {
-                let status = resp.status();
-                bail!(
-                    "registry {} did not accept blob {} ({status}): {}",
-                    self.host,
-                    digest,
-                    Self::error_body(&mut resp)
-                );
-            }
-            sent = size;
         }
-        Ok(sent)
+        // The PUT with the digest: empty after chunks, else the whole blob in one request.
+        let (headers, body): (&[(&str, &str)], Body) = if chunked {
+            (&[], Body::Empty)
+        } else {
+            (&[("Content-Type", "application/octet-stream")], Body::Reader(&mut counting, size))
+        };
+        let mut resp = self.send("PUT", &with_digest(&location, &digest), scope, headers, body)?;
+        if resp.status() != 201 {
+            let status = resp.status();
+            bail!("registry {} did not accept blob {} ({status}): {}", self.host, digest, Self::error_body(&mut resp));
+        }
+        Ok(size)
     }
 
     fn location(&self, resp: &ureq::http::Response<ureq::Body>) -> Result<String> {
