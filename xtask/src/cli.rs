@@ -563,6 +563,11 @@ pub struct ImagesArgs {
     #[arg(long)]
     pub no_cache: bool,
 
+    /// First hash every blob of the image store and remove those whose bytes do not match
+    /// their name (torn by a crash or power loss), so the build makes or fetches them again
+    #[arg(long)]
+    pub verify: bool,
+
     /// Push each image to REGISTRY[/PREFIX] (as REGISTRY/PREFIX/NAME:TAG), uploading only
     /// the blobs the registry lacks
     #[arg(long, value_name = "REGISTRY[/PREFIX]")]

@@ -51,3 +51,17 @@ pub fn run_logged(expr: duct::Expression, log: &Utf8Path, what: &str) -> Result<
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
+
+/// Runs `expr` and returns its standard output, killing it if it has not finished within
+/// `limit`: the error names the program and the time it was given.
+pub fn read_bounded(expr: duct::Expression, program: &str, limit: std::time::Duration) -> Result<String> {
+    let handle = expr.stdout_capture().unchecked().start().with_context(|| format!("cannot start `{program}`"))?;
+    match handle.wait_timeout(limit).with_context(|| format!("cannot wait for `{program}`"))? {
+        Some(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        Some(out) => bail!("`{program}` failed ({})", out.status),
+        None => {
+            let _ = handle.kill();
+            bail!("`{program}` did not finish within {}s and was stopped", limit.as_secs())
+        }
+    }
+}

@@ -24,3 +24,18 @@ pub fn bytes_bar(label: &str, total: u64) -> ProgressBar {
 pub fn secs(s: f64) -> String {
     if s < 1.0 { format!("{:.0} ms", s * 1000.0) } else { format!("{s:.1} s") }
 }
+
+/// A counting progress bar ("12/40 blobs"), drawn only when stderr is a terminal.
+pub fn count_bar(label: &str, unit: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(10));
+    bar.set_style(
+        ProgressStyle::with_template(&format!("{{prefix:>10}} [{{bar:30}}] {{pos}}/{{len}} {unit}"))
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_string());
+    bar
+}

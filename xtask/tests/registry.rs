@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::Arc;
@@ -177,26 +177,6 @@ fn faulty_proxy(upstream: String, mode: &'static str) -> (String, Arc<AtomicUsiz
         }
     });
     (addr, damaged)
-}
-
-fn read_head(r: &mut BufReader<TcpStream>) -> std::io::Result<Option<String>> {
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line)? == 0 {
-            return Ok(None);
-        }
-        head.push_str(&line);
-        if line == "\r\n" {
-            return Ok(Some(head));
-        }
-    }
-}
-
-fn content_length(head: &str) -> usize {
-    head.lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-        .unwrap_or(0)
 }
 
 fn proxy_connection(client: TcpStream, upstream: &str, mode: &str, damaged: &AtomicUsize) -> std::io::Result<()> {

@@ -34,6 +34,14 @@ pub struct CtrOutput {
     pub sent: u64,
 }
 
+/// How long one `ctr` call may take, import included: XTASK_CTR_TIMEOUT seconds, 600 by
+/// default.
+fn ctr_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(
+        std::env::var("XTASK_CTR_TIMEOUT").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(600),
+    )
+}
+
 /// A containerd on this machine, by socket: a node whose runtime is local (the test
 /// cluster, a single-node kubeadm or k3s machine).
 pub struct LocalContainerd {
@@ -51,16 +59,44 @@ impl Node for LocalContainerd {
             vec!["--address".into(), self.socket.clone().into(), "--namespace".into(), "k8s.io".into()];
         argv.extend(args.iter().map(Into::into));
         let ctr = duct::cmd("ctr", argv).stdout_capture().stderr_capture().unchecked();
+        let limit = ctr_timeout();
+        let stalled = || {
+            anyhow!(
+                "ctr at {} did not finish within {}s and was stopped; is containerd answering? (raise XTASK_CTR_TIMEOUT for very large images)",
+                self.socket,
+                limit.as_secs()
+            )
+        };
         let mut sent = 0;
         let out = match stdin {
-            None => ctr.stdin_null().run().context("cannot run ctr")?,
+            None => {
+                let handle = ctr.stdin_null().start().context("cannot run ctr")?;
+                match handle.wait_timeout(limit)? {
+                    Some(out) => out.clone(),
+                    None => {
+                        let _ = handle.kill();
+                        return Err(stalled());
+                    }
+                }
+            }
             Some(feed) => {
-                // The archive is generated as ctr reads it: streamed through a pipe.
+                // The archive is generated as ctr reads it: streamed through a pipe. A
+                // watchdog stops ctr when it outlives its time, which also ends the feed.
                 let (reader, mut writer) = std::io::pipe().context("cannot make a pipe for ctr")?;
-                let handle = ctr.stdin_file(reader).start().context("cannot run ctr")?;
+                let handle = std::sync::Arc::new(ctr.stdin_file(reader).start().context("cannot run ctr")?);
+                let watchdog = {
+                    let handle = handle.clone();
+                    std::thread::spawn(move || match handle.wait_timeout(limit) {
+                        Ok(Some(_)) => false,
+                        _ => handle.kill().is_ok(),
+                    })
+                };
                 let fed = feed(&mut writer);
                 drop(writer);
-                let out = handle.into_output()?;
+                let out = handle.wait()?.clone();
+                if watchdog.join().unwrap_or(false) {
+                    return Err(stalled());
+                }
                 match fed {
                     Ok(n) => sent = n,
                     Err(e) => {
@@ -108,7 +144,17 @@ impl Node for KindNode {
         } else {
             drop(tx);
         }
-        let (success, stdout, stderr) = rt.block_on(exec).map_err(|e| anyhow!("exec task failed: {e}"))??;
+        let limit = ctr_timeout();
+        let (success, stdout, stderr) = rt
+            .block_on(tokio::time::timeout(limit, exec))
+            .map_err(|_| {
+                anyhow!(
+                    "ctr in kind node {} did not finish within {}s; is the node running? (raise XTASK_CTR_TIMEOUT for very large images)",
+                    self.container,
+                    limit.as_secs()
+                )
+            })?
+            .map_err(|e| anyhow!("exec task failed: {e}"))??;
         Ok(CtrOutput { success, stdout, stderr, sent })
     }
 }

@@ -56,6 +56,28 @@ pub fn run(ctx: &Ctx, args: &ImagesArgs) -> Result<()> {
         },
         no_cache: args.no_cache,
     };
+    if args.verify {
+        let store = Store::open(&project.store_dir())?;
+        let bar = if args.json { indicatif::ProgressBar::hidden() } else { ui::count_bar("verify", "blobs") };
+        let v = store.verify(&mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        })?;
+        bar.finish_and_clear();
+        if !args.json {
+            println!(
+                "verified {} blobs ({}) in {}: {}",
+                v.checked,
+                human_bytes(v.bytes),
+                store.root(),
+                if v.removed.is_empty() {
+                    "all whole".to_string()
+                } else {
+                    format!("removed {} damaged, to be made again: {}", v.removed.len(), v.removed.join(", "))
+                }
+            );
+        }
+    }
     let (store, reports) = build(project, ctx.handle(), &opts, !args.json)?;
     let mut archive_report = None;
     if let Some(path) = &args.archive {

@@ -353,7 +353,7 @@ pub fn build(plan: &LayerPlan, store: &Store, force: bool, on_bytes: &mut dyn Fn
     let key = cache_key(plan, &inputs);
     if !force
         && let Some(blob) = store.cache_get::<LayerBlob>("layers", &key)
-        && store.blob_size(&blob.digest) == Some(blob.size)
+        && store.blob_of_size(&blob.digest, blob.size)
     {
         return Ok(BuiltLayer { blob, reused: true, seconds: started.elapsed().as_secs_f64(), input_bytes, files });
     }

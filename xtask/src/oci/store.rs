@@ -4,7 +4,9 @@
 //! holds small JSON records that let a rebuild skip work. Blobs are written to `tmp/` and
 //! renamed into place only once their digest is known (and checked, when one was
 //! expected), so a build killed at any moment leaves nothing half-written under a final
-//! name. Because the store is a plain OCI layout, `skopeo`, `umoci` and `oci:` base
+//! name; blobs and their directory are fsynced around the rename, so a power loss does not
+//! either. A blob is reused only at the size its record gives, and one that came from
+//! outside is hashed again before reuse; `cargo xtask images --verify` hashes them all. Because the store is a plain OCI layout, `skopeo`, `umoci` and `oci:` base
 //! references can read it directly.
 
 use camino::{Utf8Path, Utf8PathBuf};
@@ -93,10 +95,6 @@ impl Store {
         self.root.join("blobs/sha256").join(digest.hex())
     }
 
-    pub fn has_blob(&self, digest: &Digest) -> bool {
-        self.blob_path(digest).is_file()
-    }
-
     pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
         fs::metadata(self.blob_path(digest)).ok().map(|m| m.len())
     }
@@ -136,7 +134,7 @@ impl Store {
     /// Stores bytes, returning their digest. Already present content is not rewritten.
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest> {
         let digest = Digest::of(bytes);
-        if !self.has_blob(&digest) {
+        if !self.blob_of_size(&digest, bytes.len() as u64) {
             let mut w = self.blob_writer()?;
             w.write_all(bytes)?;
             w.commit(Some(&digest), "generated JSON")?;
@@ -162,24 +160,100 @@ impl Store {
         })
     }
 
-    /// Copies a blob from `reader` into the store, checking it against `expected`.
-    /// A blob already present is not read at all. On a mismatch the store is left without
-    /// the bad bytes. `on_bytes` is told of progress.
+    /// Copies a blob from `reader` into the store, checking it against `expected` and, when
+    /// given, its declared `size`: reading stops one byte past it, so a source that never
+    /// ends cannot fill the disk. A blob already present is reused when its size matches and
+    /// its bytes still hash to its name (a torn blob is replaced). On a mismatch the store is
+    /// left without the bad bytes. `on_bytes` is told of progress.
     pub fn ingest(
         &self,
         reader: &mut dyn Read,
         expected: &Digest,
+        size: Option<u64>,
         what: &str,
         on_bytes: &mut dyn FnMut(u64),
     ) -> Result<u64> {
-        if let Some(size) = self.blob_size(expected) {
-            on_bytes(size);
-            return Ok(size);
+        if let Some(have) = self.verified_blob_size(expected, size)? {
+            on_bytes(have);
+            return Ok(have);
         }
         let mut w = self.blob_writer()?;
-        copy_with_progress(reader, &mut w, on_bytes).with_context(|| format!("cannot read {what}"))?;
+        let limit = size.map_or(u64::MAX, |s| s + 1);
+        let read = copy_with_progress(&mut reader.take(limit), &mut w, on_bytes)
+            .with_context(|| format!("cannot read {what}"))?;
+        if let Some(size) = size
+            && read != size
+        {
+            bail!(
+                "{what} is {} where {size} bytes were declared; the source is corrupt or hostile",
+                if read > size { format!("longer than {size} bytes") } else { format!("{read} bytes") }
+            );
+        }
         let (_, size) = w.commit(Some(expected), what)?;
         Ok(size)
+    }
+
+    /// The size of a stored blob if it is whole: of the declared size (when given) and
+    /// hashing to its name. A torn or wrong blob is removed and None returned.
+    pub fn verified_blob_size(&self, digest: &Digest, size: Option<u64>) -> Result<Option<u64>> {
+        let Some(have) = self.blob_size(digest) else { return Ok(None) };
+        if size.is_none_or(|s| s == have) && self.hash_blob(digest)? == *digest {
+            return Ok(Some(have));
+        }
+        tracing::warn!("blob {digest} in the image store is damaged; fetching it again");
+        fs::remove_file(self.blob_path(digest)).with_context(|| format!("cannot remove {}", self.blob_path(digest)))?;
+        Ok(None)
+    }
+
+    /// The digest of a stored blob's bytes as they are now.
+    pub fn hash_blob(&self, digest: &Digest) -> Result<Digest> {
+        let mut w = HashingWriter::new(io::sink());
+        copy_with_progress(&mut self.open_blob(digest)?, &mut w, &mut |_| {})
+            .with_context(|| format!("cannot read {}", self.blob_path(digest)))?;
+        Ok(w.finish().1)
+    }
+
+    /// A stored blob of the size a record gives, or None (removing a blob of another size,
+    /// which a power loss tore). The cheap check done on every reuse.
+    pub fn blob_of_size(&self, digest: &Digest, size: u64) -> bool {
+        match self.blob_size(digest) {
+            Some(s) if s == size => true,
+            Some(_) => {
+                tracing::warn!("blob {digest} in the image store has the wrong size; it will be made again");
+                let _ = fs::remove_file(self.blob_path(digest));
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Hashes every blob, removing those whose bytes no longer match their name. `progress`
+    /// is told (done, total) as it goes.
+    pub fn verify(&self, progress: &mut dyn FnMut(usize, usize)) -> Result<Verified> {
+        let dir = self.root.join("blobs/sha256");
+        let mut names: Vec<String> = fs::read_dir(&dir)
+            .with_context(|| format!("cannot list {dir}"))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        let mut out = Verified::default();
+        let total = names.len();
+        for (i, name) in names.iter().enumerate() {
+            progress(i, total);
+            let path = dir.join(name);
+            let good = match Digest::parse(&format!("sha256:{name}")) {
+                Ok(d) if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) => self.hash_blob(&d)? == d,
+                _ => false,
+            };
+            out.checked += 1;
+            out.bytes += fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if !good {
+                fs::remove_file(&path).with_context(|| format!("cannot remove the damaged blob {path}"))?;
+                out.removed.push(name.clone());
+            }
+        }
+        progress(total, total);
+        Ok(out)
     }
 
     fn cache_path(&self, kind: &str, key: &str) -> Utf8PathBuf {
@@ -238,6 +312,15 @@ impl Store {
     }
 }
 
+/// What `Store::verify` found.
+#[derive(Debug, Default)]
+pub struct Verified {
+    pub checked: usize,
+    pub bytes: u64,
+    /// Hex names of the blobs removed.
+    pub removed: Vec<String>,
+}
+
 /// A blob being written into the store's `tmp/`; committed by a rename into
 /// `blobs/sha256/`, removed if dropped uncommitted.
 pub struct BlobWriter {
@@ -252,6 +335,9 @@ impl BlobWriter {
     pub fn commit(mut self, expected: Option<&Digest>, what: &str) -> Result<(Digest, u64)> {
         let (buf, digest, size) = self.inner.take().expect("commit once").finish();
         let file = buf.into_inner().map_err(|e| e.into_error()).context("cannot flush blob")?;
+        // On disk before it has its final name, and the name on disk before we go on: a
+        // power loss leaves either no blob or a whole one.
+        file.sync_all().with_context(|| format!("cannot write {} to disk", self.tmp))?;
         drop(file);
         if let Some(expected) = expected
             && expected != &digest
@@ -260,10 +346,14 @@ impl BlobWriter {
             bail!(DigestMismatch { what: what.to_string(), expected: expected.clone(), actual: digest, size });
         }
         let dest = self.blobs.join(digest.hex());
-        if dest.exists() {
+        if fs::metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == size) {
             let _ = fs::remove_file(&self.tmp);
         } else {
+            // Absent, or torn by a power loss: the new bytes replace it.
             fs::rename(&self.tmp, &dest).with_context(|| format!("cannot move blob into {}", dest))?;
+            File::open(&self.blobs)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("cannot write {} to disk", self.blobs))?;
         }
         Ok((digest, size))
     }
@@ -316,9 +406,9 @@ mod tests {
         let dir = camino_tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let expected = Digest::of(b"good");
-        let err = store.ingest(&mut &b"evil"[..], &expected, "test blob", &mut |_| {}).unwrap_err();
+        let err = store.ingest(&mut &b"evil"[..], &expected, None, "test blob", &mut |_| {}).unwrap_err();
         assert!(err.to_string().contains("digest mismatch"), "{err}");
-        assert!(!store.has_blob(&expected));
+        assert!(store.blob_size(&expected).is_none());
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(dir.path().join("blobs/sha256")).unwrap().count(), 0);
     }

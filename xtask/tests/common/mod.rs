@@ -484,3 +484,25 @@ impl Drop for Containerd {
         let _ = Command::new("umount").arg("-R").arg(self.dir.path().join("root")).output();
     }
 }
+
+/// The head (request or status line and headers) of the next HTTP message, None at EOF.
+pub fn read_head(r: &mut std::io::BufReader<std::net::TcpStream>) -> std::io::Result<Option<String>> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(r, &mut line)? == 0 {
+            return Ok(None);
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            return Ok(Some(head));
+        }
+    }
+}
+
+/// The Content-Length a message head gives, 0 when none.
+pub fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+        .unwrap_or(0)
+}

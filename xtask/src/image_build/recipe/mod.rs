@@ -57,7 +57,7 @@ pub fn ensure(project: &Project, store: &Store, name: &str, mtime: u64, opts: &B
         && [&done.base.manifest, &done.base.config]
             .into_iter()
             .chain(done.base.layers.iter())
-            .all(|d| d.sha256().is_ok_and(|digest| store.blob_size(&digest) == Some(d.size())))
+            .all(|d| d.sha256().is_ok_and(|digest| store.blob_of_size(&digest, d.size())))
     {
         return Ok(Outcome {
             base: done.base,

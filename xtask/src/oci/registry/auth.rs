@@ -51,24 +51,49 @@ fn host_of(key: &str) -> &str {
     k.split('/').next().unwrap_or(k)
 }
 
-/// Credentials for `host`: XTASK_REGISTRY_USER/XTASK_REGISTRY_PASSWORD (for CI), else the
-/// Docker config (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`): its auths,
-/// credHelpers and credsStore, the way `docker login` leaves them.
-pub fn credentials_for(host: &str) -> Option<Credentials> {
-    if let (Ok(user), Ok(password)) = (std::env::var("XTASK_REGISTRY_USER"), std::env::var("XTASK_REGISTRY_PASSWORD"))
-        && std::env::var("XTASK_REGISTRY_HOST").map(|h| h == host).unwrap_or(true)
-    {
-        return Some(Credentials { user, password, source: "XTASK_REGISTRY_USER/XTASK_REGISTRY_PASSWORD".into() });
+/// The registry host the Docker config files Docker Hub under, whatever alias names it.
+pub(super) fn hub(h: &str) -> &str {
+    if h == "docker.io" || h == "registry-1.docker.io" { "index.docker.io" } else { h }
+}
+
+/// Credentials for `host`, and only for it: XTASK_REGISTRY_USER/XTASK_REGISTRY_PASSWORD when
+/// XTASK_REGISTRY_HOST names `host` (for CI), else the Docker config
+/// (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`): its auths, credHelpers and
+/// credsStore, the way `docker login` leaves them. Environment credentials without
+/// XTASK_REGISTRY_HOST are an error: they would otherwise go to whatever registry a base
+/// image names.
+pub fn credentials_for(host: &str) -> anyhow::Result<Option<Credentials>> {
+    let user = std::env::var("XTASK_REGISTRY_USER").ok();
+    let password = std::env::var("XTASK_REGISTRY_PASSWORD").ok();
+    if user.is_some() || password.is_some() {
+        let Some(for_host) = std::env::var("XTASK_REGISTRY_HOST").ok().filter(|h| !h.is_empty()) else {
+            anyhow::bail!(
+                "XTASK_REGISTRY_USER/XTASK_REGISTRY_PASSWORD are set but XTASK_REGISTRY_HOST is not; set it to the one registry they are for (for example XTASK_REGISTRY_HOST=registry.example.com:5000): xtask sends credentials to no other host"
+            );
+        };
+        if hub(&for_host) == hub(host) {
+            let (Some(user), Some(password)) = (user, password) else {
+                anyhow::bail!(
+                    "only one of XTASK_REGISTRY_USER and XTASK_REGISTRY_PASSWORD is set; set both (for {for_host}) or neither"
+                );
+            };
+            return Ok(Some(Credentials {
+                user,
+                password,
+                source: "XTASK_REGISTRY_USER/XTASK_REGISTRY_PASSWORD".into(),
+            }));
+        }
     }
+    Ok(docker_config_credentials(host))
+}
+
+fn docker_config_credentials(host: &str) -> Option<Credentials> {
     let dir = std::env::var("DOCKER_CONFIG")
         .ok()
         .map(camino::Utf8PathBuf::from)
         .or_else(|| std::env::var("HOME").ok().map(|h| camino::Utf8Path::new(&h).join(".docker")))?;
     let path = dir.join("config.json");
     let cfg: DockerConfig = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
-    fn hub(h: &str) -> &str {
-        if h == "docker.io" || h == "registry-1.docker.io" { "index.docker.io" } else { h }
-    }
     let wanted = hub(host);
     let helper = cfg
         .cred_helpers
@@ -91,6 +116,9 @@ pub fn credentials_for(host: &str) -> Option<Credentials> {
     Some(Credentials { user: user.into(), password: password.into(), source })
 }
 
+/// How long a credential helper may take: they can prompt or wait on a keyring.
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn from_helper(helper: &str, host: &str) -> Option<Credentials> {
     #[derive(Deserialize)]
     struct Out {
@@ -101,7 +129,13 @@ fn from_helper(helper: &str, host: &str) -> Option<Credentials> {
     }
     let program = format!("docker-credential-{helper}");
     crate::process::find(&program)?;
-    let out = duct::cmd(&program, ["get"]).stdin_bytes(host.as_bytes()).stderr_null().read().ok()?;
+    let out = crate::process::read_bounded(
+        duct::cmd(&program, ["get"]).stdin_bytes(host.as_bytes()).stderr_null(),
+        &program,
+        HELPER_TIMEOUT,
+    )
+    .map_err(|e| tracing::warn!("{e:#}"))
+    .ok()?;
     let o: Out = serde_json::from_str(&out).ok()?;
     Some(Credentials { user: o.username, password: o.secret, source: format!("credential helper {program}") })
 }

@@ -15,16 +15,48 @@ use super::auth::{Credentials, credentials_for, parse_challenge};
 
 /// Whether `host` may be spoken to over plain HTTP: loopback, or named by the user.
 pub fn is_insecure(host: &str, insecure: &[String]) -> bool {
-    let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
-    matches!(name, "localhost" | "127.0.0.1" | "[::1]") || insecure.iter().any(|i| i == host || i == name)
+    let name = host.rsplit_once(':').filter(|(_, p)| !p.contains(']')).map(|(h, _)| h).unwrap_or(host);
+    let loopback = name == "localhost"
+        || name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    loopback || insecure.iter().any(|i| i == host || i == name)
 }
 
-/// A client for one registry.
+/// How long the registry may stay silent (connecting, answering, each read and write):
+/// XTASK_REGISTRY_TIMEOUT seconds, 60 by default.
+fn stall_limit() -> Duration {
+    Duration::from_secs(
+        std::env::var("XTASK_REGISTRY_TIMEOUT").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(60),
+    )
+}
+
+/// The whole of one request, body included: a few stall limits, plus the body's size at a
+/// floor rate of 1 MiB/s, so a registry that trickles bytes is stopped too.
+fn total_limit(stall: Duration, body: u64) -> Duration {
+    stall * 3 + Duration::from_secs(body >> 20)
+}
+
+/// The scheme and authority of a URL (`https://host:port`), the unit credentials are
+/// bound to.
+fn origin(url: &str) -> Option<(String, String)> {
+    let uri: ureq::http::Uri = url.parse().ok()?;
+    Some((uri.scheme_str()?.to_ascii_lowercase(), uri.authority()?.as_str().to_ascii_lowercase()))
+}
+
+/// A client for one registry. Credentials and tokens go only to the registry's own origin
+/// (scheme, host and port): not to an upload location, a redirect or a token realm
+/// elsewhere (Docker Hub's own token service excepted), and plain HTTP only to loopback or
+/// `--insecure-registry` hosts.
 pub struct Client {
     agent: ureq::Agent,
     base: String,
     pub host: String,
+    insecure: Vec<String>,
     creds: Option<Credentials>,
+    stall: Duration,
     /// Authorization header per scope, once obtained.
     tokens: Mutex<BTreeMap<String, String>>,
 }
@@ -39,38 +71,69 @@ impl Client {
     pub fn new(host: &str, insecure: &[String]) -> Result<Client> {
         let api_host = if host == "docker.io" { "registry-1.docker.io" } else { host };
         let scheme = if is_insecure(host, insecure) { "http" } else { "https" };
+        let stall = stall_limit();
+        // Redirects are followed by `send`, which decides per hop what may go along.
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(15)))
-            .max_redirects(10)
+            .timeout_connect(Some(stall))
+            .timeout_resolve(Some(stall))
+            .timeout_recv_response(Some(stall))
+            .timeout_per_read(Some(stall))
+            .timeout_per_write(Some(stall))
+            .max_redirects(0)
             .build()
             .into();
         Ok(Client {
             agent,
             base: format!("{scheme}://{api_host}"),
             host: host.to_string(),
-            creds: credentials_for(host),
+            insecure: insecure.to_vec(),
+            creds: credentials_for(host)?,
+            stall,
             tokens: Mutex::new(BTreeMap::new()),
         })
     }
 
-    fn url(&self, path: &str) -> String {
-        if path.starts_with("http://") || path.starts_with("https://") {
-            path.to_string()
-        } else {
-            format!("{}{path}", self.base)
+    /// An absolute URL for `path`, which the registry may have given (a Location): refused
+    /// when it would take us to plain HTTP on a host that is neither loopback nor named with
+    /// --insecure-registry.
+    fn url(&self, path: &str) -> Result<String> {
+        let url = if path.starts_with('/') { format!("{}{path}", self.base) } else { path.to_string() };
+        let Some((scheme, authority)) = origin(&url) else {
+            bail!("registry {} sent `{path}`, which is not a URL xtask can follow", self.host);
+        };
+        match scheme.as_str() {
+            "https" => Ok(url),
+            "http" if is_insecure(&authority, &self.insecure) => Ok(url),
+            _ => bail!(
+                "registry {} sent xtask to `{url}`, which is not HTTPS; refused (plain HTTP is for loopback and hosts named with --insecure-registry)",
+                self.host
+            ),
         }
     }
 
-    fn unreachable(&self, e: ureq::Error) -> anyhow::Error {
+    /// Whether credentials for this registry may go to `url`.
+    fn is_own(&self, url: &str) -> bool {
+        origin(url).is_some() && origin(url) == origin(&self.base)
+    }
+
+    fn unreachable(&self, url: &str, e: ureq::Error) -> anyhow::Error {
+        if let ureq::Error::Timeout(t) = e {
+            return anyhow!(
+                "registry {} stalled at {url}: {t} (it was given {}s of silence; raise XTASK_REGISTRY_TIMEOUT if the registry is slow but alive)",
+                self.host,
+                self.stall.as_secs()
+            );
+        }
         anyhow!(
-            "registry {} is unreachable at {} ({e}); check the address, that the registry runs, and --insecure-registry for plain HTTP",
+            "registry {} is unreachable at {url} ({e}); check the address, that the registry runs, and --insecure-registry for plain HTTP",
             self.host,
-            self.base
         )
     }
 
-    /// One request, authenticating on a 401 challenge and retrying once.
+    /// One request, authenticating on a 401 challenge and retrying once, and following
+    /// redirects of bodiless requests (a blob served from object storage). The
+    /// Authorization header goes only to the registry's own origin.
     fn send(
         &self,
         method: &str,
@@ -79,31 +142,60 @@ impl Client {
         headers: &[(&str, &str)],
         mut body: Body<'_>,
     ) -> Result<ureq::http::Response<ureq::Body>> {
-        for attempt in 0..2 {
-            let url = self.url(path);
+        let mut url = self.url(path)?;
+        let (mut attempts, mut hops) = (0, 0);
+        if matches!(body, Body::Empty) && !matches!(method, "GET" | "HEAD") {
+            // An empty POST or PUT says so (Content-Length: 0) rather than going chunked.
+            body = Body::Bytes(&[]);
+        }
+        loop {
             let mut req = ureq::http::Request::builder().method(method).uri(&url);
             for (k, v) in headers {
                 req = req.header(*k, *v);
             }
-            if let Some(auth) = self.tokens.lock().expect("token lock").get(scope) {
+            if self.is_own(&url)
+                && let Some(auth) = self.tokens.lock().expect("token lock").get(scope)
+            {
                 req = req.header("Authorization", auth.as_str());
             }
+            let size = match &body {
+                Body::Empty => 0,
+                Body::Bytes(b) => b.len() as u64,
+                Body::Reader(_, n) => *n,
+            };
+            let total = Some(total_limit(self.stall, size));
             let resp = match &mut body {
-                Body::Empty => self.agent.run(req.body(()).expect("valid request")),
+                Body::Empty => {
+                    let req = req.body(()).expect("valid request");
+                    self.agent.run(self.agent.configure_request(req).timeout_global(total).build())
+                }
                 Body::Bytes(b) => {
-                    self.agent.run(req.header("Content-Length", b.len().to_string()).body(*b).expect("valid request"))
+                    let req = req.header("Content-Length", b.len().to_string()).body(*b).expect("valid request");
+                    self.agent.run(self.agent.configure_request(req).timeout_global(total).build())
                 }
                 Body::Reader(r, len) => {
                     let req = req
                         .header("Content-Length", len.to_string())
                         .body(ureq::SendBody::from_reader(r))
                         .expect("valid request");
-                    self.agent.run(req)
+                    self.agent.run(self.agent.configure_request(req).timeout_global(total).build())
                 }
             }
-            .map_err(|e| self.unreachable(e))?;
+            .map_err(|e| self.unreachable(&url, e))?;
             tracing::debug!(method, url, status = resp.status().as_u16(), "registry request");
-            if resp.status() == 401 && attempt == 0 {
+            if resp.status().is_redirection()
+                && matches!(body, Body::Empty)
+                && let Some(to) = resp.headers().get("Location").and_then(|v| v.to_str().ok())
+            {
+                hops += 1;
+                if hops > 5 {
+                    bail!("registry {} redirected {method} {path} more than 5 times; giving up", self.host);
+                }
+                url = self.url(&resolve(&url, to))?;
+                continue;
+            }
+            if resp.status() == 401 && attempts == 0 && self.is_own(&url) {
+                attempts += 1;
                 let challenge =
                     resp.headers().get("WWW-Authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
                 self.authenticate(&challenge, scope)?;
@@ -127,7 +219,6 @@ impl Client {
             }
             return Ok(resp);
         }
-        unreachable!("two attempts at most")
     }
 
     fn auth_error(&self, scope: &str) -> anyhow::Error {
@@ -157,15 +248,29 @@ impl Client {
                 let realm = p
                     .get("realm")
                     .ok_or_else(|| anyhow!("registry {} sent a Bearer challenge without realm", self.host))?;
+                let realm = self.url(realm)?;
                 let mut url = format!("{realm}?scope={}", scope.replace(' ', "&scope="));
                 if let Some(service) = p.get("service") {
                     url.push_str(&format!("&service={service}"));
                 }
                 let mut req = ureq::http::Request::builder().method("GET").uri(&url);
-                if let Some(c) = &self.creds {
-                    req = req.header("Authorization", c.basic());
+                // The password goes to the token service only when the registry itself
+                // serves it (or it is Docker Hub's): a realm elsewhere gets an anonymous
+                // request, so a hostile registry cannot collect it.
+                let trusted = self.is_own(&realm)
+                    || (super::auth::hub(&self.host) == "index.docker.io"
+                        && origin(&realm).is_some_and(|(s, a)| s == "https" && a == "auth.docker.io"));
+                match &self.creds {
+                    Some(c) if trusted => req = req.header("Authorization", c.basic()),
+                    Some(_) => tracing::warn!(
+                        "registry {} sent its token service elsewhere ({realm}); asking it without credentials",
+                        self.host
+                    ),
+                    None => {}
                 }
-                let mut resp = self.agent.run(req.body(()).expect("valid request")).map_err(|e| self.unreachable(e))?;
+                let req = req.body(()).expect("valid request");
+                let req = self.agent.configure_request(req).timeout_global(Some(total_limit(self.stall, 0))).build();
+                let mut resp = self.agent.run(req).map_err(|e| self.unreachable(&url, e))?;
                 if resp.status() == 401 || resp.status() == 403 {
                     bail!(self.auth_error(scope));
                 }
@@ -259,7 +364,7 @@ impl Client {
         on_bytes: &mut dyn FnMut(u64),
     ) -> Result<u64> {
         let digest = desc.sha256()?;
-        if let Some(size) = store.blob_size(&digest) {
+        if let Some(size) = store.verified_blob_size(&digest, Some(desc.size()))? {
             on_bytes(size);
             return Ok(0);
         }
@@ -270,7 +375,18 @@ impl Client {
             bail!("registry {} answered {status} for blob {}: {}", self.host, digest, Self::error_body(&mut resp));
         }
         let mut reader = resp.body_mut().with_config().limit(u64::MAX).reader();
-        store.ingest(&mut reader, &digest, &format!("blob {} from {}/{repo}", digest, self.host), on_bytes)
+        let what = format!("blob {} from {}/{repo}", digest, self.host);
+        store.ingest(&mut reader, &digest, Some(desc.size()), &what, on_bytes).map_err(|e| {
+            if format!("{e:#}").contains("timeout") || format!("{e:#}").contains("timed out") {
+                e.context(format!(
+                    "registry {} stalled while sending {digest} (each read may wait {}s; raise XTASK_REGISTRY_TIMEOUT if it is slow but alive)",
+                    self.host,
+                    self.stall.as_secs()
+                ))
+            } else {
+                e
+            }
+        })
     }
 
     /// Uploads a blob from the store unless the registry has it; returns bytes sent.
@@ -353,12 +469,14 @@ impl Client {
         Ok(size)
     }
 
+    /// Where an upload goes on: the Location the registry answered, as an absolute URL.
     fn location(&self, resp: &ureq::http::Response<ureq::Body>) -> Result<String> {
-        resp.headers()
+        let to = resp
+            .headers()
             .get("Location")
             .and_then(|v| v.to_str().ok())
-            .map(String::from)
-            .ok_or_else(|| anyhow!("registry {} started an upload without a Location", self.host))
+            .ok_or_else(|| anyhow!("registry {} started an upload without a Location", self.host))?;
+        self.url(&resolve(&self.base, to))
     }
 
     pub fn put_manifest(&self, repo: &str, tag: &str, media_type: &str, bytes: &[u8]) -> Result<()> {
@@ -387,6 +505,20 @@ impl Client {
 #[error("authenticated; the upload must start again")]
 struct NeedsRetry;
 
+/// `to` (a Location header) made absolute against `from`.
+fn resolve(from: &str, to: &str) -> String {
+    if to.starts_with("http://") || to.starts_with("https://") {
+        return to.to_string();
+    }
+    let (scheme, authority) = origin(from).unwrap_or_default();
+    if to.starts_with('/') {
+        format!("{scheme}://{authority}{to}")
+    } else {
+        let dir = from.split('?').next().unwrap_or(from);
+        format!("{}/{to}", dir.rsplit_once('/').map(|(d, _)| d).unwrap_or(dir))
+    }
+}
+
 fn with_digest(location: &str, digest: &Digest) -> String {
     let sep = if location.contains('?') { '&' } else { '?' };
     format!("{location}{sep}digest={digest}")
@@ -413,7 +545,8 @@ mod tests {
     fn plain_http_only_for_loopback_or_named_hosts() {
         assert!(is_insecure("127.0.0.1:5000", &[]));
         assert!(is_insecure("localhost:5000", &[]));
-        assert!(!is_insecure("registry.example.com", &[]));
+        assert!(is_insecure("127.0.0.2:5000", &[]) && is_insecure("[::1]:5000", &[]));
+        assert!(!is_insecure("registry.example.com", &[]) && !is_insecure("10.0.0.1:5000", &[]));
         assert!(is_insecure("registry.lan:5000", &["registry.lan:5000".into()]));
     }
 }

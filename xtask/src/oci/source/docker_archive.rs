@@ -111,7 +111,7 @@ pub(super) fn import_docker_archive(
             (None, _) => None,
         };
         if let Some(d) = &expected
-            && store.blob_size(d) == Some(size)
+            && store.blob_of_size(d, size)
         {
             progress.advance(size);
             layers.push(descriptor(media_type, d, size));

@@ -24,12 +24,12 @@ pub(super) trait LayoutFiles {
     fn open(&self, path: &str) -> Result<Option<(Box<dyn Read + '_>, u64)>>;
 
     fn read_small(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        let Some((mut r, size)) = self.open(path)? else { return Ok(None) };
+        let Some((r, size)) = self.open(path)? else { return Ok(None) };
         if size > 64 << 20 {
             bail!("{}: {path} is {size} bytes, too large for a JSON document", self.describe());
         }
         let mut bytes = Vec::with_capacity(size as usize);
-        r.read_to_end(&mut bytes).with_context(|| format!("{}: cannot read {path}", self.describe()))?;
+        r.take(size).read_to_end(&mut bytes).with_context(|| format!("{}: cannot read {path}", self.describe()))?;
         if (bytes.len() as u64) < size {
             bail!(
                 "{}: {path} is truncated ({} of {size} bytes); the archive is incomplete",
@@ -66,12 +66,29 @@ impl LayoutFiles for DirFiles {
     fn open(&self, path: &str) -> Result<Option<(Box<dyn Read + '_>, u64)>> {
         let path = safe_entry_path(path).map_err(|e| anyhow!("{}: {e}", self.label))?;
         let p = self.root.join(path);
-        match File::open(&p) {
+        // Only regular files are read: not through a symlink (which could name /dev/zero or
+        // a host secret), and a FIFO or device is refused before it is read from (non-blocking
+        // open, then a check of what was opened). What is read is bounded by its size.
+        use std::os::unix::fs::OpenOptionsExt;
+        let flags = (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32;
+        let refuse = || {
+            anyhow!(
+                "{}: {} is not a regular file (a symlink, FIFO or device); refusing to read it. Copy the layout with `cp -rL` if the links are yours",
+                self.label,
+                p
+            )
+        };
+        match File::options().read(true).custom_flags(flags).open(&p) {
             Ok(f) => {
-                let size = f.metadata()?.len();
-                Ok(Some((Box::new(f), size)))
+                let meta = f.metadata()?;
+                if !meta.is_file() {
+                    return Err(refuse());
+                }
+                let size = meta.len();
+                Ok(Some((Box::new(f.take(size)), size)))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => Err(refuse()),
             Err(e) => Err(e).with_context(|| format!("cannot read {}", p)),
         }
     }
@@ -324,7 +341,9 @@ pub(super) fn import_oci_layout(
                 layer.size()
             );
         }
-        store.ingest(&mut r, &digest, &format!("{what} layer {}", blob_path(&digest)), &mut |n| progress.advance(n))?;
+        store.ingest(&mut r, &digest, Some(size), &format!("{what} layer {}", blob_path(&digest)), &mut |n| {
+            progress.advance(n)
+        })?;
         let mut d = descriptor(media_type, &digest, layer.size());
         d.set_annotations(layer.annotations().clone());
         layers.push(d);

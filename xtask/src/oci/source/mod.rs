@@ -138,7 +138,7 @@ fn all_blobs_present(store: &Store, base: &BaseImage) -> bool {
     std::iter::once(&base.manifest)
         .chain(std::iter::once(&base.config))
         .chain(base.layers.iter())
-        .all(|d| d.sha256().is_ok_and(|digest| store.blob_size(&digest) == Some(d.size())))
+        .all(|d| d.sha256().is_ok_and(|digest| store.blob_of_size(&digest, d.size())))
 }
 
 /// A cheap identity of a local source (path, size, mtime, inode of the file that changes
