@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -168,24 +168,14 @@ fn registry_with_base() -> Registry {
 fn run_bounded(repo: &Repo, args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
     let config = tempfile::tempdir().unwrap();
     let mut c = repo.xtask();
-    c.args(args).env("DOCKER_CONFIG", config.path()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.args(args).env("DOCKER_CONFIG", config.path());
     for var in ["XTASK_REGISTRY_USER", "XTASK_REGISTRY_PASSWORD", "XTASK_REGISTRY_HOST", "XTASK_REGISTRY_TIMEOUT"] {
         c.env_remove(var);
     }
     for (k, v) in env {
         c.env(k, v);
     }
-    let mut child = c.spawn().unwrap();
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!("xtask {args:?} still ran after {limit:?}; it hangs:\n{}", stderr(&out));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child.wait_with_output().unwrap()
+    output_within(&mut c, limit)
 }
 
 const CREDS: [(&str, &str); 2] = [("XTASK_REGISTRY_USER", "ci"), ("XTASK_REGISTRY_PASSWORD", "s3cret-pw")];

@@ -506,3 +506,19 @@ pub fn content_length(head: &str) -> usize {
         .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
         .unwrap_or(0)
 }
+
+/// Runs `cmd` to completion, failing the test if it still runs after `limit`: for tests
+/// whose bug would be a hang.
+pub fn output_within(cmd: &mut Command, limit: std::time::Duration) -> Output {
+    let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("{cmd:?} still ran after {limit:?}; it hangs:\n{}", stderr(&out));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
