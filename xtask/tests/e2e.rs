@@ -14,7 +14,7 @@ use std::process::Output;
 
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ResourceQuota};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Pod, ResourceQuota};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 
@@ -353,6 +353,14 @@ async fn airflow_on_kubernetes_end_to_end() {
     assert!(deployments.list(&ListParams::default()).await.unwrap().items.is_empty());
     assert!(cms.get_opt("airflow-config").await.unwrap().is_none());
     assert!(cms.get_opt("made-by-someone-else").await.unwrap().is_some());
+    // It returns once what it deleted is gone: the logs claim too, which waits for its pods.
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
+    assert!(claims.get_opt("airflow-logs").await.unwrap().is_none(), "k8s-down returned with the claim terminating");
+
+    // 11. Up again at once converges (it used to wait 600 s on a vanished claim).
+    install.up_ok(&["--timeout", "300"]);
+    let out = install.run(&["k8s-down", "--keep-cluster"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     drop(ns_guard);
 }
 

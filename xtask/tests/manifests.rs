@@ -256,14 +256,44 @@ fn render_resolves_placeholders_namespace_pod_template_and_hides_secrets() {
     assert!(pod["spec"]["containers"][0]["image"].as_str().unwrap().ends_with(&digest));
     let binding = docs.iter().find(|d| d["kind"] == "RoleBinding").unwrap();
     assert_eq!(binding["subjects"][0]["namespace"], "team-a");
-    let secrets: Vec<&serde_json::Value> = docs.iter().filter(|d| d["kind"] == "Secret").collect();
-    assert_eq!(secrets.len(), 3);
-    for s in secrets {
-        for (_, v) in s["stringData"].as_object().unwrap() {
-            assert_eq!(v, "<generated>");
-        }
-    }
+    // No generated Secret is printed: a placeholder applied elsewhere would be the key.
+    assert!(docs.iter().all(|d| d["kind"] != "Secret"), "a Secret was rendered");
+    assert!(!text.contains("<generated>"));
+    assert!(text.contains("airflow-secrets (keys: ") && text.contains("kubectl -n team-a get secret NAME"), "{text}");
     // Dependency order: the namespace first, deployments last.
     assert_eq!(docs[0]["kind"], "Namespace");
     assert_eq!(docs.last().unwrap()["kind"], "Deployment");
+}
+
+#[test]
+fn each_component_gets_the_keys_it_reads_and_no_key_that_signs_tokens_reaches_dag_code() {
+    // The scheduler lost the key it signs worker tokens with.
+    let repo = repo_with_manifests();
+    edit(
+        &repo,
+        "k8s/airflow/scheduler.yaml",
+        "            - name: AIRFLOW__API_AUTH__JWT_SECRET\n              valueFrom: {secretKeyRef: {name: airflow-secrets, key: AIRFLOW__API_AUTH__JWT_SECRET}}\n",
+        "",
+    );
+    check_fails(&repo, &["scheduler.yaml", "`scheduler` needs AIRFLOW__API_AUTH__JWT_SECRET", "secretKeyRef"]);
+
+    // The dag-processor, which runs DAG authors' code, given the whole secret.
+    let repo = repo_with_manifests();
+    edit(
+        &repo,
+        "k8s/airflow/dag-processor.yaml",
+        "          envFrom:\n",
+        "          envFrom:\n            - secretRef: {name: airflow-secrets}\n",
+    );
+    check_fails(&repo, &["dag-processor.yaml", "runs DAG authors' code", "AIRFLOW__API_AUTH__JWT_SECRET"]);
+
+    // The scheduler without its service account token cannot start worker pods.
+    let repo = repo_with_manifests();
+    edit(
+        &repo,
+        "k8s/airflow/scheduler.yaml",
+        "      serviceAccountName: airflow-scheduler\n",
+        "      serviceAccountName: airflow-scheduler\n      automountServiceAccountToken: false\n",
+    );
+    check_fails(&repo, &["scheduler.yaml", "automountServiceAccountToken", "needs its service account token"]);
 }

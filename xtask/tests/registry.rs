@@ -124,6 +124,7 @@ fn a_registry_with_htpasswd_needs_credentials_from_env_or_docker_config_and_neve
         c.args(["images", "--push", &registry.host])
             .env_remove("XTASK_REGISTRY_USER")
             .env_remove("XTASK_REGISTRY_PASSWORD")
+            .env("XTASK_REGISTRY_HOST", &registry.host)
             .env("DOCKER_CONFIG", docker_config);
         for (k, v) in env {
             c.env(k, v);

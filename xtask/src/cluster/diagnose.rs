@@ -89,6 +89,7 @@ pub fn hint(reason: &str, message: &str, image: Option<&str>, node: Option<&str>
         "OOMKilled" => "the container used more memory than resources.limits.memory allows; raise the limit in its file under k8s/airflow/".into(),
         "CrashLoopBackOff" | "Error" => "the container keeps exiting; read its log with `cargo xtask logs COMPONENT` (or kubectl logs --previous)".into(),
         "Unschedulable" => format!("the scheduler cannot place it ({message}); lower its resources.requests in k8s/ or give the cluster more room"),
+        "MissingPVC" => format!("a PersistentVolumeClaim it mounts is missing or still being deleted ({message}); wait for `cargo xtask k8s-down` to finish, then run `cargo xtask k8s-up` again, which creates it"),
         "UnboundPVC" => "its PersistentVolumeClaim is not bound: the cluster needs a default StorageClass (kind has one) or a matching PersistentVolume".into(),
         _ => return None,
     })
@@ -144,7 +145,11 @@ pub async fn pod_state(client: &kube::Client, namespace: &str, pod: &Pod) -> Res
     for c in status.conditions.iter().flatten() {
         if c.type_ == "PodScheduled" && c.status == "False" {
             let msg = c.message.clone().unwrap_or_default();
-            let r = if msg.contains("unbound") && msg.contains("PersistentVolumeClaim") {
+            let r = if msg.contains("persistentvolumeclaim")
+                && (msg.contains("not found") || msg.contains("being deleted"))
+            {
+                "MissingPVC"
+            } else if msg.contains("unbound") && msg.contains("PersistentVolumeClaim") {
                 "UnboundPVC"
             } else {
                 "Unschedulable"
@@ -198,6 +203,7 @@ mod tests {
             "CreateContainerConfigError",
             "Unschedulable",
             "UnboundPVC",
+            "MissingPVC",
         ] {
             assert!(hint(r, "msg", Some("img"), Some("node")).is_some(), "{r}");
         }

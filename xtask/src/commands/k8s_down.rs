@@ -30,6 +30,11 @@ pub fn run(ctx: &Ctx, args: &K8sDownArgs) -> Result<()> {
             for r in &removed {
                 println!("deleted {} {}", r.kind, r.name);
             }
+            // Deletion only starts it: a claim stays until its pods are gone. Waiting here
+            // means a k8s-up right after finds nothing half-deleted.
+            ctx.block_on(apply::wait_deleted(&cluster, &removed, apply::TERMINATING_TIMEOUT, &mut |left| {
+                eprintln!("waiting for {} to finish terminating: {}", left.len(), left.join(", "));
+            }))?;
             println!("removed {} objects from namespace {}", removed.len(), settings.namespace);
         }
     }

@@ -1,6 +1,6 @@
 //! `cargo xtask manifests check|render`: the documents in k8s/, as typed objects.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use anyhow::Result;
 use serde_json::json;
@@ -9,7 +9,6 @@ use crate::cli::{ManifestsArgs, ManifestsCommand};
 use crate::config::{self};
 use crate::ctx::Ctx;
 use crate::deploy::check::{self, CheckContext};
-use crate::deploy::manifests;
 use crate::deploy::render::{self, RenderOptions};
 use crate::deploy::secrets::GENERATED;
 use crate::deploy::{built_images, load_docs, placeholders};
@@ -64,19 +63,21 @@ pub fn run(ctx: &Ctx, args: &ManifestsArgs) -> Result<()> {
                 eprintln!("note: image `{m}` is not built yet, so it stays a placeholder; run `cargo xtask images`");
             }
             let mut objects = render::render(&docs, &RenderOptions { namespace: &cluster.namespace, images: &images })?;
-            for g in GENERATED {
-                let data: BTreeMap<&str, &str> = g.keys.iter().map(|k| (*k, "<generated>")).collect();
-                objects.push(json!({
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "metadata": {"name": g.name, "namespace": cluster.namespace, "labels": {manifests::MANAGED_BY_LABEL: manifests::MANAGED_BY}},
-                    "stringData": data,
-                }));
-            }
             objects.sort_by_key(|v| render::apply_order(v["kind"].as_str().unwrap_or("")));
             for o in &objects {
                 println!("---\n{}", serde_yaml_ng::to_string(o)?.trim_end());
             }
+            // Generated secrets are left out: a placeholder applied by hand or by a GitOps
+            // tool would become the real (and public) key. Say what they are and where to
+            // read them instead.
+            println!("# Not rendered: the Secrets `cargo xtask k8s-up` generates and keeps only in the cluster.");
+            for g in GENERATED {
+                println!("#   {} (keys: {})", g.name, g.keys.join(", "));
+            }
+            println!(
+                "# Create them before applying this elsewhere, or read a cluster's with:\n#   kubectl -n {} get secret NAME -o jsonpath='{{.data.KEY}}' | base64 -d",
+                cluster.namespace
+            );
             Ok(())
         }
     }

@@ -214,7 +214,21 @@ async fn apply_one(cluster: &Cluster, obj: &Value) -> Result<ObjectResult> {
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
     let (api, namespaced) = api_for(cluster, api_version, &kind).await?;
     let resource = format!("{}s", kind.to_lowercase());
-    let before = api.get_opt(&name).await.map_err(|e| cluster.explain(e, "get", &resource))?;
+    let mut before = api.get_opt(&name).await.map_err(|e| cluster.explain(e, "get", &resource))?;
+    if before.as_ref().is_some_and(|b| b.metadata.deletion_timestamp.is_some()) {
+        // Still terminating from a k8s-down (a claim waits for its pods): an apply now would
+        // count it unchanged and then lose it. Wait until it is gone and create it anew.
+        eprintln!("waiting for {kind} {name} to finish terminating before applying it");
+        wait_gone(&api, &name, TERMINATING_TIMEOUT).await.map_err(|_| {
+            anyhow!(
+                "{kind} {name} is still terminating after {} s; something holds its finalizers (see `kubectl -n {} describe {} {name}`)",
+                TERMINATING_TIMEOUT.as_secs(),
+                cluster.namespace,
+                resource
+            )
+        })?;
+        before = None;
+    }
     let mut dynamic: DynamicObject =
         serde_json::from_value(obj.clone()).with_context(|| format!("{kind} {name} is not a valid object"))?;
     if !namespaced {
@@ -371,6 +385,67 @@ pub async fn delete_managed(cluster: &Cluster, keep: &BTreeSet<(String, String)>
         }
     }
     Ok(out)
+}
+
+/// How long an object may take to finish terminating before an apply gives up on it.
+pub const TERMINATING_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Waits until `name` no longer exists, or `limit` passed (Err).
+async fn wait_gone(api: &Api<DynamicObject>, name: &str, limit: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    while api.get_opt(name).await?.is_some() {
+        if tokio::time::Instant::now() > deadline {
+            bail!("still there");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
+/// Waits until every object `removed` names is gone (finalizers done), telling
+/// `on_wait` what is left each time the set shrinks; Err names what stayed past `limit`.
+pub async fn wait_deleted(
+    cluster: &Cluster,
+    removed: &[ObjectResult],
+    limit: Duration,
+    on_wait: &mut dyn FnMut(&[String]),
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut last = usize::MAX;
+    loop {
+        let mut left = Vec::new();
+        for r in removed {
+            let Some((v, _, _, _)) = KINDS.iter().find(|k| k.1 == r.kind) else { continue };
+            let (api, _) = api_for(cluster, v, &r.kind).await?;
+            if api.get_opt(&r.name).await.map_err(|e| cluster.explain(e, "get", &r.kind))?.is_some() {
+                left.push(format!("{} {}", r.kind, r.name));
+            }
+        }
+        // The pods their controllers made go too (a claim waits for them).
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+        let selector = "app.kubernetes.io/name=airflow";
+        for p in
+            pods.list(&ListParams::default().labels(selector)).await.map_err(|e| cluster.explain(e, "list", "pods"))?
+        {
+            left.push(format!("Pod {}", p.name_any()));
+        }
+        if left.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "still terminating after {} s: {}; see `kubectl -n {} get pods,pvc` for what holds them",
+                limit.as_secs(),
+                left.join(", "),
+                cluster.namespace
+            );
+        }
+        if left.len() != last {
+            on_wait(&left);
+            last = left.len();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Everything xtask made in the namespace, generated secrets too (for k8s-down).

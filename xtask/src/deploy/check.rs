@@ -380,6 +380,9 @@ fn check_pod_spec(
                 problems.push(problem(doc, &format!("{at}.envFrom[{j}].secretRef.name"), missing("Secret", &r.name)));
             }
         }
+        if list == "containers" {
+            check_secret_keys(doc, &at, c, spec, defined, problems);
+        }
         if is_long_running(t) && list == "containers" {
             let req = c.resources.as_ref().and_then(|r| r.requests.as_ref());
             let lim = c.resources.as_ref().and_then(|r| r.limits.as_ref());
@@ -476,6 +479,83 @@ pub fn service_hosts(text: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// The generated keys an Airflow command reads, and why.
+const SQL_CONN: &str = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN";
+const JWT_SECRET: &str = "AIRFLOW__API_AUTH__JWT_SECRET";
+const API_SECRET_KEY: &str = "AIRFLOW__API__SECRET_KEY";
+
+/// What an Airflow container needs from the generated secrets, and what it must not get:
+/// the dag-processor, the triggerer and the workers run DAG authors' code, so they get no
+/// key that signs tokens or sessions. The scheduler also needs its service account token
+/// (it starts worker pods through the API).
+fn check_secret_keys(
+    doc: &Doc,
+    at: &str,
+    c: &Container,
+    spec: &PodSpec,
+    defined: &Defined<'_>,
+    problems: &mut Vec<Problem>,
+) {
+    let args = c.args.as_deref().unwrap_or_default();
+    let command = if c.name == "base" { "worker" } else { args.first().map(String::as_str).unwrap_or("") };
+    let (needs, never): (&[(&str, &str)], &[&str]) = match command {
+        "scheduler" => {
+            (&[(SQL_CONN, "it reads the metadata database"), (JWT_SECRET, "it signs the tokens worker pods use")], &[])
+        }
+        "api-server" => (
+            &[
+                (SQL_CONN, "it reads the metadata database"),
+                (JWT_SECRET, "it checks the tokens worker pods send"),
+                (API_SECRET_KEY, "it signs sessions and log requests"),
+            ],
+            &[],
+        ),
+        "dag-processor" | "triggerer" => {
+            (&[(SQL_CONN, "it reads the metadata database")], &[JWT_SECRET, API_SECRET_KEY])
+        }
+        "worker" => (&[], &[JWT_SECRET, API_SECRET_KEY, SQL_CONN]),
+        _ => return,
+    };
+    // Keys the container gets: by name, or every key of a Secret it takes whole.
+    let mut has: BTreeSet<String> = c.env.iter().flatten().map(|e| e.name.clone()).collect();
+    for f in c.env_from.iter().flatten() {
+        if let Some(r) = &f.secret_ref
+            && let Some(keys) = defined.secrets.get(&r.name)
+        {
+            has.extend(keys.iter().cloned());
+        }
+    }
+    for (key, why) in needs {
+        if !has.contains(*key) {
+            problems.push(problem(
+                doc,
+                &format!("{at}.env"),
+                format!(
+                    "`{command}` needs {key} ({why}); add `- name: {key}` with `valueFrom: {{secretKeyRef: {{name: airflow-secrets, key: {key}}}}}` to its env"
+                ),
+            ));
+        }
+    }
+    for key in never {
+        if has.contains(*key) {
+            problems.push(problem(
+                doc,
+                &format!("{at}.env"),
+                format!(
+                    "`{command}` runs DAG authors' code and must not get {key}; give it only the keys it reads (secretKeyRef per key, not envFrom of airflow-secrets)"
+                ),
+            ));
+        }
+    }
+    if command == "scheduler" && spec.automount_service_account_token == Some(false) {
+        problems.push(problem(
+            doc,
+            "spec.template.spec.automountServiceAccountToken",
+            "the scheduler starts worker pods through the Kubernetes API and needs its service account token; remove `automountServiceAccountToken: false`".into(),
+        ));
+    }
 }
 
 #[cfg(test)]
