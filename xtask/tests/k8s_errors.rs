@@ -61,6 +61,33 @@ fn kubeconfigs_that_are_missing_wrong_or_point_nowhere_are_explained() {
     );
 }
 
+#[test]
+fn an_api_server_that_accepts_and_never_answers_is_given_up_on() {
+    // A listener that takes the connection (TLS handshake and all bytes) and says nothing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let repo = Repo::new();
+    let text = fs::read_to_string(test_kubeconfig()).unwrap();
+    let server = text.lines().find(|l| l.trim_start().starts_with("server:")).unwrap().trim().to_string();
+    let silent = repo.path("silent.kubeconfig");
+    fs::write(&silent, text.replace(&server, &format!("server: https://127.0.0.1:{port}"))).unwrap();
+    let started = std::time::Instant::now();
+    let out = output_within(
+        repo.xtask().args(["status", "--kubeconfig", silent.to_str().unwrap()]).env("XTASK_KUBE_TIMEOUT", "3"),
+        std::time::Duration::from_secs(90),
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&format!("cannot reach the Kubernetes API server at https://127.0.0.1:{port}/")), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "took {:?}", started.elapsed());
+}
+
 #[tokio::test]
 async fn a_forbidden_request_names_the_verb_resource_and_the_can_i_check() {
     let client = kube_client().await;

@@ -45,7 +45,7 @@ pub fn api_session(ctx: &Ctx, cluster: &Cluster) -> Result<(PortForward, ApiClie
             }
         }
     })?;
-    let pf = ctx.block_on(PortForward::start(&client, &ns, &pod, 8080))?;
+    let pf = ctx.block_on(PortForward::start(&cluster.streams, &ns, &pod, 8080))?;
     let api = ApiClient::login(&pf.base_url(), &user, &password)?;
     Ok((pf, api, pod))
 }

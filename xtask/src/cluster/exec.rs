@@ -83,7 +83,7 @@ async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin)
 /// Runs the command with our stdio; returns its exit code (130 when Ctrl+C ended a
 /// non-TTY run).
 pub async fn exec_streaming(cluster: &Cluster, pod: &str, req: &ExecRequest) -> Result<i32> {
-    let api: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let api: Api<Pod> = Api::namespaced(cluster.streams.clone(), &cluster.namespace);
     let ap = AttachParams::default()
         .container(req.container.clone())
         .stdin(req.stdin || req.tty)
@@ -150,7 +150,7 @@ pub async fn exec_capture(
     argv: Vec<String>,
     input: Option<Vec<u8>>,
 ) -> Result<(i32, Vec<u8>, Vec<u8>)> {
-    let api: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let api: Api<Pod> = Api::namespaced(cluster.streams.clone(), &cluster.namespace);
     let ap = AttachParams::default().container(container).stdin(input.is_some()).stdout(true).stderr(true);
     let mut proc = api.exec(pod, argv, &ap).await.map_err(|e| cluster.explain(e, "create", "pods/exec"))?;
     let status = proc.take_status().context("the exec stream has no status channel")?;

@@ -74,10 +74,23 @@ pub fn kind_kubeconfig(project: &Project, name: &str) -> Utf8PathBuf {
 /// A connected cluster: the client, the API server's address, the namespace.
 #[derive(Clone)]
 pub struct Cluster {
+    /// For requests that answer at once: gives up on an API server silent for
+    /// XTASK_KUBE_TIMEOUT seconds (60).
     pub client: kube::Client,
+    /// For streams that may stay quiet for long (exec, logs -f, port-forward, watches):
+    /// no read timeout; exec and port-forward keep their own pings.
+    pub streams: kube::Client,
     pub url: String,
     pub namespace: String,
     pub target: Target,
+}
+
+/// How long a request may wait on a silent API server: XTASK_KUBE_TIMEOUT seconds, 60 by
+/// default.
+pub fn kube_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(
+        std::env::var("XTASK_KUBE_TIMEOUT").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(60),
+    )
 }
 
 /// Connects to the target and checks the API server answers.
@@ -105,9 +118,14 @@ pub async fn connect(target: &Target, namespace: &str) -> Result<Cluster> {
         .await
         .with_context(|| format!("cannot use kubeconfig {}", path))?;
     let url = config.cluster_url.to_string();
+    let streams = kube::Client::try_from(config.clone()).context("cannot set up a Kubernetes client")?;
+    let mut config = config;
+    config.read_timeout = Some(kube_timeout());
+    config.write_timeout = Some(kube_timeout());
+    config.reset_reader_on_write = true;
     let client = kube::Client::try_from(config).context("cannot set up a Kubernetes client")?;
     tracing::debug!(url, kubeconfig = %path, context = ?target.context(), "connecting to the cluster");
-    let cluster = Cluster { client, url, namespace: namespace.to_string(), target: target.clone() };
+    let cluster = Cluster { client, streams, url, namespace: namespace.to_string(), target: target.clone() };
     cluster.version().await?;
     Ok(cluster)
 }

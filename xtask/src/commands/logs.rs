@@ -26,7 +26,7 @@ async fn print_logs(
     follow: bool,
     tail: Option<i64>,
 ) -> Result<()> {
-    let api: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let api: Api<Pod> = Api::namespaced(cluster.streams.clone(), &cluster.namespace);
     let mut sources = Vec::new();
     for pod in pods {
         let name = pod.metadata.name.clone().unwrap_or_default();

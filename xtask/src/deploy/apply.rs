@@ -448,9 +448,17 @@ pub async fn wait_deleted(
     }
 }
 
-/// Everything xtask made in the namespace, generated secrets too (for k8s-down).
+/// Everything xtask made in the namespace, generated secrets too, and the worker pods the
+/// executor left (for k8s-down).
 pub async fn delete_everything(cluster: &Cluster) -> Result<Vec<ObjectResult>> {
     let mut out = delete_managed(cluster, &BTreeSet::new()).await?;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let workers = ListParams::default().labels("kubernetes_executor=True");
+    for p in pods.list(&workers).await.map_err(|e| cluster.explain(e, "list", "pods"))? {
+        let name = p.name_any();
+        pods.delete(&name, &DeleteParams::background()).await.map_err(|e| cluster.explain(e, "delete", "pods"))?;
+        out.push(ObjectResult { kind: "Pod".into(), name, action: "deleted" });
+    }
     let api: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
     for g in GENERATED {
         if api.get_opt(g.name).await?.is_some() {

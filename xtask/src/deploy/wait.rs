@@ -151,7 +151,7 @@ async fn look(cluster: &Cluster, check: &Check) -> Result<Result<(), String>> {
             let Some(pod) = ready.and_then(|p| p.metadata.name.clone()) else {
                 return Ok(Err("no ready pod to ask".into()));
             };
-            let pf = PortForward::start(c, ns, &pod, *port).await?;
+            let pf = PortForward::start(&cluster.streams, ns, &pod, *port).await?;
             let url = format!("{}{path}", pf.base_url());
             let answer = tokio::task::spawn_blocking(move || -> Result<(u16, String)> {
                 let agent: ureq::Agent = ureq::Agent::config_builder()

@@ -5,8 +5,8 @@
 //! renamed into place only once their digest is known (and checked, when one was
 //! expected), so a build killed at any moment leaves nothing half-written under a final
 //! name; blobs and their directory are fsynced around the rename, so a power loss does not
-//! either. A blob is reused only at the size its record gives, and one that came from
-//! outside is hashed again before reuse; `cargo xtask images --verify` hashes them all. Because the store is a plain OCI layout, `skopeo`, `umoci` and `oci:` base
+//! either. A blob is reused only at the size its record gives (a torn one is made again),
+//! and `cargo xtask images --verify` hashes them all. Because the store is a plain OCI layout, `skopeo`, `umoci` and `oci:` base
 //! references can read it directly.
 
 use camino::{Utf8Path, Utf8PathBuf};
@@ -162,9 +162,10 @@ impl Store {
 
     /// Copies a blob from `reader` into the store, checking it against `expected` and, when
     /// given, its declared `size`: reading stops one byte past it, so a source that never
-    /// ends cannot fill the disk. A blob already present is reused when its size matches and
-    /// its bytes still hash to its name (a torn blob is replaced). On a mismatch the store is
-    /// left without the bad bytes. `on_bytes` is told of progress.
+    /// ends cannot fill the disk. A blob already present is reused at its declared size (one
+    /// of another size, torn, is replaced); its bytes were hashed when it entered and fsynced
+    /// before it was named, and `images --verify` hashes them again on demand. On a mismatch
+    /// the store is left without the bad bytes. `on_bytes` is told of progress.
     pub fn ingest(
         &self,
         reader: &mut dyn Read,
@@ -173,7 +174,9 @@ impl Store {
         what: &str,
         on_bytes: &mut dyn FnMut(u64),
     ) -> Result<u64> {
-        if let Some(have) = self.verified_blob_size(expected, size)? {
+        if let Some(have) = self.blob_size(expected)
+            && size.is_none_or(|s| self.blob_of_size(expected, s))
+        {
             on_bytes(have);
             return Ok(have);
         }
@@ -191,18 +194,6 @@ impl Store {
         }
         let (_, size) = w.commit(Some(expected), what)?;
         Ok(size)
-    }
-
-    /// The size of a stored blob if it is whole: of the declared size (when given) and
-    /// hashing to its name. A torn or wrong blob is removed and None returned.
-    pub fn verified_blob_size(&self, digest: &Digest, size: Option<u64>) -> Result<Option<u64>> {
-        let Some(have) = self.blob_size(digest) else { return Ok(None) };
-        if size.is_none_or(|s| s == have) && self.hash_blob(digest)? == *digest {
-            return Ok(Some(have));
-        }
-        tracing::warn!("blob {digest} in the image store is damaged; fetching it again");
-        fs::remove_file(self.blob_path(digest)).with_context(|| format!("cannot remove {}", self.blob_path(digest)))?;
-        Ok(None)
     }
 
     /// The digest of a stored blob's bytes as they are now.

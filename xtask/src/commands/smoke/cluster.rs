@@ -145,7 +145,7 @@ pub fn run(ctx: &Ctx, args: &SmokeArgs) -> Result<()> {
     let pods: Arc<Mutex<BTreeMap<String, PodTrack>>> = Arc::default();
     let watch = {
         let pods = pods.clone();
-        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let api: Api<Pod> = Api::namespaced(cluster.streams.clone(), &ns);
         ctx.handle().spawn(async move {
             let mut stream = watcher(api, watcher::Config::default().labels("kubernetes_executor=True")).boxed();
             while let Some(ev) = stream.next().await {
