@@ -328,6 +328,15 @@ async fn airflow_on_kubernetes_end_to_end() {
     assert!(deployments.get_opt("airflow-triggerer").await.unwrap().is_none());
     assert!(cms.get_opt("made-by-someone-else").await.unwrap().is_some(), "pruned an object xtask did not make");
 
+    // 8b. Down, then up at once, converges: k8s-down returns once what it deleted is gone
+    // (the logs claim too, which waits for its pods); it used to return at once, and the
+    // next apply found the claim terminating and waited 600 s for pods that never started.
+    let out = install.run(&["k8s-down", "--keep-cluster"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
+    assert!(claims.get_opt("airflow-logs").await.unwrap().is_none(), "k8s-down returned with the claim terminating");
+    install.up_ok(&[]);
+
     // 9. Images through a real registry instead: pods pull from it.
     let registry = Registry::start(None);
     let hosts = std::path::Path::new("/var/lib/xtask-local-cluster/containerd/certs.d").join(&registry.host);
@@ -353,14 +362,7 @@ async fn airflow_on_kubernetes_end_to_end() {
     assert!(deployments.list(&ListParams::default()).await.unwrap().items.is_empty());
     assert!(cms.get_opt("airflow-config").await.unwrap().is_none());
     assert!(cms.get_opt("made-by-someone-else").await.unwrap().is_some());
-    // It returns once what it deleted is gone: the logs claim too, which waits for its pods.
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
     assert!(claims.get_opt("airflow-logs").await.unwrap().is_none(), "k8s-down returned with the claim terminating");
-
-    // 11. Up again at once converges (it used to wait 600 s on a vanished claim).
-    install.up_ok(&["--timeout", "300"]);
-    let out = install.run(&["k8s-down", "--keep-cluster"]);
-    assert!(out.status.success(), "{}", stderr(&out));
     drop(ns_guard);
 }
 
