@@ -118,8 +118,11 @@ pub async fn connect(target: &Target, namespace: &str) -> Result<Cluster> {
         .await
         .with_context(|| format!("cannot use kubeconfig {}", path))?;
     let url = config.cluster_url.to_string();
-    let streams = kube::Client::try_from(config.clone()).context("cannot set up a Kubernetes client")?;
+    // Connecting includes the TLS handshake: a server that accepts and says nothing is
+    // given up on after the same time.
     let mut config = config;
+    config.connect_timeout = Some(kube_timeout());
+    let streams = kube::Client::try_from(config.clone()).context("cannot set up a Kubernetes client")?;
     config.read_timeout = Some(kube_timeout());
     config.write_timeout = Some(kube_timeout());
     config.reset_reader_on_write = true;
