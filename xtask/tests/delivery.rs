@@ -48,3 +48,29 @@ fn containerd_gets_the_full_image_then_nothing_then_only_the_changed_layer() {
         "{listing}"
     );
 }
+
+#[test]
+fn a_ctr_stand_in_that_hangs_is_stopped_with_the_time_it_had() {
+    // A stand-in for a containerd that stopped answering: a `ctr` first on PATH that never
+    // returns. The real one cannot be made to hang on cue.
+    let repo = Repo::new();
+    let bin = repo.path("fake-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let ctr = bin.join("ctr");
+    std::fs::write(&ctr, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&ctr, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let started = std::time::Instant::now();
+    let out = output_within(
+        repo.xtask()
+            .args(["images", "--load", "containerd", "--containerd-socket", "/nonexistent/containerd.sock"])
+            .env("PATH", path)
+            .env("XTASK_CTR_TIMEOUT", "2"),
+        std::time::Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("did not finish within 2s") && err.contains("XTASK_CTR_TIMEOUT"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "took {:?}", started.elapsed());
+}
