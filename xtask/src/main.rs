@@ -10,6 +10,7 @@ mod deploy;
 mod error;
 mod fsutil;
 mod image_build;
+mod limits;
 mod oci;
 mod pipeline;
 mod process;

@@ -8,5 +8,8 @@ pub mod dagcheck;
 pub mod runner;
 pub mod session;
 
+/// The label the KubernetesExecutor puts on every worker pod it starts.
+pub const WORKER_POD_SELECTOR: &str = "kubernetes_executor=True";
+
 /// `airflow dags test` of each smoke DAG, for `smoke --local`.
 pub const SMOKE_LOCAL_SCRIPT: &str = include_str!("smoke_local.py");

@@ -37,9 +37,7 @@ pub struct CtrOutput {
 /// How long one `ctr` call may take, import included: XTASK_CTR_TIMEOUT seconds, 600 by
 /// default.
 fn ctr_timeout() -> std::time::Duration {
-    std::time::Duration::from_secs(
-        std::env::var("XTASK_CTR_TIMEOUT").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(600),
-    )
+    crate::limits::env_seconds("XTASK_CTR_TIMEOUT", 600)
 }
 
 /// A containerd on this machine, by socket: a node whose runtime is local (the test

@@ -88,9 +88,7 @@ pub struct Cluster {
 /// How long a request may wait on a silent API server: XTASK_KUBE_TIMEOUT seconds, 60 by
 /// default.
 pub fn kube_timeout() -> std::time::Duration {
-    std::time::Duration::from_secs(
-        std::env::var("XTASK_KUBE_TIMEOUT").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(60),
-    )
+    crate::limits::env_seconds("XTASK_KUBE_TIMEOUT", 60)
 }
 
 /// Connects to the target and checks the API server answers.

@@ -12,7 +12,7 @@ use crate::ctx::Ctx;
 
 /// Worker pods' labels, as the KubernetesExecutor sets them.
 pub fn worker_selector(dag_id: &str, task_id: Option<&str>) -> String {
-    let mut s = format!("kubernetes_executor=True,dag_id={dag_id}");
+    let mut s = format!("{},dag_id={dag_id}", crate::airflow::WORKER_POD_SELECTOR);
     if let Some(t) = task_id {
         s.push_str(&format!(",task_id={t}"));
     }

@@ -219,14 +219,14 @@ async fn apply_one(cluster: &Cluster, obj: &Value) -> Result<ObjectResult> {
         // Still terminating from a k8s-down (a claim waits for its pods): an apply now would
         // count it unchanged and then lose it. Wait until it is gone and create it anew.
         eprintln!("waiting for {kind} {name} to finish terminating before applying it");
-        wait_gone(&api, &name, TERMINATING_TIMEOUT).await.map_err(|_| {
-            anyhow!(
+        if !wait_gone(&api, &name, TERMINATING_TIMEOUT).await? {
+            bail!(
                 "{kind} {name} is still terminating after {} s; something holds its finalizers (see `kubectl -n {} describe {} {name}`)",
                 TERMINATING_TIMEOUT.as_secs(),
                 cluster.namespace,
                 resource
-            )
-        })?;
+            );
+        }
         before = None;
     }
     let mut dynamic: DynamicObject =
@@ -240,12 +240,7 @@ async fn apply_one(cluster: &Cluster, obj: &Value) -> Result<ObjectResult> {
         // A Job's pod template cannot change: replace the Job.
         Err(kube::Error::Api(s)) if s.code == 422 && kind == "Job" && s.message.contains("immutable") => {
             api.delete(&name, &DeleteParams::background()).await.map_err(|e| cluster.explain(e, "delete", "jobs"))?;
-            for _ in 0..60 {
-                if api.get_opt(&name).await?.is_none() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            wait_gone(&api, &name, Duration::from_secs(30)).await?;
             api.patch(&name, &pp, &Patch::Apply(&dynamic)).await.map_err(|e| cluster.explain(e, "create", "jobs"))?;
             return Ok(ObjectResult { kind, name, action: "recreated" });
         }
@@ -390,16 +385,16 @@ pub async fn delete_managed(cluster: &Cluster, keep: &BTreeSet<(String, String)>
 /// How long an object may take to finish terminating before an apply gives up on it.
 pub const TERMINATING_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Waits until `name` no longer exists, or `limit` passed (Err).
-async fn wait_gone(api: &Api<DynamicObject>, name: &str, limit: Duration) -> Result<()> {
+/// Waits up to `limit` until `name` no longer exists; whether it is gone.
+async fn wait_gone(api: &Api<DynamicObject>, name: &str, limit: Duration) -> Result<bool> {
     let deadline = tokio::time::Instant::now() + limit;
     while api.get_opt(name).await?.is_some() {
         if tokio::time::Instant::now() > deadline {
-            bail!("still there");
+            return Ok(false);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Waits until every object `removed` names is gone (finalizers done), telling
@@ -453,7 +448,7 @@ pub async fn wait_deleted(
 pub async fn delete_everything(cluster: &Cluster) -> Result<Vec<ObjectResult>> {
     let mut out = delete_managed(cluster, &BTreeSet::new()).await?;
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
-    let workers = ListParams::default().labels("kubernetes_executor=True");
+    let workers = ListParams::default().labels(crate::airflow::WORKER_POD_SELECTOR);
     for p in pods.list(&workers).await.map_err(|e| cluster.explain(e, "list", "pods"))? {
         let name = p.name_any();
         pods.delete(&name, &DeleteParams::background()).await.map_err(|e| cluster.explain(e, "delete", "pods"))?;

@@ -6,8 +6,8 @@
 //! expected), so a build killed at any moment leaves nothing half-written under a final
 //! name; blobs and their directory are fsynced around the rename, so a power loss does not
 //! either. A blob is reused only at the size its record gives (a torn one is made again),
-//! and `cargo xtask images --verify` hashes them all. Because the store is a plain OCI layout, `skopeo`, `umoci` and `oci:` base
-//! references can read it directly.
+//! and `cargo xtask images --verify` hashes them all. Because the store is a plain OCI
+//! layout, `skopeo`, `umoci` and `oci:` base references can read it directly.
 
 use camino::{Utf8Path, Utf8PathBuf};
 use std::fs::{self, File, TryLockError};
@@ -174,9 +174,11 @@ impl Store {
         what: &str,
         on_bytes: &mut dyn FnMut(u64),
     ) -> Result<u64> {
-        if let Some(have) = self.blob_size(expected)
-            && size.is_none_or(|s| self.blob_of_size(expected, s))
-        {
+        let present = match size {
+            Some(s) => self.blob_of_size(expected, s).then_some(s),
+            None => self.blob_size(expected),
+        };
+        if let Some(have) = present {
             on_bytes(have);
             return Ok(have);
         }
@@ -232,12 +234,13 @@ impl Store {
         for (i, name) in names.iter().enumerate() {
             progress(i, total);
             let path = dir.join(name);
+            let meta = fs::symlink_metadata(&path).ok();
             let good = match Digest::parse(&format!("sha256:{name}")) {
-                Ok(d) if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) => self.hash_blob(&d)? == d,
+                Ok(d) if meta.as_ref().is_some_and(|m| m.is_file()) => self.hash_blob(&d)? == d,
                 _ => false,
             };
             out.checked += 1;
-            out.bytes += fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
+            out.bytes += meta.map_or(0, |m| m.len());
             if !good {
                 fs::remove_file(&path).with_context(|| format!("cannot remove the damaged blob {path}"))?;
                 out.removed.push(name.clone());

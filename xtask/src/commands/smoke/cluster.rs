@@ -147,7 +147,8 @@ pub fn run(ctx: &Ctx, args: &SmokeArgs) -> Result<()> {
         let pods = pods.clone();
         let api: Api<Pod> = Api::namespaced(cluster.streams.clone(), &ns);
         ctx.handle().spawn(async move {
-            let mut stream = watcher(api, watcher::Config::default().labels("kubernetes_executor=True")).boxed();
+            let mut stream =
+                watcher(api, watcher::Config::default().labels(crate::airflow::WORKER_POD_SELECTOR)).boxed();
             while let Some(ev) = stream.next().await {
                 match ev {
                     Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => track(&pods, &p, start, false),
@@ -204,7 +205,8 @@ pub fn run(ctx: &Ctx, args: &SmokeArgs) -> Result<()> {
             }
         }
         // A worker pod that cannot start will not fix itself: fail its DAG now, with why.
-        let states = ctx.block_on(diagnose::pods(&client, &ns, "kubernetes_executor=True")).unwrap_or_default();
+        let states =
+            ctx.block_on(diagnose::pods(&client, &ns, crate::airflow::WORKER_POD_SELECTOR)).unwrap_or_default();
         for st in states.iter().filter(|p| p.is_hopeless()) {
             let dag = pods.lock().expect("pods lock").get(&st.name).map(|t| t.dag.clone()).unwrap_or_default();
             if runs.contains_key(&dag) && !done.contains_key(&dag) {

@@ -28,9 +28,7 @@ pub fn is_insecure(host: &str, insecure: &[String]) -> bool {
 /// How long the registry may stay silent (connecting, answering, each read and write):
 /// XTASK_REGISTRY_TIMEOUT seconds, 60 by default.
 fn stall_limit() -> Duration {
-    Duration::from_secs(
-        std::env::var("XTASK_REGISTRY_TIMEOUT").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(60),
-    )
+    crate::limits::env_seconds("XTASK_REGISTRY_TIMEOUT", 60)
 }
 
 /// The whole of one request, body included: a few stall limits, plus the body's size at a
@@ -114,7 +112,17 @@ impl Client {
 
     /// Whether credentials for this registry may go to `url`.
     fn is_own(&self, url: &str) -> bool {
-        origin(url).is_some() && origin(url) == origin(&self.base)
+        origin(url).is_some_and(|o| origin(&self.base) == Some(o))
+    }
+
+    /// Sends one request, given at most `total_limit` for its `body_size` bytes.
+    fn run(
+        &self,
+        req: ureq::http::Request<impl ureq::AsSendBody>,
+        body_size: u64,
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        self.agent
+            .run(self.agent.configure_request(req).timeout_global(Some(total_limit(self.stall, body_size))).build())
     }
 
     fn unreachable(&self, url: &str, e: ureq::Error) -> anyhow::Error {
@@ -163,23 +171,17 @@ impl Client {
                 Body::Bytes(b) => b.len() as u64,
                 Body::Reader(_, n) => *n,
             };
-            let total = Some(total_limit(self.stall, size));
             let resp = match &mut body {
-                Body::Empty => {
-                    let req = req.body(()).expect("valid request");
-                    self.agent.run(self.agent.configure_request(req).timeout_global(total).build())
-                }
+                Body::Empty => self.run(req.body(()).expect("valid request"), size),
                 Body::Bytes(b) => {
-                    let req = req.header("Content-Length", b.len().to_string()).body(*b).expect("valid request");
-                    self.agent.run(self.agent.configure_request(req).timeout_global(total).build())
+                    self.run(req.header("Content-Length", b.len().to_string()).body(*b).expect("valid request"), size)
                 }
-                Body::Reader(r, len) => {
-                    let req = req
-                        .header("Content-Length", len.to_string())
+                Body::Reader(r, len) => self.run(
+                    req.header("Content-Length", len.to_string())
                         .body(ureq::SendBody::from_reader(r))
-                        .expect("valid request");
-                    self.agent.run(self.agent.configure_request(req).timeout_global(total).build())
-                }
+                        .expect("valid request"),
+                    size,
+                ),
             }
             .map_err(|e| self.unreachable(&url, e))?;
             tracing::debug!(method, url, status = resp.status().as_u16(), "registry request");
@@ -268,9 +270,8 @@ impl Client {
                     ),
                     None => {}
                 }
-                let req = req.body(()).expect("valid request");
-                let req = self.agent.configure_request(req).timeout_global(Some(total_limit(self.stall, 0))).build();
-                let mut resp = self.agent.run(req).map_err(|e| self.unreachable(&url, e))?;
+                let mut resp =
+                    self.run(req.body(()).expect("valid request"), 0).map_err(|e| self.unreachable(&url, e))?;
                 if resp.status() == 401 || resp.status() == 403 {
                     bail!(self.auth_error(scope));
                 }
@@ -377,7 +378,7 @@ impl Client {
         let mut reader = resp.body_mut().with_config().limit(u64::MAX).reader();
         let what = format!("blob {} from {}/{repo}", digest, self.host);
         store.ingest(&mut reader, &digest, Some(desc.size()), &what, on_bytes).map_err(|e| {
-            if format!("{e:#}").contains("timeout") || format!("{e:#}").contains("timed out") {
+            if is_timeout(&e) {
                 e.context(format!(
                     "registry {} stalled while sending {digest} (each read may wait {}s; raise XTASK_REGISTRY_TIMEOUT if it is slow but alive)",
                     self.host,
@@ -504,6 +505,19 @@ impl Client {
 #[derive(Debug, thiserror::Error)]
 #[error("authenticated; the upload must start again")]
 struct NeedsRetry;
+
+/// Whether `e` is ureq giving up on a silent peer, as itself or inside the `io::Error` a
+/// body read returns.
+fn is_timeout(e: &anyhow::Error) -> bool {
+    let ureq_timeout = |u: &ureq::Error| matches!(u, ureq::Error::Timeout(_));
+    e.chain().any(|c| {
+        c.downcast_ref::<ureq::Error>().is_some_and(ureq_timeout)
+            || c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                io.kind() == std::io::ErrorKind::TimedOut
+                    || io.get_ref().and_then(|i| i.downcast_ref::<ureq::Error>()).is_some_and(ureq_timeout)
+            })
+    })
+}
 
 /// `to` (a Location header) made absolute against `from`.
 fn resolve(from: &str, to: &str) -> String {
