@@ -227,22 +227,18 @@ fn an_oci_dir_blob_that_is_a_symlink_fifo_or_device_is_refused_at_once() {
     let repo = Repo::new();
     repo.build_json(&[]);
     let layout = repo.path("base");
-    sh(Command::new("cp").arg("-a").arg(busybox_base()).arg(&layout));
-    let index: serde_json::Value = serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let m = index["manifests"][0]["digest"].as_str().unwrap();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&fs::read(layout.join("blobs/sha256").join(&m[7..])).unwrap()).unwrap();
-    let l = manifest["layers"][0]["digest"].as_str().unwrap();
-    let blob = layout.join("blobs/sha256").join(&l[7..]);
+    copy_base(&layout);
+    let blob = base_layer_path(&layout);
+    let hex = blob.file_name().unwrap().to_string_lossy().into_owned();
     let base = format!("oci:{}:1", layout.display());
 
     fs::remove_file(&blob).unwrap();
     std::os::unix::fs::symlink("/dev/zero", &blob).unwrap();
-    refuses(&repo, &base, &["not a regular file", &l[7..]]);
+    refuses(&repo, &base, &["not a regular file", &hex]);
 
     fs::remove_file(&blob).unwrap();
     sh(Command::new("mkfifo").arg(&blob));
-    refuses(&repo, &base, &["not a regular file", &l[7..]]);
+    refuses(&repo, &base, &["not a regular file", &hex]);
 }
 
 #[test]

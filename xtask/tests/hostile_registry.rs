@@ -102,15 +102,7 @@ fn serve(client: TcpStream, upstream: &str, mode: &Mode, log: &Mutex<Vec<String>
         // Through to the real registry, without our client's Authorization.
         let upstream_req: String =
             req.split_inclusive("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("authorization:")).collect();
-        let server = TcpStream::connect(upstream)?;
-        let mut from_server = BufReader::new(server.try_clone()?);
-        let mut to_server = server;
-        to_server.write_all(upstream_req.as_bytes())?;
-        to_server.write_all(&body)?;
-        let mut head = read_head(&mut from_server)?.unwrap_or_default();
-        let no_body = req.starts_with("HEAD ") || head.starts_with("HTTP/1.1 204") || head.starts_with("HTTP/1.1 304");
-        let mut resp = vec![0; if no_body { 0 } else { content_length(&head) }];
-        from_server.read_exact(&mut resp)?;
+        let (mut head, resp) = forward(upstream, &upstream_req, &body)?;
         if let Mode::LocationTo(origin) = mode {
             head = head
                 .split_inclusive("\r\n")

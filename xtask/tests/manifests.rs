@@ -267,33 +267,34 @@ fn render_resolves_placeholders_namespace_pod_template_and_hides_secrets() {
 
 #[test]
 fn each_component_gets_the_keys_it_reads_and_no_key_that_signs_tokens_reaches_dag_code() {
-    // The scheduler lost the key it signs worker tokens with.
-    let repo = repo_with_manifests();
-    edit(
-        &repo,
-        "k8s/airflow/scheduler.yaml",
-        "            - name: AIRFLOW__API_AUTH__JWT_SECRET\n              valueFrom: {secretKeyRef: {name: airflow-secrets, key: AIRFLOW__API_AUTH__JWT_SECRET}}\n",
-        "",
-    );
-    check_fails(&repo, &["scheduler.yaml", "`scheduler` needs AIRFLOW__API_AUTH__JWT_SECRET", "secretKeyRef"]);
-
-    // The dag-processor, which runs DAG authors' code, given the whole secret.
-    let repo = repo_with_manifests();
-    edit(
-        &repo,
-        "k8s/airflow/dag-processor.yaml",
-        "          envFrom:\n",
-        "          envFrom:\n            - secretRef: {name: airflow-secrets}\n",
-    );
-    check_fails(&repo, &["dag-processor.yaml", "runs DAG authors' code", "AIRFLOW__API_AUTH__JWT_SECRET"]);
-
-    // The scheduler without its service account token cannot start worker pods.
-    let repo = repo_with_manifests();
-    edit(
-        &repo,
-        "k8s/airflow/scheduler.yaml",
-        "      serviceAccountName: airflow-scheduler\n",
-        "      serviceAccountName: airflow-scheduler\n      automountServiceAccountToken: false\n",
-    );
-    check_fails(&repo, &["scheduler.yaml", "automountServiceAccountToken", "needs its service account token"]);
+    // (what breaks it, file, text replaced, replacement, what the check must say)
+    let cases: [(&str, &str, &str, &str, &[&str]); 3] = [
+        (
+            "the scheduler lost the key it signs worker tokens with",
+            "k8s/airflow/scheduler.yaml",
+            "            - name: AIRFLOW__API_AUTH__JWT_SECRET\n              valueFrom: {secretKeyRef: {name: airflow-secrets, key: AIRFLOW__API_AUTH__JWT_SECRET}}\n",
+            "",
+            &["scheduler.yaml", "`scheduler` needs AIRFLOW__API_AUTH__JWT_SECRET", "secretKeyRef"],
+        ),
+        (
+            "the dag-processor, which runs DAG authors' code, is given the whole secret",
+            "k8s/airflow/dag-processor.yaml",
+            "          envFrom:\n",
+            "          envFrom:\n            - secretRef: {name: airflow-secrets}\n",
+            &["dag-processor.yaml", "runs DAG authors' code", "AIRFLOW__API_AUTH__JWT_SECRET"],
+        ),
+        (
+            "the scheduler has no service account token to start worker pods with",
+            "k8s/airflow/scheduler.yaml",
+            "      serviceAccountName: airflow-scheduler\n",
+            "      serviceAccountName: airflow-scheduler\n      automountServiceAccountToken: false\n",
+            &["scheduler.yaml", "automountServiceAccountToken", "needs its service account token"],
+        ),
+    ];
+    for (why, file, from, to, expect) in cases {
+        eprintln!("case: {why}");
+        let repo = repo_with_manifests();
+        edit(&repo, file, from, to);
+        check_fails(&repo, expect);
+    }
 }

@@ -181,19 +181,12 @@ fn faulty_proxy(upstream: String, mode: &'static str) -> (String, Arc<AtomicUsiz
 }
 
 fn proxy_connection(client: TcpStream, upstream: &str, mode: &str, damaged: &AtomicUsize) -> std::io::Result<()> {
-    let server = TcpStream::connect(upstream)?;
     let mut from_client = BufReader::new(client.try_clone()?);
-    let mut from_server = BufReader::new(server.try_clone()?);
-    let (mut to_client, mut to_server) = (client, server);
+    let mut to_client = client;
     while let Some(req) = read_head(&mut from_client)? {
         let mut body = vec![0; content_length(&req)];
         from_client.read_exact(&mut body)?;
-        to_server.write_all(req.as_bytes())?;
-        to_server.write_all(&body)?;
-        let head = read_head(&mut from_server)?.unwrap_or_default();
-        let no_body = req.starts_with("HEAD ") || head.starts_with("HTTP/1.1 204") || head.starts_with("HTTP/1.1 304");
-        let mut resp = vec![0; if no_body { 0 } else { content_length(&head) }];
-        from_server.read_exact(&mut resp)?;
+        let (head, mut resp) = forward(upstream, &req, &body)?;
         if resp.len() > 10_000 {
             damaged.fetch_add(1, Ordering::SeqCst);
             if mode == "corrupt" {

@@ -522,3 +522,33 @@ pub fn output_within(cmd: &mut Command, limit: std::time::Duration) -> Output {
     }
     child.wait_with_output().unwrap()
 }
+
+/// Makes a copy of the test base as an OCI layout the test may damage.
+pub fn copy_base(to: &Path) {
+    sh(Command::new("cp").arg("-a").arg(busybox_base()).arg(to));
+}
+
+/// The blob of the first layer of the OCI layout at `layout`.
+pub fn base_layer_path(layout: &Path) -> PathBuf {
+    let index: serde_json::Value = serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let m = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("blobs/sha256").join(&m[7..])).unwrap()).unwrap();
+    let l = manifest["layers"][0]["digest"].as_str().unwrap();
+    layout.join("blobs/sha256").join(&l[7..])
+}
+
+/// Sends one HTTP request (its head and body, as a test proxy read them) to `upstream` on a
+/// new connection and reads the whole answer: its head and body.
+pub fn forward(upstream: &str, head: &str, body: &[u8]) -> std::io::Result<(String, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let mut server = std::net::TcpStream::connect(upstream)?;
+    server.write_all(head.as_bytes())?;
+    server.write_all(body)?;
+    let mut from_server = std::io::BufReader::new(server);
+    let answer = read_head(&mut from_server)?.unwrap_or_default();
+    let no_body = head.starts_with("HEAD ") || answer.starts_with("HTTP/1.1 204") || answer.starts_with("HTTP/1.1 304");
+    let mut resp = vec![0; if no_body { 0 } else { content_length(&answer) }];
+    from_server.read_exact(&mut resp)?;
+    Ok((answer, resp))
+}
