@@ -104,6 +104,17 @@ pub enum Command {
   sudo -E cargo xtask base --update-lock    rebuild and re-pin every package in docker/base/airflow.lock")]
     Base(BaseArgs),
 
+    /// Build a kind node image offline (no registry, no docker build) and load it into Docker
+    #[command(
+        name = "node-image",
+        after_help = "Examples:
+  sudo -E cargo xtask node-image            build xtask.local/kind-node:<kubernetes_version> and load it
+  cargo xtask k8s-up                        then uses it (kind create cluster --image xtask.local/kind-node:...)
+  cargo xtask node-image --archive node.tar also write it as an archive, for another machine (docker load -i)
+  cargo xtask node-image --components-only  only build the Kubernetes programs; prints where they are"
+    )]
+    NodeImage(NodeImageArgs),
+
     /// Run a command in a component's pod (like kubectl exec, knowing our layout)
     #[command(after_help = "Examples:
   cargo xtask exec scheduler -- airflow dags list
@@ -460,6 +471,22 @@ pub struct BaseArgs {
     /// Print the result as JSON on stdout
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeImageArgs {
+    /// The Kubernetes release [default: kubernetes_version in k8s/settings.toml]
+    #[arg(long, value_name = "VERSION")]
+    pub kubernetes_version: Option<String>,
+    /// Do not load the image into the local Docker engine
+    #[arg(long)]
+    pub no_load: bool,
+    /// Also write the image as one tar (docker load -i, skopeo copy oci-archive:...)
+    #[arg(long, value_name = "FILE")]
+    pub archive: Option<Utf8PathBuf>,
+    /// Build only the Kubernetes programs (cached under ~/.cache/xtask/components) and print their directory
+    #[arg(long)]
+    pub components_only: bool,
 }
 
 #[derive(Debug, Args)]

@@ -10,6 +10,7 @@ mod deploy;
 mod error;
 mod fsutil;
 mod image_build;
+mod kind_node;
 mod limits;
 mod oci;
 mod pipeline;
@@ -56,6 +57,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Images(args) => images::run(ctx, args),
         Command::Base(args) => base::run(ctx, args),
+        Command::NodeImage(args) => node_image::run(ctx, args),
         Command::Dags(args) => dags::run(ctx, args),
         Command::Smoke(args) => smoke::run(ctx, args),
         Command::Manifests(args) => manifests::run(ctx, args),

@@ -156,7 +156,10 @@ pub fn up(ctx: &Ctx, args: &K8sUpArgs, until: Until) -> Result<UpReport> {
             ctx.forget_clusters();
         }
         if !exists || args.recreate {
-            let node_image = args.node_image.clone().unwrap_or_else(|| kind::node_image(&settings.kubernetes_version));
+            let node_image = match &args.node_image {
+                Some(image) => image.clone(),
+                None => ctx.block_on(kind::node_image(&ctx.docker()?.0, &settings.kubernetes_version)),
+            };
             let log = project.work_dir().join("kind-create.log");
             std::fs::create_dir_all(project.work_dir())?;
             kind::create(name, &project.root.join("k8s/kind.yaml"), &node_image, 3, &log, &mut |attempt, previous| {

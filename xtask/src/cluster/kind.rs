@@ -114,9 +114,11 @@ pub fn create(
     Err(anyhow!("unreachable"))
 }
 
-/// The node image for a Kubernetes version, as kind publishes them.
-pub fn node_image(kubernetes_version: &str) -> String {
-    format!("kindest/node:{kubernetes_version}")
+/// The node image for a Kubernetes version: the one `cargo xtask node-image` built when the
+/// engine has it, else kind's published one.
+pub async fn node_image(docker: &bollard::Docker, kubernetes_version: &str) -> String {
+    let ours = crate::kind_node::image_name(kubernetes_version);
+    if docker.inspect_image(&ours).await.is_ok() { ours } else { format!("kindest/node:{kubernetes_version}") }
 }
 
 pub fn check_name(name: &str) -> Result<()> {
@@ -124,4 +126,22 @@ pub fn check_name(name: &str) -> Result<()> {
         bail!("cluster name `{name}` must be lowercase letters, digits and '-'");
     }
     Ok(())
+}
+
+/// The Docker network kind puts its nodes on (`KIND_EXPERIMENTAL_DOCKER_NETWORK`, else
+/// `kind`).
+pub fn network_name() -> String {
+    std::env::var("KIND_EXPERIMENTAL_DOCKER_NETWORK").ok().filter(|n| !n.is_empty()).unwrap_or_else(|| "kind".into())
+}
+
+/// Removes kind's network once no container uses it: `kind delete cluster` leaves it.
+/// Says whether it was removed.
+pub async fn remove_network_if_unused(docker: &bollard::Docker) -> Result<bool> {
+    let name = network_name();
+    let Ok(net) = docker.inspect_network(&name, None).await else { return Ok(false) };
+    if net.containers.is_some_and(|c| !c.is_empty()) {
+        return Ok(false);
+    }
+    docker.remove_network(&name).await.with_context(|| format!("cannot remove the Docker network {name}"))?;
+    Ok(true)
 }

@@ -19,6 +19,10 @@ pub fn run(ctx: &Ctx, args: &K8sDownArgs) -> Result<()> {
             } else {
                 println!("no kind cluster {name}: nothing to delete");
             }
+            // The last cluster gone, its network goes too.
+            if ctx.block_on(kind::remove_network_if_unused(&ctx.docker()?.0))? {
+                println!("removed the Docker network {} (no cluster uses it)", kind::network_name());
+            }
             let _ = std::fs::remove_file(kubeconfig);
         }
         _ => {

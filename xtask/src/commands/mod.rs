@@ -12,6 +12,7 @@ pub mod k8s_down;
 pub mod k8s_up;
 pub mod logs;
 pub mod manifests;
+pub mod node_image;
 pub mod run;
 pub mod smoke;
 pub mod status;

@@ -136,7 +136,7 @@ pub fn build(project: &Project, rt: &Handle, opts: &BuildOptions, human: bool) -
     let mut reports = Vec::new();
     for def in &defs {
         reports
-            .push(build_one(project, rt, &store, def, opts, human).with_context(|| format!("image `{}`", def.name))?);
+            .push(build_def(project, rt, &store, def, opts, human).with_context(|| format!("image `{}`", def.name))?);
     }
     Ok((store, reports))
 }
@@ -185,7 +185,8 @@ pub fn import_base(project: &Project, rt: &Handle, store: &Store, def: &ImageDef
     Ok(base)
 }
 
-fn build_one(
+/// Builds one image definition into `store` (what `build` does for each of docker/images.toml).
+pub fn build_def(
     project: &Project,
     rt: &Handle,
     store: &Store,

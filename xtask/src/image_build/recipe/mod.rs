@@ -133,6 +133,8 @@ fn build(project: &Project, store: &Store, loaded: &LoadedRecipe, mtime: u64, op
         let policy = rootfs.join("usr/sbin/policy-rc.d");
         fs::write(&policy, "#!/bin/sh\nexit 101\n")?;
         fs::set_permissions(&policy, fs::Permissions::from_mode(0o755))?;
+        // The declared layout first, so steps can use it (enable a unit file, say).
+        lay_out(&rootfs, &r.image, &rel)?;
         for (i, st) in r.step.iter().enumerate() {
             step(opts, &format!("step {}: {}", i + 1, st.run));
             in_chroot(&format!("step {} of {rel} (`{}`)", i + 1, st.run), &["/bin/sh", "-euc", &st.run])?;
@@ -172,7 +174,6 @@ fn build(project: &Project, store: &Store, loaded: &LoadedRecipe, mtime: u64, op
         }
         drop(_proc);
 
-        lay_out(&rootfs, &r.image, &rel)?;
         for junk in ["var/cache/apt/archives", "var/lib/apt/lists", "tmp", "root/.cache", "var/log"] {
             let dir = rootfs.join(junk);
             if let Ok(entries) = fs::read_dir(&dir) {

@@ -1,5 +1,6 @@
 /* The pod sandbox's process: holds the pod's namespaces, reaps orphans, exits on
- * SIGINT/SIGTERM. Built statically by .ci/local-cluster into an image of our own. */
+ * SIGINT/SIGTERM. Built statically by `cargo xtask node-image` into the pause image of the kind node
+ * image and of the test cluster (.ci/local-cluster). */
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/wait.h>
