@@ -21,7 +21,7 @@ pub type Feed<'a> = &'a mut dyn FnMut(&mut dyn Write) -> Result<u64>;
 
 /// A node's containerd, as far as delivery needs it: run `ctr -n k8s.io ARGS` there,
 /// optionally feeding it standard input.
-pub trait Node {
+pub trait Node: Send + Sync {
     fn name(&self) -> String;
     fn ctr(&self, args: &[&str], stdin: Option<Feed<'_>>) -> Result<CtrOutput>;
 }
@@ -144,7 +144,8 @@ impl Node for KindNode {
         }
         let limit = ctr_timeout();
         let (success, stdout, stderr) = rt
-            .block_on(tokio::time::timeout(limit, exec))
+            // The timer must be made inside the runtime: this thread is not one of its own.
+            .block_on(async move { tokio::time::timeout(limit, exec).await })
             .map_err(|_| {
                 anyhow!(
                     "ctr in kind node {} did not finish within {}s; is the node running? (raise XTASK_CTR_TIMEOUT for very large images)",
@@ -273,62 +274,79 @@ fn import(node: &dyn Node, store: &Store, image: &ArchiveImage, omit: &BTreeSet<
     Ok((out, omitted))
 }
 
-/// Delivers each image to each node, shipping only what is missing.
+/// Delivers each image to each node, shipping only what is missing. Nodes are served at
+/// once, each by a thread of its own; their reports come in the order of `nodes`.
 pub fn deliver(
     store: &Store,
     images: &[ArchiveImage],
     nodes: &[Box<dyn Node>],
-    on_step: &mut dyn FnMut(&Delivered),
+    on_step: &mut (dyn FnMut(&Delivered) + Send),
 ) -> Result<Vec<Delivered>> {
+    let on_step = std::sync::Mutex::new(on_step);
+    let results: Vec<Result<Vec<Delivered>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = nodes
+            .iter()
+            .map(|node| {
+                let on_step = &on_step;
+                scope.spawn(move || -> Result<Vec<Delivered>> {
+                    let mut out = Vec::new();
+                    for image in images {
+                        let d = deliver_one(store, image, node.as_ref())?;
+                        (on_step.lock().expect("delivery report lock"))(&d);
+                        out.push(d);
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err(anyhow!("a delivery thread panicked")))).collect()
+    });
     let mut out = Vec::new();
-    for node in nodes {
-        for image in images {
-            let started = Instant::now();
-            let digest = image.manifest.sha256()?;
-            if image_digest(node.as_ref(), &image.name)? == Some(digest.clone())
-                && image_digest(node.as_ref(), &crate::oci::digest_reference(&image.name, &digest))?.is_some()
-            {
-                let d = Delivered {
-                    node: node.name(),
-                    image: image.name.clone(),
-                    status: "present",
-                    bytes: 0,
-                    omitted_bytes: 0,
-                    seconds: started.elapsed().as_secs_f64(),
-                };
-                on_step(&d);
-                out.push(d);
-                continue;
-            }
-            let manifest: ImageManifest = store.read_json(&digest)?;
-            let have = content(node.as_ref())?;
-            let omit: BTreeSet<Digest> =
-                manifest.layers().iter().filter_map(|l| l.sha256().ok()).filter(|d| have.contains(d)).collect();
-            tracing::debug!(node = node.name(), image = image.name, have = have.len(), omit = omit.len(), "importing");
-            let (mut result, mut omitted) = import(node.as_ref(), store, image, &omit)?;
-            let mut status = if omit.is_empty() { "full" } else { "thin" };
-            if !result.success && !omit.is_empty() {
-                // containerd would not take the thin archive: send everything.
-                (result, omitted) = import(node.as_ref(), store, image, &BTreeSet::new())?;
-                status = "full";
-            }
-            if !result.success {
-                bail!("ctr images import of {} on {} failed: {}", image.name, node.name(), result.stderr.trim());
-            }
-            if image_digest(node.as_ref(), &image.name)? != Some(digest.clone()) {
-                bail!("{} reported success but does not list {} at {digest}", node.name(), image.name);
-            }
-            let d = Delivered {
-                node: node.name(),
-                image: image.name.clone(),
-                status,
-                bytes: result.sent,
-                omitted_bytes: omitted,
-                seconds: started.elapsed().as_secs_f64(),
-            };
-            on_step(&d);
-            out.push(d);
-        }
+    for r in results {
+        out.extend(r?);
     }
     Ok(out)
+}
+
+fn deliver_one(store: &Store, image: &ArchiveImage, node: &dyn Node) -> Result<Delivered> {
+    let started = Instant::now();
+    let digest = image.manifest.sha256()?;
+    if image_digest(node, &image.name)? == Some(digest.clone())
+        && image_digest(node, &crate::oci::digest_reference(&image.name, &digest))?.is_some()
+    {
+        return Ok(Delivered {
+            node: node.name(),
+            image: image.name.clone(),
+            status: "present",
+            bytes: 0,
+            omitted_bytes: 0,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    let manifest: ImageManifest = store.read_json(&digest)?;
+    let have = content(node)?;
+    let omit: BTreeSet<Digest> =
+        manifest.layers().iter().filter_map(|l| l.sha256().ok()).filter(|d| have.contains(d)).collect();
+    tracing::debug!(node = node.name(), image = image.name, have = have.len(), omit = omit.len(), "importing");
+    let (mut result, mut omitted) = import(node, store, image, &omit)?;
+    let mut status = if omit.is_empty() { "full" } else { "thin" };
+    if !result.success && !omit.is_empty() {
+        // containerd would not take the thin archive: send everything.
+        (result, omitted) = import(node, store, image, &BTreeSet::new())?;
+        status = "full";
+    }
+    if !result.success {
+        bail!("ctr images import of {} on {} failed: {}", image.name, node.name(), result.stderr.trim());
+    }
+    if image_digest(node, &image.name)? != Some(digest.clone()) {
+        bail!("{} reported success but does not list {} at {digest}", node.name(), image.name);
+    }
+    Ok(Delivered {
+        node: node.name(),
+        image: image.name.clone(),
+        status,
+        bytes: result.sent,
+        omitted_bytes: omitted,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }

@@ -29,6 +29,8 @@ pub struct PodTrack {
     pub dag: String,
     pub task: String,
     pub phase: String,
+    /// The node it was scheduled on.
+    pub node: Option<String>,
     /// Seconds after the run was triggered.
     pub created: Option<f64>,
     pub started: Option<f64>,
@@ -54,6 +56,9 @@ fn track(pods: &Mutex<BTreeMap<String, PodTrack>>, pod: &Pod, start: std::time::
     });
     if let Some(c) = &pod.metadata.creation_timestamp {
         t.created = Some(secs_since(c, start));
+    }
+    if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+        t.node = Some(node);
     }
     let status = pod.status.clone().unwrap_or_default();
     t.phase = status.phase.unwrap_or_default();
@@ -193,12 +198,13 @@ pub fn run(ctx: &Ctx, args: &SmokeArgs) -> Result<()> {
             for t in map.values_mut() {
                 if t.phase != t.reported_phase {
                     say(&format!(
-                        "{:>7.1}s  pod  {} ({}.{}): {}",
+                        "{:>7.1}s  pod  {} ({}.{}): {}{}",
                         started.elapsed().as_secs_f64(),
                         t.name,
                         t.dag,
                         t.task,
-                        t.phase
+                        t.phase,
+                        t.node.as_ref().map(|n| format!(" on {n}")).unwrap_or_default()
                     ));
                     t.reported_phase = t.phase.clone();
                 }
