@@ -505,6 +505,10 @@ pub enum BenchCommand {
     /// One DAG change to the node: `k8s-up --no-wait` vs `docker save` + `ctr import`,
     /// on the local test cluster (.ci/local-cluster up)
     Deliver(BenchClusterArgs),
+    /// One DAG change to every kind node: `k8s-up --no-wait` vs `kind load docker-image`
+    /// and `kind load image-archive`, on kind clusters of 1 and 2 nodes it creates and deletes
+    #[command(name = "deliver-kind")]
+    DeliverKind(BenchKindArgs),
     /// One DAG change to "parsed in the cluster": `watch` vs docker build + docker save |
     /// ctr import + rollout, on the local test cluster
     Watch(BenchClusterArgs),
@@ -538,6 +542,20 @@ pub struct BenchClusterArgs {
     /// Leave out the docker columns
     #[arg(long)]
     pub no_docker: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchKindArgs {
+    /// Cluster sizes to measure, in nodes (one control plane, the rest workers)
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub nodes: Vec<usize>,
+    /// Files of DAG-side data (SQL templates, 25 kB each) added to files/dags, so the DAG
+    /// layer has a realistic size
+    #[arg(long, default_value_t = 2000)]
+    pub dag_files: usize,
+    /// Namespace the benchmark deploys into
+    #[arg(long, default_value = "xtask-bench")]
+    pub namespace: String,
 }
 
 #[derive(Debug, Args)]

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::cli::K8sUpArgs;
 use crate::cluster::delivery::{self, Delivered, KindNode, LocalContainerd, Node};
-use crate::cluster::{Target, kind};
+use crate::cluster::{Target, kind, local_registry};
 use crate::ctx::Ctx;
 use crate::deploy::apply::{self, ApplyReport};
 use crate::deploy::check::{self, CheckContext};
@@ -223,6 +223,22 @@ pub fn up(ctx: &Ctx, args: &K8sUpArgs, until: Until) -> Result<UpReport> {
     let store = crate::oci::store::Store::open(&project.store_dir())?;
     let archive_images: Vec<_> = built.iter().map(BuiltImage::archive_image).collect();
     if let Some(dest) = &args.registry {
+        if let (Target::Kind { name, .. }, Some(port)) = (&target, local_registry::local_port(dest)) {
+            // kind's local registry: the container, each node's mirror, the ConfigMap.
+            let docker = ctx.docker()?.0;
+            let said = local_registry::ensure(project, ctx.handle(), &docker, port)?;
+            let nodes = kind::nodes(name)?;
+            ctx.block_on(async {
+                for node in &nodes {
+                    local_registry::configure_node(node, port).await?;
+                }
+                local_registry::publish(&cluster.client, port).await
+            })?;
+            steps.line(&format!(
+                "registry   {said}; {} node(s) pull localhost:{port} from it; ConfigMap kube-public/local-registry-hosting",
+                nodes.len()
+            ));
+        }
         for r in &built {
             let target_ref = image_build::push_target(&r.reference, &r.name, dest)?;
             let p = registry::push(&store, &r.manifest, &target_ref, &args.insecure_registry, &mut |_| {})

@@ -174,7 +174,7 @@ impl Write for ChannelWriter {
     }
 }
 
-async fn exec_in(
+pub(crate) async fn exec_in(
     container: &str,
     cmd: Vec<String>,
     stdin: Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>,

@@ -53,6 +53,19 @@ impl Status {
     }
 }
 
+/// A pod on its way out, not failing: being deleted, or every container of it exited 0
+/// (a worker pod whose task is done, before the executor removes it).
+fn finishing(pod: &Pod) -> bool {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return true;
+    }
+    let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
+    statuses.is_some_and(|cs| {
+        !cs.is_empty()
+            && cs.iter().all(|c| c.state.as_ref().and_then(|s| s.terminated.as_ref()).is_some_and(|t| t.exit_code == 0))
+    })
+}
+
 /// Whether `node` holds `image`: a pod there runs it, or the node's status lists it. The
 /// status alone is not enough: the kubelet refreshes it only every few seconds and lists
 /// at most 50 images (nodeStatusMaxImages), so a node with many images may never show ours.
@@ -152,7 +165,7 @@ pub async fn collect(cluster: &Cluster, built: &[BuiltImage]) -> Result<Status> 
         });
     }
     let mut failing = Vec::new();
-    for p in &pods {
+    for p in pods.iter().filter(|p| !finishing(p)) {
         let st = diagnose::pod_state(&cluster.client, ns, p).await?;
         if st.phase != "Succeeded" && (!st.ready || !st.problems.is_empty()) {
             failing.push(st);
@@ -168,4 +181,29 @@ pub async fn collect(cluster: &Cluster, built: &[BuiltImage]) -> Result<Status> 
         components,
         failing_pods: failing,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_done_or_deleted_pod_is_not_failing() {
+        let done = pod(serde_json::json!({"metadata": {"name": "w"}, "status": {"phase": "Running",
+            "containerStatuses": [{"name": "base", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 0}}}]}}));
+        assert!(finishing(&done));
+        let deleted = pod(serde_json::json!({"metadata": {"name": "w", "deletionTimestamp": "2026-12-02T10:00:00Z"}}));
+        assert!(finishing(&deleted));
+        let crashed = pod(serde_json::json!({"metadata": {"name": "w"}, "status": {"phase": "Running",
+            "containerStatuses": [{"name": "base", "image": "i", "imageID": "", "ready": false, "restartCount": 1,
+                "state": {"terminated": {"exitCode": 1}}}]}}));
+        assert!(!finishing(&crashed));
+        let starting = pod(serde_json::json!({"metadata": {"name": "w"}, "status": {"phase": "Pending"}}));
+        assert!(!finishing(&starting));
+    }
 }

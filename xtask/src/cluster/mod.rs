@@ -7,6 +7,7 @@ pub mod exec;
 pub mod hotsync;
 pub mod inspect;
 pub mod kind;
+pub mod local_registry;
 pub mod pods;
 pub mod portforward;
 

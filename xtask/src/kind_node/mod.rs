@@ -40,6 +40,15 @@ fn agent_image(version: &str) -> String {
     format!("xtask.local/kind-node-agent:{version}")
 }
 
+/// One system image: a program at /usr/local/bin on a base; kubeadm's manifests name the
+/// command of most, the image's entrypoint is the program for the others.
+struct SystemImage<'a> {
+    reference: String,
+    base: &'a str,
+    program: &'a str,
+    entrypoint: bool,
+}
+
 /// Where the definitions of the node image live in the repository.
 pub fn definition_dir(project: &Project) -> Utf8PathBuf {
     project.root.join("docker/kind-node")
@@ -66,24 +75,40 @@ pub fn build(project: &Project, rt: &Handle, version: &str, say: &mut dyn FnMut(
     // The system images: one binary each on scratch, kube-proxy and the agent on a small
     // Debian with iptables.
     let netbase = format!("{}kind-netbase", image_build::XTASK_BASE);
-    let system: Vec<(String, &str, &[&str], Option<Vec<String>>)> = vec![
-        (images.apiserver.clone(), "scratch", &["kube-apiserver"], None),
-        (images.controller_manager.clone(), "scratch", &["kube-controller-manager"], None),
-        (images.scheduler.clone(), "scratch", &["kube-scheduler"], None),
-        (images.etcd.clone(), "scratch", &["etcd"], None),
-        (images.coredns.clone(), "scratch", &["coredns"], Some(vec!["/usr/local/bin/coredns".into()])),
-        (images.pause.clone(), "scratch", &["pause"], Some(vec!["/usr/local/bin/pause".into()])),
-        (images.proxy.clone(), netbase.as_str(), &["kube-proxy"], None),
-        (agent_image(version), netbase.as_str(), &["kubectl"], None),
+    let system = [
+        SystemImage {
+            reference: images.apiserver.clone(),
+            base: "scratch",
+            program: "kube-apiserver",
+            entrypoint: false,
+        },
+        SystemImage {
+            reference: images.controller_manager.clone(),
+            base: "scratch",
+            program: "kube-controller-manager",
+            entrypoint: false,
+        },
+        SystemImage {
+            reference: images.scheduler.clone(),
+            base: "scratch",
+            program: "kube-scheduler",
+            entrypoint: false,
+        },
+        SystemImage { reference: images.etcd.clone(), base: "scratch", program: "etcd", entrypoint: false },
+        SystemImage { reference: images.coredns.clone(), base: "scratch", program: "coredns", entrypoint: true },
+        SystemImage { reference: images.pause.clone(), base: "scratch", program: "pause", entrypoint: true },
+        SystemImage { reference: images.proxy.clone(), base: &netbase, program: "kube-proxy", entrypoint: false },
+        SystemImage { reference: agent_image(version), base: &netbase, program: "kubectl", entrypoint: false },
     ];
     let mut system_reports = Vec::new();
-    for (reference, base, programs, entrypoint) in &system {
-        let (registry, name, tag) = split_reference(reference)?;
+    for img in &system {
+        let (registry, name, tag) = split_reference(&img.reference)?;
         let dir = stage.join("system").join(&name);
-        stage_programs(&comps, programs, &dir)?;
+        stage_programs(&comps, &[img.program], &dir)?;
+        let entrypoint = img.entrypoint.then(|| vec![format!("/usr/local/bin/{}", img.program)]);
         let def =
-            image_def(&stage, &registry, &name, &tag, base, vec![layer("bin", &dir, "usr/local/bin")], entrypoint);
-        say(&format!("image      {reference}"));
+            image_def(&stage, &registry, &name, &tag, img.base, vec![layer("bin", &dir, "usr/local/bin")], &entrypoint);
+        say(&format!("image      {}", img.reference));
         system_reports.push(build_quietly(project, rt, &store, &def)?);
     }
 
@@ -187,6 +212,11 @@ fn image_def(
         )]),
         layers,
     }
+}
+
+/// An image that is a recipe's base and nothing more (the local registry's, say).
+pub fn recipe_image(project: &Project, registry: &str, name: &str, tag: &str, base: &str) -> ImageDef {
+    image_def(&project.work_dir(), registry, name, tag, base, vec![], &None)
 }
 
 fn build_quietly(project: &Project, rt: &Handle, store: &Store, def: &ImageDef) -> Result<ImageReport> {

@@ -2,6 +2,7 @@
 //! measured in the same run on the same inputs.
 
 mod deliver;
+mod deliver_kind;
 mod images;
 mod push;
 mod scenario;
@@ -19,6 +20,7 @@ pub fn run(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
         BenchCommand::Images(a) => images::images(project, a),
         BenchCommand::Push(a) => push::push(project, a),
         BenchCommand::Deliver(a) => deliver::run(ctx, a),
+        BenchCommand::DeliverKind(a) => deliver_kind::run(ctx, a),
         BenchCommand::Watch(a) => watch::run(ctx, a),
     }
 }
