@@ -1,7 +1,8 @@
 //! The default path, kind, for real: the node image `cargo xtask node-image` builds offline,
 //! a two-node kind cluster (one control plane, one worker, as k8s/kind.yaml says) that
 //! `cargo xtask ci` creates, ships the images to and runs the smoke DAGs on, with worker
-//! pods on the worker node; `status` and `doctor` on it; `k8s-up --recreate`; and
+//! pods on the worker node; `status` and `doctor` on it; kind's local registry
+//! (`k8s-up --registry localhost:PORT`); `k8s-up --recreate`; and
 //! `k8s-down`, which must leave no container, network or volume behind.
 //!
 //! One test, in steps: a kind cluster with Airflow takes minutes of a two-core machine.
@@ -89,7 +90,49 @@ fn the_default_path_runs_on_a_two_node_kind_cluster() {
     let doctor = ok(&repo, &["doctor"]);
     assert!(doctor.contains("ok   cluster"), "{doctor}");
 
-    // 4. --recreate: a new cluster (new node containers), delivered to and applied again.
+    // 4. kind's local registry (KEP-1755): images go through kind-registry, a container of
+    //    Debian's docker-registry on kind's network, which every node pulls localhost:PORT from.
+    let port = free_port();
+    let registry = format!("localhost:{port}");
+    let out = run(&repo, &["k8s-up", "--registry", &registry, "--json", "--timeout", "600"]);
+    assert!(out.status.success(), "k8s-up --registry failed:\n{}\n{}", stdout(&out), stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let worker_ref = report["images"]["airflow-worker"].as_str().unwrap_or_default().to_string();
+    assert!(worker_ref.starts_with(&format!("{registry}/")), "pods do not pull from {registry}: {report:#}");
+    let networks = stdout(&sh(Command::new("docker").args([
+        "inspect",
+        "-f",
+        "{{.State.Running}} {{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
+        "kind-registry",
+    ])));
+    assert!(networks.starts_with("true") && networks.contains("kind"), "kind-registry: {networks}");
+    for node in &nodes {
+        let hosts = stdout(&sh(Command::new("docker").args([
+            "exec",
+            node,
+            "cat",
+            &format!("/etc/containerd/certs.d/{registry}/hosts.toml"),
+        ])));
+        assert!(hosts.contains("http://kind-registry:5000"), "{node}: {hosts}");
+    }
+    let kubectl = |args: &[&str]| -> String {
+        let mut c = Command::new("docker");
+        c.args(["exec", &format!("{CLUSTER}-control-plane"), "kubectl", "--kubeconfig", "/etc/kubernetes/admin.conf"]);
+        stdout(&sh(c.args(args)))
+    };
+    let hosting = kubectl(&["-n", "kube-public", "get", "configmap", "local-registry-hosting", "-o", "yaml"]);
+    assert!(hosting.contains(&format!("host: \"{registry}\"")), "{hosting}");
+    let running = kubectl(&["-n", "airflow", "get", "pods", "-o", "jsonpath={.items[*].spec.containers[*].image}"]);
+    assert!(running.contains(&worker_ref), "no pod runs {worker_ref}: {running}");
+    // Again: the registry has every blob, nothing is uploaded.
+    let out = run(&repo, &["k8s-up", "--registry", &registry, "--json", "--no-wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for p in again["pushes"].as_array().unwrap() {
+        assert_eq!(p["uploaded_blobs"], 0, "a second push uploaded blobs: {again:#}");
+    }
+
+    // 5. --recreate: a new cluster (new node containers), delivered to and applied again.
     let ids_before = docker_lines(&["ps", "-q", "--filter", &format!("label=io.x-k8s.kind.cluster={CLUSTER}")]);
     let up = ok(&repo, &["k8s-up", "--recreate", "--timeout", "600"]);
     assert!(up.contains(&format!("cluster    deleting {CLUSTER} (--recreate)")), "{up}");
@@ -97,9 +140,10 @@ fn the_default_path_runs_on_a_two_node_kind_cluster() {
     assert_eq!(ids_after.len(), 2, "{up}");
     assert!(ids_before.is_disjoint(&ids_after), "--recreate kept node containers: {ids_before:?} {ids_after:?}");
 
-    // 5. k8s-down: nothing of the cluster is left.
+    // 6. k8s-down: nothing of the cluster (nor its registry) is left.
     let down = ok(&repo, &["k8s-down"]);
     assert!(down.contains(&format!("deleted kind cluster {CLUSTER}")), "{down}");
+    assert!(down.contains("removed the local registry container kind-registry"), "{down}");
     let left = docker_lines(&["ps", "-aq", "--filter", &format!("label=io.x-k8s.kind.cluster={CLUSTER}")]);
     assert!(left.is_empty(), "containers left after k8s-down: {left:?}");
     let networks = docker_lines(&["network", "ls", "--format", "{{.Name}}"]);

@@ -122,6 +122,17 @@ pub fn ensure(project: &Project, rt: &tokio::runtime::Handle, docker: &Docker, p
     Ok(said.join(", "))
 }
 
+/// Removes the registry container, if there is one (with what it stored). Says whether
+/// there was.
+pub async fn remove(docker: &Docker) -> Result<bool> {
+    if docker.inspect_container(CONTAINER, None).await.is_err() {
+        return Ok(false);
+    }
+    let opts = bollard::query_parameters::RemoveContainerOptions { force: true, v: true, ..Default::default() };
+    docker.remove_container(CONTAINER, Some(opts)).await.with_context(|| format!("cannot remove {CONTAINER}"))?;
+    Ok(true)
+}
+
 /// What a node's containerd is told: pulls of `localhost:PORT/...` go to the registry
 /// container, over plain HTTP inside kind's network.
 pub fn hosts_toml() -> String {

@@ -3,7 +3,7 @@
 use anyhow::Result;
 
 use crate::cli::K8sDownArgs;
-use crate::cluster::{Target, kind};
+use crate::cluster::{Target, kind, local_registry};
 use crate::ctx::Ctx;
 use crate::deploy::apply;
 
@@ -19,8 +19,12 @@ pub fn run(ctx: &Ctx, args: &K8sDownArgs) -> Result<()> {
             } else {
                 println!("no kind cluster {name}: nothing to delete");
             }
-            // The last cluster gone, its network goes too.
-            if ctx.block_on(kind::remove_network_if_unused(&ctx.docker()?.0))? {
+            // The last cluster gone, the local registry and kind's network go too.
+            let docker = ctx.docker()?.0;
+            if kind::clusters()?.is_empty() && ctx.block_on(local_registry::remove(&docker))? {
+                println!("removed the local registry container {}", local_registry::CONTAINER);
+            }
+            if ctx.block_on(kind::remove_network_if_unused(&docker))? {
                 println!("removed the Docker network {} (no cluster uses it)", kind::network_name());
             }
             let _ = std::fs::remove_file(kubeconfig);
