@@ -12,7 +12,7 @@ use crate::fsutil::human_bytes;
 use crate::oci::archive::ArchiveImage;
 use crate::oci::image::{self, BuiltImage, ConfigChanges, NewLayer};
 use crate::oci::image::{BaseImage, ImportProgress};
-use crate::oci::layer::{self, Compression, LayerPlan};
+use crate::oci::layer::{self, Compression, LayerPlan, Part};
 use crate::oci::registry::ImageRef;
 use crate::oci::source;
 use crate::oci::store::Store;
@@ -44,7 +44,11 @@ pub struct BaseReport {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct LayerReport {
+    /// The layer's name in docker/images.toml; `NAME+changes` for the part of a git work
+    /// tree's directory changed since the last commit.
     pub name: String,
+    /// "all" (every file), "committed" (as the last commit has them) or "changes".
+    pub part: Part,
     pub source: String,
     pub target: String,
     pub digest: Digest,
@@ -253,32 +257,43 @@ pub fn build_def(
             prune: vec![],
         };
         let bar = ui::bytes_bar(&l.name, 0);
-        let built = layer::build(&plan, store, opts.no_cache, &mut |n| bar.inc(n))?;
+        let parts = layer::build(&plan, store, opts.no_cache, &mut |n| bar.inc(n))?;
         bar.finish_and_clear();
-        if human {
-            println!(
-                "  {:<8} {}  {:>9}  {}{}",
-                l.name,
-                built.blob.digest,
-                human_bytes(built.blob.size),
-                if built.reused { "reused" } else { "rebuilt" },
-                if built.reused { String::new() } else { format!(" in {}", ui::secs(built.seconds)) }
-            );
+        for built in parts {
+            let (name, created_by) = match built.part {
+                Part::All => (l.name.clone(), format!("COPY {} /{}", l.source, l.target)),
+                Part::Committed => (l.name.clone(), format!("COPY {} /{} (as committed)", l.source, l.target)),
+                Part::Changes => (
+                    format!("{}+changes", l.name),
+                    format!("COPY {} /{} (changes since the commit)", l.source, l.target),
+                ),
+            };
+            if human {
+                println!(
+                    "  {:<8} {}  {:>9}  {}{}",
+                    name,
+                    built.blob.digest,
+                    human_bytes(built.blob.size),
+                    if built.reused { "reused" } else { "rebuilt" },
+                    if built.reused { String::new() } else { format!(" in {}", ui::secs(built.seconds)) }
+                );
+            }
+            layer_reports.push(LayerReport {
+                name,
+                part: built.part,
+                source: l.source.clone(),
+                target: format!("/{}", l.target),
+                digest: built.blob.digest.clone(),
+                diff_id: built.blob.diff_id.clone(),
+                size: built.blob.size,
+                media_type: built.blob.media_type.clone(),
+                status: if built.reused { "reused" } else { "rebuilt" },
+                files: built.files,
+                input_bytes: built.input_bytes,
+                seconds: built.seconds,
+            });
+            blobs.push((built.blob, created_by));
         }
-        layer_reports.push(LayerReport {
-            name: l.name.clone(),
-            source: l.source.clone(),
-            target: format!("/{}", l.target),
-            digest: built.blob.digest.clone(),
-            diff_id: built.blob.diff_id.clone(),
-            size: built.blob.size,
-            media_type: built.blob.media_type.clone(),
-            status: if built.reused { "reused" } else { "rebuilt" },
-            files: built.files,
-            input_bytes: built.input_bytes,
-            seconds: built.seconds,
-        });
-        blobs.push((built.blob, format!("COPY {} /{}", l.source, l.target)));
     }
 
     let created = image::rfc3339(def.mtime)?;

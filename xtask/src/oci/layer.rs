@@ -4,6 +4,9 @@
 //! A layer's inputs are summarised by (path, kind, size, mtime, mode) of every entry plus
 //! everything in the plan that shapes the bytes; when that summary matches a cached build
 //! whose blob is still in the store, the layer is reused without reading a single file.
+//!
+//! In a git work tree a directory becomes two layers (see `split`): what the last commit
+//! holds, and what the working tree changed since, so a one-file edit makes a one-file layer.
 
 use camino::{Utf8Component, Utf8Path, Utf8PathBuf};
 use std::fs::{self, File};
@@ -11,6 +14,7 @@ use std::io::{BufWriter, Write};
 #[cfg(test)]
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -21,6 +25,8 @@ use sha2::{Digest as _, Sha256};
 use super::store::Store;
 use super::tar::{Meta, TarWriter};
 use super::{Digest, HashingWriter, MediaType};
+
+mod split;
 
 /// Bumped whenever the bytes we write for the same inputs change, so old cache entries
 /// are not trusted.
@@ -91,6 +97,8 @@ pub enum InputKind {
     File,
     Dir,
     Symlink(String),
+    /// The path is deleted: an empty file named `.wh.NAME` in its parent (OCI whiteout).
+    Whiteout,
 }
 
 /// One entry of a layer's source directory.
@@ -105,6 +113,8 @@ pub struct Input {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    /// The file's bytes when they do not come from `abs` (a committed version read from git).
+    pub data: Option<Arc<[u8]>>,
 }
 
 /// The result of building (or reusing) a layer.
@@ -116,8 +126,21 @@ pub struct LayerBlob {
     pub media_type: MediaType,
 }
 
+/// Which part of a directory a layer carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Part {
+    /// Every file of the working tree, in one layer.
+    All,
+    /// The files as the last commit has them.
+    Committed,
+    /// What the working tree changed since the last commit, deletions as whiteouts.
+    Changes,
+}
+
 #[derive(Clone, Debug)]
 pub struct BuiltLayer {
+    pub part: Part,
     pub blob: LayerBlob,
     pub reused: bool,
     pub seconds: f64,
@@ -204,6 +227,7 @@ fn walk(plan: &LayerPlan, dir: &Utf8Path, rel_dir: &str, out: &mut Vec<Input>) -
             mode: md.mode() & 0o7777,
             uid: md.uid(),
             gid: md.gid(),
+            data: None,
         });
         if kind == InputKind::Dir && !plan.prune.contains(&rel) {
             walk(plan, &abs, &rel, out)?;
@@ -292,6 +316,7 @@ pub fn cache_key(plan: &LayerPlan, inputs: &[Input]) -> String {
             InputKind::File => "f".to_string(),
             InputKind::Dir => "d".to_string(),
             InputKind::Symlink(t) => format!("l>{t}"),
+            InputKind::Whiteout => "w".to_string(),
         };
         line(format!("{}\0{kind}\0{}\0{}\0{:o}\0{}:{}", i.rel, i.size, i.mtime_ns, i.mode, i.uid, i.gid));
     }
@@ -308,7 +333,7 @@ impl LayerPlan {
             InputKind::Dir => self.dir_mode,
             InputKind::Symlink(_) => 0o777,
             InputKind::File if input.mode & 0o111 != 0 => self.exec_mode,
-            InputKind::File => self.file_mode,
+            InputKind::File | InputKind::Whiteout => self.file_mode,
         };
         Meta { uid: self.uid, gid: self.gid, mode, mtime: self.mtime }
     }
@@ -327,6 +352,19 @@ fn write_tar(plan: &LayerPlan, inputs: &[Input], out: &mut dyn Write, on_bytes: 
         match &input.kind {
             InputKind::Dir => tar.dir(&path, meta)?,
             InputKind::Symlink(target) => tar.symlink(&path, target, meta)?,
+            InputKind::Whiteout => {
+                let whiteout = match path.rsplit_once('/') {
+                    Some((dir, name)) => format!("{dir}/.wh.{name}"),
+                    None => format!(".wh.{path}"),
+                };
+                tar.file(&whiteout, meta, 0, &mut std::io::empty())?;
+            }
+            InputKind::File if input.data.is_some() => {
+                let data = input.data.as_deref().unwrap_or_default();
+                tar.file(&path, meta, data.len() as u64, &mut &data[..])
+                    .with_context(|| format!("cannot add {} to layer `{}`", label(), plan.name))?;
+                on_bytes(data.len() as u64);
+            }
             InputKind::File => {
                 let mut f = File::open(&input.abs).with_context(|| {
                     format!(
@@ -344,22 +382,48 @@ fn write_tar(plan: &LayerPlan, inputs: &[Input], out: &mut dyn Write, on_bytes: 
     Ok(())
 }
 
-/// Builds the layer into the store (or reuses the cached result) and reports how.
-pub fn build(plan: &LayerPlan, store: &Store, force: bool, on_bytes: &mut dyn FnMut(u64)) -> Result<BuiltLayer> {
+/// Builds the layer(s) of one directory into the store (or reuses cached results): two
+/// layers, committed and changes, in a git work tree whose changes are small; else one.
+pub fn build(plan: &LayerPlan, store: &Store, force: bool, on_bytes: &mut dyn FnMut(u64)) -> Result<Vec<BuiltLayer>> {
     let started = Instant::now();
     let inputs = scan(plan)?;
+    if !plan.rootfs
+        && let Some(parts) = split::build(plan, &inputs, store, force, on_bytes)?
+    {
+        return Ok(parts);
+    }
+    Ok(vec![build_one(plan, Part::All, &inputs, store, force, started, on_bytes)?])
+}
+
+/// Builds one layer of `inputs`, or reuses the cached build of the same inputs.
+fn build_one(
+    plan: &LayerPlan,
+    part: Part,
+    inputs: &[Input],
+    store: &Store,
+    force: bool,
+    started: Instant,
+    on_bytes: &mut dyn FnMut(u64),
+) -> Result<BuiltLayer> {
     let input_bytes: u64 = inputs.iter().map(|i| i.size).sum();
     let files = inputs.iter().filter(|i| i.kind == InputKind::File).count();
-    let key = cache_key(plan, &inputs);
+    let key = cache_key(plan, inputs);
     if !force
         && let Some(blob) = store.cache_get::<LayerBlob>("layers", &key)
         && store.blob_of_size(&blob.digest, blob.size)
     {
-        return Ok(BuiltLayer { blob, reused: true, seconds: started.elapsed().as_secs_f64(), input_bytes, files });
+        return Ok(BuiltLayer {
+            part,
+            blob,
+            reused: true,
+            seconds: started.elapsed().as_secs_f64(),
+            input_bytes,
+            files,
+        });
     }
-    let blob = write(plan, &inputs, store, on_bytes)?;
+    let blob = write(plan, inputs, store, on_bytes)?;
     store.cache_put("layers", &key, &blob)?;
-    Ok(BuiltLayer { blob, reused: false, seconds: started.elapsed().as_secs_f64(), input_bytes, files })
+    Ok(BuiltLayer { part, blob, reused: false, seconds: started.elapsed().as_secs_f64(), input_bytes, files })
 }
 
 /// Writes the layer blob in one pass: tar bytes are hashed (diffID), compressed, and the

@@ -552,3 +552,22 @@ pub fn forward(upstream: &str, head: &str, body: &[u8]) -> std::io::Result<(Stri
     from_server.read_exact(&mut resp)?;
     Ok((answer, resp))
 }
+
+impl Repo {
+    /// Makes the repository a git work tree with everything in it committed.
+    pub fn commit_all(&self) {
+        let git = |args: &[&str]| {
+            sh(Command::new("git")
+                .arg("-C")
+                .arg(self.root())
+                .args(["-c", "user.name=test", "-c", "user.email=test@example.com"])
+                .args(args))
+        };
+        if !self.path(".git").exists() {
+            git(&["init", "-q"]);
+            self.write(".gitignore", "/target/\n");
+        }
+        git(&["add", "-A"]);
+        git(&["commit", "-q", "--allow-empty", "-m", "test"]);
+    }
+}

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use super::scenario::{commit_all, new_dag_layer};
 use super::tools::{docker_ok, docker_save_import, timed};
 use crate::cli::BenchClusterArgs;
 use crate::config::Project;
@@ -93,6 +94,7 @@ pub fn run(ctx: &Ctx, args: &BenchClusterArgs) -> Result<()> {
     for i in 0..args.dag_files {
         fs::write(data.join(format!("query_{i:04}.sql")), rng.python_source(25_000))?;
     }
+    commit_all(&repo)?;
     let flags = cluster_flags(args);
     let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
     let socket = args.node_containerd.to_string();
@@ -117,11 +119,7 @@ pub fn run(ctx: &Ctx, args: &BenchClusterArgs) -> Result<()> {
     let deliver_seconds = worker["seconds"].as_f64().unwrap_or(0.0);
     let built: serde_json::Value =
         serde_json::from_slice(&xtask(&repo, &["images", "--json", "--image", "airflow-worker"])?.stdout)?;
-    let dag_layer = built["images"][0]["layers"]
-        .as_array()
-        .and_then(|ls| ls.iter().find(|l| l["name"] == "dags"))
-        .and_then(|l| l["size"].as_u64())
-        .context("no dags layer in the images report")?;
+    let dag_layer = new_dag_layer(&built).context("no files/dags layer in the images report")?;
     let image_name =
         built["images"][0]["reference"].as_str().unwrap_or("docker.io/library/airflow-worker:dev").to_string();
 

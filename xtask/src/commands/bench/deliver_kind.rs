@@ -54,6 +54,7 @@ pub fn run(ctx: &Ctx, args: &BenchKindArgs) -> Result<()> {
     for i in 0..args.dag_files {
         fs::write(data.join(format!("query_{i:04}.sql")), rng.python_source(25_000))?;
     }
+    super::scenario::commit_all(&repo)?;
     let mut rows = Vec::new();
     for &n in &args.nodes {
         if n == 0 {
@@ -139,11 +140,7 @@ fn measure(repo: &Utf8Path, name: &str, nodes: usize, cluster: &[&str]) -> Resul
     };
     let built = build(&["--load", "docker"])?;
     let reference = built["images"][0]["reference"].as_str().context("no image reference in the report")?.to_string();
-    let dag_layer = built["images"][0]["layers"]
-        .as_array()
-        .and_then(|ls| ls.iter().find(|l| l["name"] == "dags"))
-        .and_then(|l| l["size"].as_u64())
-        .context("no dags layer in the images report")?;
+    let dag_layer = super::scenario::new_dag_layer(&built).context("no files/dags layer in the images report")?;
     eprintln!("measuring: kind load docker-image {reference} --name {name}");
     let mut c = Command::new("kind");
     c.args(["load", "docker-image", &reference, "--name", name]);

@@ -48,11 +48,13 @@ pub(super) fn images(project: &Project, args: &BenchImagesArgs) -> Result<()> {
     let (dags_files, dags_bytes) = dir_size(&repo.join("files/dags"))?;
     let (_, include_bytes) = dir_size(&repo.join("files/include"))?;
     let exe = std::env::current_exe()?;
-    let xtask = |extra: &[&str]| -> Result<Run> {
+    let xtask_env = |extra: &[&str], env: &[(&str, &str)]| -> Result<Run> {
         let mut c = Command::new(&exe);
         c.arg("--root").arg(&repo).arg("images").arg("--json").args(extra).env_remove("SOURCE_DATE_EPOCH");
+        c.envs(env.iter().copied());
         timed(c)
     };
+    let xtask = |extra: &[&str]| xtask_env(extra, &[]);
 
     // Peak memory and time of importing the base into a clean store (and building on it).
     let _ = fs::remove_dir_all(repo.join("target"));
@@ -77,6 +79,16 @@ pub(super) fn images(project: &Project, args: &BenchImagesArgs) -> Result<()> {
     }
     noops.sort_by(f64::total_cmp);
     let noop = noops[noops.len() / 2];
+    // The same kind of edit with git out of sight: the DAG directory is one layer again.
+    edit_one_dag(&repo, 2)?;
+    eprintln!("measuring: xtask after one DAG changed, git hidden (one DAG layer)");
+    let hidden = dir.join("no-such-git-dir");
+    let one_layer = xtask_env(&[], &[("GIT_DIR", hidden.as_str())])?;
+    let layer_bytes = |run: &Run| -> Result<u64> {
+        let report: serde_json::Value = serde_json::from_slice(&run.stdout)?;
+        super::scenario::new_dag_layer(&report).context("no files/dags layer in the images report")
+    };
+    let (split_bytes, whole_bytes) = (layer_bytes(&one)?, layer_bytes(&one_layer)?);
 
     // The same steps with docker build.
     let docker = if args.no_docker { None } else { docker_peer(&dir, &repo, &base_store)? };
@@ -97,6 +109,17 @@ pub(super) fn images(project: &Project, args: &BenchImagesArgs) -> Result<()> {
             peer: "docker build".into(),
             peer_seconds: docker.as_ref().map(|d| d.one),
             note: "target: <= 1/3 of docker build".into(),
+        },
+        Row {
+            what: "one DAG changed, its new layer".into(),
+            ours_seconds: Some(one.seconds),
+            peer: "xtask, one DAG layer".into(),
+            peer_seconds: Some(one_layer.seconds),
+            note: format!(
+                "committed + changes layers: the new layer is {} vs {} for the whole DAG layer",
+                human_bytes(split_bytes),
+                human_bytes(whole_bytes)
+            ),
         },
         Row {
             what: "no-op rebuild (median of 5)".into(),

@@ -27,11 +27,7 @@ pub(super) fn push(project: &Project, args: &BenchImagesArgs) -> Result<()> {
     let first_push = xtask(&["--push", &registry.host])?;
     edit_one_dag(&sc.repo, 3)?;
     let rebuilt: serde_json::Value = serde_json::from_slice(&xtask(&[])?.stdout)?;
-    let dag_layer = rebuilt["images"][0]["layers"]
-        .as_array()
-        .and_then(|ls| ls.iter().find(|l| l["name"] == "dags"))
-        .and_then(|l| l["size"].as_u64())
-        .unwrap_or(0);
+    let dag_layer = super::scenario::new_dag_layer(&rebuilt).unwrap_or(0);
     let before = registry.stored_bytes();
     eprintln!("measuring: xtask push after one DAG changed");
     let ours = xtask(&["--push", &registry.host])?;

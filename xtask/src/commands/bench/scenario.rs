@@ -116,6 +116,8 @@ pub(super) fn scenario(project: &Project, args: &BenchImagesArgs) -> Result<Scen
         generate(&dir, args)?;
         fs::write(&marker, &description)?;
     }
+    // The scenario as committed: a DAG edit is then a change on top of a commit.
+    commit_all(&repo)?;
     let base_store = dir.join("base");
     let base_bytes: u64 = {
         let store = Store::open(&base_store)?;
@@ -283,4 +285,34 @@ pub(super) fn generate(dir: &Utf8Path, args: &BenchImagesArgs) -> Result<()> {
     )?;
     fs::write(repo.join("files/.dockerignore"), "Dockerfile\n.dockerignore\n")?;
     Ok(())
+}
+
+/// Commits everything in a benchmark's own repository, so that its DAG edits are changes
+/// on top of a commit, as in a user's checkout (where a DAG edit gets a layer of its own).
+pub(super) fn commit_all(repo: &Utf8Path) -> Result<()> {
+    let git = |args: &[&str]| -> Result<()> {
+        let mut argv = vec!["-C", repo.as_str(), "-c", "user.name=xtask bench", "-c", "user.email=bench@xtask.invalid"];
+        argv.extend_from_slice(args);
+        duct::cmd("git", argv)
+            .stdout_null()
+            .run()
+            .with_context(|| format!("git {} in {repo} failed", args.join(" ")))?;
+        Ok(())
+    };
+    if !repo.join(".git").exists() {
+        git(&["init", "-q"])?;
+        fs::write(repo.join(".gitignore"), "/target/\n")?;
+    }
+    git(&["add", "-A"])?;
+    git(&["commit", "-q", "--allow-empty", "-m", "benchmark scenario"])
+}
+
+/// The DAG layer a one-DAG change produced: the topmost layer of `files/dags` in an images
+/// report (its changes layer in a git work tree, else the whole DAG layer).
+pub(super) fn new_dag_layer(report: &serde_json::Value) -> Option<u64> {
+    report["images"][0]["layers"]
+        .as_array()?
+        .iter()
+        .rfind(|l| l["source"] == "files/dags")
+        .and_then(|l| l["size"].as_u64())
 }

@@ -53,6 +53,7 @@ pub fn run(ctx: &Ctx, args: &BenchClusterArgs) -> Result<()> {
     let project = &ctx.project;
     check_cluster(args)?;
     let repo = repo_copy(project)?;
+    super::scenario::commit_all(&repo)?;
     let flags = cluster_flags(args);
     let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
     let socket = args.node_containerd.to_string();
