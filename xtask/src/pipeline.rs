@@ -226,7 +226,7 @@ pub fn up(ctx: &Ctx, args: &K8sUpArgs, until: Until) -> Result<UpReport> {
         if let (Target::Kind { name, .. }, Some(port)) = (&target, local_registry::local_port(dest)) {
             // kind's local registry: the container, each node's mirror, the ConfigMap.
             let docker = ctx.docker()?.0;
-            let said = local_registry::ensure(project, ctx.handle(), &docker, port)?;
+            let said = local_registry::ensure(project, ctx.handle(), &store, &docker, port)?;
             let nodes = kind::nodes(name)?;
             ctx.block_on(async {
                 for node in &nodes {

@@ -19,6 +19,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 
 use crate::config::Project;
+use crate::oci::store::Store;
 
 /// The registry container's name, as kind's documentation names it.
 pub const CONTAINER: &str = "kind-registry";
@@ -34,7 +35,7 @@ pub fn local_port(registry: &str) -> Option<u16> {
 }
 
 /// The image the registry container runs, built from its recipe when missing.
-fn image(project: &Project, rt: &tokio::runtime::Handle) -> Result<String> {
+fn image(project: &Project, rt: &tokio::runtime::Handle, store: &Store) -> Result<String> {
     let name = "xtask.local/kind-registry:1".to_string();
     let defs = crate::kind_node::recipe_image(
         project,
@@ -43,16 +44,21 @@ fn image(project: &Project, rt: &tokio::runtime::Handle) -> Result<String> {
         "1",
         &format!("{}kind-registry", crate::image_build::XTASK_BASE),
     );
-    let store = crate::oci::store::Store::open(&project.store_dir())?;
-    let built = crate::image_build::build_def(project, rt, &store, &defs, &Default::default(), false)
+    let built = crate::image_build::build_def(project, rt, store, &defs, &Default::default(), false)
         .context("cannot build the local registry's image")?;
-    crate::oci::docker::load(rt, &store, std::slice::from_ref(&built.archive_image()))?;
+    crate::oci::docker::load(rt, store, std::slice::from_ref(&built.archive_image()))?;
     Ok(name)
 }
 
 /// Starts the registry (or reuses the one running), publishes it on 127.0.0.1:`port`, and
 /// joins it to kind's network. Says what it did.
-pub fn ensure(project: &Project, rt: &tokio::runtime::Handle, docker: &Docker, port: u16) -> Result<String> {
+pub fn ensure(
+    project: &Project,
+    rt: &tokio::runtime::Handle,
+    store: &Store,
+    docker: &Docker,
+    port: u16,
+) -> Result<String> {
     let network = super::kind::network_name();
     let existing = rt.block_on(docker.inspect_container(CONTAINER, None)).ok();
     let mut said = Vec::new();
@@ -79,7 +85,7 @@ pub fn ensure(project: &Project, rt: &tokio::runtime::Handle, docker: &Docker, p
             }
         }
         None => {
-            let image = image(project, rt)?;
+            let image = image(project, rt, store)?;
             let mut bindings = HashMap::new();
             bindings.insert(
                 format!("{INNER_PORT}/tcp"),

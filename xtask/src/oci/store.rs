@@ -16,6 +16,7 @@ use std::io::{self, BufWriter, Read, Write};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::BTreeSet;
 
 use super::{
     ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, Descriptor, DescriptorExt, Digest, HashingWriter, ImageIndex,
@@ -38,6 +39,20 @@ pub struct DigestMismatch {
 pub struct Store {
     root: Utf8PathBuf,
     _lock: File,
+    /// The canonical root, as registered in `OPEN` (None for a view, which locks nothing).
+    canonical: Option<std::path::PathBuf>,
+}
+
+/// The stores this process holds open. A second `open` of one of them would wait for
+/// itself forever (flock is per open file), so it is refused at once instead.
+static OPEN: std::sync::Mutex<BTreeSet<std::path::PathBuf>> = std::sync::Mutex::new(BTreeSet::new());
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let (Some(c), Ok(mut open)) = (&self.canonical, OPEN.lock()) {
+            open.remove(c);
+        }
+    }
 }
 
 impl Store {
@@ -53,17 +68,22 @@ impl Store {
             .write(true)
             .open(root.join("lock"))
             .with_context(|| format!("cannot open {}", root.join("lock")))?;
-        match lock.try_lock() {
+        let canonical = fs::canonicalize(root).with_context(|| format!("cannot resolve {root}"))?;
+        if !OPEN.lock().map_err(|_| anyhow::anyhow!("the store registry is poisoned"))?.insert(canonical.clone()) {
+            bail!("internal error: the image store {root} is already open in this process; pass the open store down");
+        }
+        let guard = Store { root: root.to_path_buf(), _lock: lock, canonical: Some(canonical) };
+        match guard._lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 eprintln!("waiting for another xtask process that is using {}", root);
-                lock.lock().with_context(|| format!("cannot lock {}", root))?;
+                guard._lock.lock().with_context(|| format!("cannot lock {}", root))?;
             }
             Err(TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("cannot lock {}", root));
             }
         }
-        let store = Store { root: root.to_path_buf(), _lock: lock };
+        let store = guard;
         // We hold the lock: anything in tmp/ was left by a build that was killed.
         if let Ok(entries) = fs::read_dir(store.root.join("tmp")) {
             for e in entries.flatten() {
@@ -84,7 +104,7 @@ impl Store {
     /// reader on another thread. It takes no lock and cleans nothing.
     pub fn open_view(root: &Utf8Path) -> Result<Store> {
         let lock = File::open(root.join("lock")).with_context(|| format!("{} is not an image store", root))?;
-        Ok(Store { root: root.to_path_buf(), _lock: lock })
+        Ok(Store { root: root.to_path_buf(), _lock: lock, canonical: None })
     }
 
     pub fn root(&self) -> &Utf8Path {
@@ -394,6 +414,17 @@ pub fn copy_with_progress(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_open_in_the_same_process_fails_at_once_instead_of_waiting_for_itself() {
+        let dir = camino_tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Through another spelling of the same directory, too.
+        let err = Store::open(&dir.path().join("blobs/..")).err().expect("a second open must fail");
+        assert!(err.to_string().contains("already open in this process"), "{err}");
+        drop(store);
+        Store::open(dir.path()).expect("open again once the first is closed");
+    }
 
     #[test]
     fn ingest_rejects_wrong_bytes_and_keeps_nothing() {
