@@ -235,18 +235,25 @@ pub struct Delivered {
     pub seconds: f64,
 }
 
-/// The manifest digest of `name` on the node, if it has the image (under its tag and under
-/// its digest name, which is what pods use).
-pub fn image_digest(node: &dyn Node, name: &str) -> Result<Option<Digest>> {
-    let filter = format!("name=={name}");
-    let out = node.ctr(&["images", "ls", &filter], None)?;
+/// The manifest digests the node lists under each of `names` (one `ctr images ls` for all).
+pub fn image_digests(node: &dyn Node, names: &[&str]) -> Result<Vec<Option<Digest>>> {
+    let filters: Vec<String> = names.iter().map(|n| format!("name=={n}")).collect();
+    let mut args = vec!["images", "ls"];
+    args.extend(filters.iter().map(String::as_str));
+    let out = node.ctr(&args, None)?;
     if !out.success {
         bail!("cannot list images on {}: {}", node.name(), out.stderr.trim());
     }
-    Ok(out.stdout.lines().skip(1).find_map(|l| {
-        let cols: Vec<&str> = l.split_whitespace().collect();
-        (cols.first() == Some(&name)).then(|| cols.iter().find_map(|c| Digest::parse(c).ok())).flatten()
-    }))
+    let listed: Vec<(&str, Option<Digest>)> = out
+        .stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            Some((*cols.first()?, cols.iter().find_map(|c| Digest::parse(c).ok())))
+        })
+        .collect();
+    Ok(names.iter().map(|n| listed.iter().find(|(name, _)| name == n).and_then(|(_, d)| d.clone())).collect())
 }
 
 /// Every blob digest in the node's content store.
@@ -311,9 +318,9 @@ pub fn deliver(
 fn deliver_one(store: &Store, image: &ArchiveImage, node: &dyn Node) -> Result<Delivered> {
     let started = Instant::now();
     let digest = image.manifest.sha256()?;
-    if image_digest(node, &image.name)? == Some(digest.clone())
-        && image_digest(node, &crate::oci::digest_reference(&image.name, &digest))?.is_some()
-    {
+    let by_digest = crate::oci::digest_reference(&image.name, &digest);
+    let listed = image_digests(node, &[&image.name, &by_digest])?;
+    if listed[0].as_ref() == Some(&digest) && listed[1].is_some() {
         return Ok(Delivered {
             node: node.name(),
             image: image.name.clone(),
@@ -338,7 +345,9 @@ fn deliver_one(store: &Store, image: &ArchiveImage, node: &dyn Node) -> Result<D
     if !result.success {
         bail!("ctr images import of {} on {} failed: {}", image.name, node.name(), result.stderr.trim());
     }
-    if image_digest(node, &image.name)? != Some(digest.clone()) {
+    // ctr says "unpacking NAME (DIGEST)...done" for what it imported; else ask.
+    let said = result.stdout.lines().any(|l| l.contains(&image.name) && l.contains(digest.as_str()));
+    if !said && image_digests(node, &[&image.name])?[0].as_ref() != Some(&digest) {
         bail!("{} reported success but does not list {} at {digest}", node.name(), image.name);
     }
     Ok(Delivered {

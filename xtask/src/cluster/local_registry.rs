@@ -112,6 +112,7 @@ pub fn ensure(
             said.push(format!("started {CONTAINER} on 127.0.0.1:{port}"));
         }
     }
+    wait_ready(port)?;
     let joined = rt
         .block_on(docker.inspect_container(CONTAINER, None))?
         .network_settings
@@ -126,6 +127,37 @@ pub fn ensure(
         said.push(format!("joined network {network}"));
     }
     Ok(said.join(", "))
+}
+
+/// Waits until the registry answers `GET /v2/` on 127.0.0.1:`port`: a container just
+/// started publishes its port before the registry inside listens.
+fn wait_ready(port: u16) -> Result<()> {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let limit = Duration::from_secs(60);
+    let started = Instant::now();
+    let mut last = String::from("no answer yet");
+    while started.elapsed() < limit {
+        let attempt = || -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+            let mut head = [0u8; 64];
+            let n = s.read(&mut head)?;
+            Ok(String::from_utf8_lossy(&head[..n]).lines().next().unwrap_or_default().to_string())
+        };
+        match attempt() {
+            Ok(line) if line.starts_with("HTTP/1.") && line.contains(" 200") => return Ok(()),
+            Ok(line) => last = format!("it answered `{line}`"),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!(
+        "the registry container {CONTAINER} did not answer on 127.0.0.1:{port} within {}s ({last}); see `docker logs {CONTAINER}`",
+        limit.as_secs()
+    )
 }
 
 /// Removes the registry container, if there is one (with what it stored). Says whether
