@@ -21,9 +21,22 @@ fn docker_lines(args: &[&str]) -> BTreeSet<String> {
     stdout(&out).lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
 }
 
+/// Where kind (through xtask) writes the test cluster's kubeconfig: a file of the test's
+/// own, so the kubeconfig of the shell's cluster (KUBECONFIG, set by `.ci/local-cluster
+/// env`) loses nothing when kind deletes the cluster's context.
+fn kind_kubeconfig() -> std::path::PathBuf {
+    std::env::temp_dir().join("xtask-kind-test.kubeconfig")
+}
+
+fn kind_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new("kind");
+    c.args(args).env("KUBECONFIG", kind_kubeconfig());
+    c
+}
+
 fn run(repo: &Repo, args: &[&str]) -> Output {
     let mut c = repo.xtask();
-    c.args(args).args(["--cluster-name", CLUSTER]);
+    c.args(args).args(["--cluster-name", CLUSTER]).env("KUBECONFIG", kind_kubeconfig());
     c.output().unwrap()
 }
 
@@ -33,11 +46,31 @@ fn ok(repo: &Repo, args: &[&str]) -> String {
     stdout(&out)
 }
 
+/// What the test makes and k8s-down removes: removed here too, before the test (left by an
+/// earlier run that failed) and after it, whatever the outcome.
+struct Leftovers;
+
+impl Leftovers {
+    fn remove() {
+        let _ = kind_cmd(&["delete", "cluster", "--name", CLUSTER]).output();
+        let _ = Command::new("docker").args(["rm", "-f", "-v", "kind-registry"]).output();
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            Leftovers::remove();
+        }
+    }
+}
+
 #[test]
 fn the_default_path_runs_on_a_two_node_kind_cluster() {
     require("kind");
     require_docker();
-    let _ = Command::new("kind").args(["delete", "cluster", "--name", CLUSTER]).output();
+    Leftovers::remove();
+    let _leftovers = Leftovers;
     let volumes_before = docker_lines(&["volume", "ls", "-q"]);
 
     // 1. The node image, built here from Go modules and Debian, loaded into the engine.

@@ -93,6 +93,8 @@ pub fn ensure(
             );
             let body = ContainerCreateBody {
                 image: Some(image),
+                // The engine publishes only exposed ports; our image exposes none itself.
+                exposed_ports: Some(vec![format!("{INNER_PORT}/tcp")]),
                 host_config: Some(HostConfig {
                     port_bindings: Some(bindings),
                     restart_policy: Some(RestartPolicy {
