@@ -453,7 +453,7 @@ pub fn write(plan: &LayerPlan, inputs: &[Input], store: &Store, on_bytes: &mut d
 mod tests {
     use super::*;
 
-    fn plan(dir: &Utf8Path) -> LayerPlan {
+    pub(super) fn plan(dir: &Utf8Path) -> LayerPlan {
         LayerPlan {
             name: "dags".into(),
             source: dir.join("files/dags"),

@@ -394,8 +394,8 @@ fn committed_inputs(plan: &LayerPlan, split: &Split) -> Result<Option<Vec<Input>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oci::layer::{Compression, scan};
-    use crate::oci::tar::Meta;
+    use crate::oci::layer::scan;
+    use crate::oci::layer::tests::plan;
     use camino::Utf8Path;
 
     #[test]
@@ -414,27 +414,6 @@ mod tests {
             .output()
             .unwrap();
         assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    fn plan(root: &Utf8Path) -> LayerPlan {
-        LayerPlan {
-            name: "dags".into(),
-            source: root.join("files/dags"),
-            source_label: "files/dags".into(),
-            context: root.join("files"),
-            rootfs: false,
-            prune: vec![],
-            target: "opt/airflow/dags".into(),
-            parents: vec![("opt".into(), Meta { uid: 0, gid: 0, mode: 0o755, mtime: 0 })],
-            uid: 50000,
-            gid: 0,
-            file_mode: 0o644,
-            exec_mode: 0o755,
-            dir_mode: 0o755,
-            mtime: 946684800,
-            compression: Compression::Gzip,
-            exclude: vec!["__pycache__".into()],
-        }
     }
 
     #[test]
