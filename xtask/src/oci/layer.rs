@@ -339,6 +339,14 @@ impl LayerPlan {
     }
 }
 
+/// The entry that deletes `path` in a layer: an empty `.wh.NAME` beside it.
+fn whiteout_path(path: &str) -> String {
+    match path.rsplit_once('/') {
+        Some((dir, name)) => format!("{dir}/.wh.{name}"),
+        None => format!(".wh.{path}"),
+    }
+}
+
 /// Writes the layer's tar stream: the target's parents, then every input.
 fn write_tar(plan: &LayerPlan, inputs: &[Input], out: &mut dyn Write, on_bytes: &mut dyn FnMut(u64)) -> Result<()> {
     let mut tar = TarWriter::new(BufWriter::with_capacity(256 << 10, out));
@@ -352,13 +360,7 @@ fn write_tar(plan: &LayerPlan, inputs: &[Input], out: &mut dyn Write, on_bytes: 
         match &input.kind {
             InputKind::Dir => tar.dir(&path, meta)?,
             InputKind::Symlink(target) => tar.symlink(&path, target, meta)?,
-            InputKind::Whiteout => {
-                let whiteout = match path.rsplit_once('/') {
-                    Some((dir, name)) => format!("{dir}/.wh.{name}"),
-                    None => format!(".wh.{path}"),
-                };
-                tar.file(&whiteout, meta, 0, &mut std::io::empty())?;
-            }
+            InputKind::Whiteout => tar.file(&whiteout_path(&path), meta, 0, &mut std::io::empty())?,
             InputKind::File if input.data.is_some() => {
                 let data = input.data.as_deref().unwrap_or_default();
                 tar.file(&path, meta, data.len() as u64, &mut &data[..])

@@ -305,13 +305,7 @@ fn dirty_paths<'a>(status: &'a str, prefix: &str) -> HashSet<&'a str> {
 
 /// The path an entry has in the layer: a whiteout is `.wh.NAME` in its parent.
 fn written(i: &Input) -> String {
-    if i.kind != InputKind::Whiteout {
-        return i.rel.clone();
-    }
-    match i.rel.rsplit_once('/') {
-        Some((dir, name)) => format!("{dir}/.wh.{name}"),
-        None => format!(".wh.{}", i.rel),
-    }
+    if i.kind == InputKind::Whiteout { super::whiteout_path(&i.rel) } else { i.rel.clone() }
 }
 
 /// `a/b/c` -> `a`, `a/b`.
