@@ -31,7 +31,15 @@ const MAX_GIT_BYTES: u64 = 64 << 20;
 #[derive(Serialize, Deserialize)]
 enum Outcome {
     Fold,
-    Split { committed: LayerBlob, changes: Option<LayerBlob> },
+    Split { committed: CachedPart, changes: Option<CachedPart> },
+}
+
+/// One built part as the outcome cache keeps it: enough to report it again.
+#[derive(Serialize, Deserialize)]
+struct CachedPart {
+    blob: LayerBlob,
+    input_bytes: u64,
+    files: usize,
 }
 
 /// One file or symlink of HEAD's tree under the layer's source.
@@ -52,21 +60,21 @@ pub(super) fn build(
     on_bytes: &mut dyn FnMut(u64),
 ) -> Result<Option<Vec<BuiltLayer>>> {
     let started = Instant::now();
-    let Some(tree) = head_tree(plan) else { return Ok(None) };
+    let Some(InGit { prefix, tree }) = head_tree(plan) else { return Ok(None) };
     let outcome_key = sha(&[LAYER_FORMAT, "split", &tree, &cache_key(plan, inputs)]);
     if !force && let Some(outcome) = store.cache_get::<Outcome>("split", &outcome_key) {
         match outcome {
             Outcome::Fold => return Ok(None),
             Outcome::Split { committed, changes } => {
-                let present = |b: &LayerBlob| store.blob_of_size(&b.digest, b.size);
+                let present = |c: &CachedPart| store.blob_of_size(&c.blob.digest, c.blob.size);
                 if present(&committed) && changes.as_ref().is_none_or(present) {
-                    let reused = |part, blob| BuiltLayer {
+                    let reused = |part, c: CachedPart| BuiltLayer {
                         part,
-                        blob,
+                        blob: c.blob,
                         reused: true,
                         seconds: started.elapsed().as_secs_f64(),
-                        input_bytes: 0,
-                        files: 0,
+                        input_bytes: c.input_bytes,
+                        files: c.files,
                     };
                     let mut out = vec![reused(Part::Committed, committed)];
                     out.extend(changes.map(|c| reused(Part::Changes, c)));
@@ -75,7 +83,7 @@ pub(super) fn build(
             }
         }
     }
-    let Some(split) = plan_split(plan, inputs)? else {
+    let Some(split) = plan_split(plan, inputs, &prefix)? else {
         store.cache_put("split", &outcome_key, &Outcome::Fold)?;
         return Ok(None);
     };
@@ -114,8 +122,8 @@ pub(super) fn build(
     } else {
         Some(build_one(plan, Part::Changes, &split.changes, store, force, Instant::now(), on_bytes)?)
     };
-    let outcome =
-        Outcome::Split { committed: committed.blob.clone(), changes: changes.as_ref().map(|c| c.blob.clone()) };
+    let cached = |b: &BuiltLayer| CachedPart { blob: b.blob.clone(), input_bytes: b.input_bytes, files: b.files };
+    let outcome = Outcome::Split { committed: cached(&committed), changes: changes.as_ref().map(cached) };
     store.cache_put("split", &outcome_key, &outcome)?;
     let mut out = vec![committed];
     out.extend(changes);
@@ -148,13 +156,24 @@ fn git(plan: &LayerPlan, args: &[&str]) -> Option<String> {
     crate::process::read_bounded(expr, "git", GIT_LIMIT).ok()
 }
 
-/// The id of the source directory's tree in HEAD, if the source is in a git work tree
-/// whose last commit has it.
-fn head_tree(plan: &LayerPlan) -> Option<String> {
+/// Where the source sits in a git work tree whose last commit has it: its path from the
+/// top of the work tree ("files/dags/") and the id of its tree in HEAD.
+struct InGit {
+    prefix: String,
+    tree: String,
+}
+
+fn head_tree(plan: &LayerPlan) -> Option<InGit> {
     crate::process::find("git")?;
-    let id = git(plan, &["rev-parse", "--verify", "--quiet", "HEAD:./"])?;
-    let id = id.trim();
-    (!id.is_empty()).then(|| id.to_string())
+    let out = git(plan, &["rev-parse", "--show-prefix", "--verify", "--quiet", "HEAD:./"])?;
+    let mut lines = out.lines();
+    let (prefix, tree) = match (lines.next(), lines.next()) {
+        // At the top of the work tree the prefix is an empty line.
+        (Some(prefix), Some(tree)) => (prefix, tree),
+        _ => return None,
+    };
+    let tree = tree.trim();
+    (!tree.is_empty()).then(|| InGit { prefix: prefix.to_string(), tree: tree.to_string() })
 }
 
 /// What goes in each layer.
@@ -168,13 +187,11 @@ struct Split {
     changes: Vec<Input>,
 }
 
-fn plan_split(plan: &LayerPlan, inputs: &[Input]) -> Result<Option<Split>> {
+fn plan_split(plan: &LayerPlan, inputs: &[Input], prefix: &str) -> Result<Option<Split>> {
     let Some(listing) = git(plan, &["ls-tree", "-r", "-z", "-l", "HEAD"]) else { return Ok(None) };
-    let Some(prefix) = git(plan, &["rev-parse", "--show-prefix"]) else { return Ok(None) };
     let Some(status) = git(plan, &["status", "--porcelain", "-z", "--untracked-files=no", "--", "."]) else {
         return Ok(None);
     };
-    let prefix = prefix.trim_end_matches('\n');
 
     let mut committed = Vec::new();
     for record in listing.split('\0').filter(|r| !r.is_empty()) {
@@ -250,19 +267,7 @@ fn plan_split(plan: &LayerPlan, inputs: &[Input]) -> Result<Option<Split>> {
         }
         gone.extend(whiteout);
     }
-    for rel in &gone {
-        changes.push(Input {
-            rel: rel.clone(),
-            abs: plan.source.join(rel),
-            kind: InputKind::Whiteout,
-            size: 0,
-            mtime_ns: 0,
-            mode: 0,
-            uid: 0,
-            gid: 0,
-            data: None,
-        });
-    }
+    changes.extend(gone.iter().map(|rel| made(plan, rel, InputKind::Whiteout, 0, None)));
     // Every directory the changes reach is in their layer, so it applies onto any lower.
     let have: HashSet<String> = changes.iter().map(|i| i.rel.clone()).collect();
     let mut needed: BTreeSet<String> = BTreeSet::new();
@@ -308,6 +313,13 @@ fn written(i: &Input) -> String {
     if i.kind == InputKind::Whiteout { super::whiteout_path(&i.rel) } else { i.rel.clone() }
 }
 
+/// An entry the working tree does not have as such: a whiteout, a directory of the commit,
+/// a committed file's bytes. Owner and time come from the plan when it is written.
+fn made(plan: &LayerPlan, rel: &str, kind: InputKind, mode: u32, data: Option<Arc<[u8]>>) -> Input {
+    let size = data.as_ref().map_or(0, |d| d.len() as u64);
+    Input { rel: rel.to_string(), abs: plan.source.join(rel), kind, size, mtime_ns: 0, mode, uid: 0, gid: 0, data }
+}
+
 /// `a/b/c` -> `a`, `a/b`.
 fn parents(rel: &str) -> impl Iterator<Item = &str> {
     rel.match_indices('/').map(move |(i, _)| &rel[..i])
@@ -349,33 +361,10 @@ fn committed_inputs(plan: &LayerPlan, split: &Split) -> Result<Option<Vec<Input>
     let wanted: Vec<&Committed> = split.committed.iter().filter(|c| split.from_git.contains(&c.rel)).collect();
     let Some(mut from_git) = read_blobs(plan, &wanted)? else { return Ok(None) };
     let dirs: BTreeSet<&str> = split.committed.iter().flat_map(|c| parents(&c.rel)).collect();
-    let mut out: Vec<Input> = dirs
-        .into_iter()
-        .map(|d| Input {
-            rel: d.to_string(),
-            abs: plan.source.join(d),
-            kind: InputKind::Dir,
-            size: 0,
-            mtime_ns: 0,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            data: None,
-        })
-        .collect();
+    let mut out: Vec<Input> = dirs.into_iter().map(|d| made(plan, d, InputKind::Dir, 0o755, None)).collect();
     for c in &split.committed {
         let input = match (from_git.remove(&c.rel), split.worktree.get(&c.rel)) {
-            (Some(data), _) => Input {
-                rel: c.rel.clone(),
-                abs: plan.source.join(&c.rel),
-                kind: InputKind::File,
-                size: data.len() as u64,
-                mtime_ns: 0,
-                mode: if c.exec { 0o755 } else { 0o644 },
-                uid: 0,
-                gid: 0,
-                data: Some(data),
-            },
+            (Some(data), _) => made(plan, &c.rel, InputKind::File, if c.exec { 0o755 } else { 0o644 }, Some(data)),
             (None, Some(i)) => i.clone(),
             (None, None) => return Ok(None),
         };
@@ -431,6 +420,13 @@ mod tests {
 
         std::fs::write(plan.source.join("dag_0.py"), "x = 'edited'\n").unwrap();
         assert_eq!(parts(&plan), [Part::Committed, Part::Changes]);
+        // Nothing changed since: reused from the cache, reported as built.
+        let counts = |b: &[BuiltLayer]| b.iter().map(|l| (l.part, l.files, l.input_bytes)).collect::<Vec<_>>();
+        let again = super::super::build(&plan, &store, false, &mut |_| {}).unwrap();
+        assert!(again.iter().all(|l| l.reused), "a no-op rebuild rebuilt");
+        let forced = super::super::build(&plan, &store, true, &mut |_| {}).unwrap();
+        assert_eq!(counts(&again), counts(&forced));
+        assert_eq!(counts(&again)[0].1, 8, "the committed layer holds the 8 DAGs");
 
         // Three of eight files rewritten, larger: more than a quarter of the bytes.
         for i in 1..4 {
