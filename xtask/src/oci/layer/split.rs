@@ -90,10 +90,8 @@ pub(super) fn build(
 
     let excluded = plan.exclude.join("\0");
     let committed_key = sha(&[LAYER_FORMAT, "committed", &tree, &excluded, &cache_key(plan, &[])]);
-    let committed = match store.cache_get::<LayerBlob>("layers", &committed_key) {
-        Some(blob) if !force && store.blob_of_size(&blob.digest, blob.size) => {
-            BuiltLayer { part: Part::Committed, blob, reused: true, seconds: 0.0, input_bytes: 0, files: 0 }
-        }
+    let (blob, reused) = match store.cache_get::<LayerBlob>("layers", &committed_key) {
+        Some(blob) if !force && store.blob_of_size(&blob.digest, blob.size) => (blob, true),
         _ => {
             let Some(entries) = committed_inputs(plan, &split)? else {
                 store.cache_put("split", &outcome_key, &Outcome::Fold)?;
@@ -108,14 +106,16 @@ pub(super) fn build(
                 anyhow::bail!("{}/{} changed while the layer was written; build again", plan.source_label, i.rel);
             }
             store.cache_put("layers", &committed_key, &blob)?;
-            BuiltLayer { part: Part::Committed, blob, reused: false, seconds: 0.0, input_bytes: 0, files: 0 }
+            (blob, false)
         }
     };
     let committed = BuiltLayer {
+        part: Part::Committed,
+        blob,
+        reused,
         input_bytes: split.committed.iter().map(|c| c.size).sum(),
         files: split.committed.iter().filter(|c| !c.symlink).count(),
         seconds: started.elapsed().as_secs_f64(),
-        ..committed
     };
     let changes = if split.changes.is_empty() {
         None
