@@ -194,6 +194,38 @@ pub fn ensure(version: &str, pause_c: &Utf8Path, say: &mut dyn FnMut(&str)) -> R
     Ok(Components { bin, images })
 }
 
+/// One program, `go install PACKAGE@VERSION`, built once per version into the cache
+/// (`<cache>/go/<package>@<version>/`); returns its path.
+pub fn go_install(package: &str, version: &str, say: &mut dyn FnMut(&str)) -> Result<Utf8PathBuf> {
+    let name = package.rsplit('/').next().unwrap_or(package);
+    let dir = cache_root()?.join("go").join(format!("{}@{version}", package.replace('/', "+")));
+    let program = dir.join(name);
+    let stamp = dir.join(".built");
+    let key = format!("{FORMAT} {package}@{version}");
+    if program.is_file() && fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == key) {
+        return Ok(program);
+    }
+    let go = process::require("go", GO_INSTALL)?;
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {dir}"))?;
+    let log = dir.join("build.log");
+    let _ = fs::remove_file(&log);
+    let started = Instant::now();
+    say(&format!("building {package}@{version} from its Go module (once per version; log {log})"));
+    process::run_logged(
+        go_cmd(&go, &["install", "-trimpath", "-ldflags=-s -w", &format!("{package}@{version}")])
+            .env("GOBIN", &dir)
+            .env("GOFLAGS", "-buildvcs=false"),
+        &log,
+        &format!("go install {package}@{version}"),
+    )?;
+    if !program.is_file() {
+        bail!("`go install {package}@{version}` made no program {program}; is {package} a main package?");
+    }
+    crate::fsutil::write_atomic(&stamp, format!("{key}\n").as_bytes())?;
+    say(&format!("built {name} in {:.0} s, cached in {dir}", started.elapsed().as_secs_f64()));
+    Ok(program)
+}
+
 fn go_cmd<S: AsRef<str>>(go: &Utf8Path, args: &[S]) -> duct::Expression {
     let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
     duct::cmd(go.as_std_path(), args).env("CGO_ENABLED", "0")

@@ -22,7 +22,22 @@ pub struct Recipe {
     #[serde(default)]
     pub step: Vec<Step>,
     pub python: Option<Python>,
+    /// Programs built from their Go modules on this machine and copied into the image.
+    #[serde(default)]
+    pub go: Vec<GoProgram>,
     pub image: ImageSettings,
+}
+
+/// A program `go install PACKAGE@VERSION` builds (statically, CGO_ENABLED=0), put at `path`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoProgram {
+    /// The main package, e.g. `github.com/versity/versitygw/cmd/versitygw`.
+    pub package: String,
+    /// Its module's version, e.g. `v1.8.0`.
+    pub version: String,
+    /// Where the program goes in the image.
+    pub path: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +156,16 @@ pub fn load(project: &Project, name: &str, mtime: u64) -> Result<LoadedRecipe> {
     }
     for f in &recipe.image.file {
         parse_mode(&f.mode, &format!("{rel}: [[image.file]] {}", f.path))?;
+    }
+    for g in &recipe.go {
+        if !g.version.starts_with('v') || g.package.contains('@') || !g.path.starts_with('/') {
+            bail!(
+                "{rel}: [[go]] {}: package is a Go package path without @, version a module version like \"v1.2.3\", path absolute (got version `{}`, path `{}`)",
+                g.package,
+                g.version,
+                g.path
+            );
+        }
     }
     let constraints = match recipe.python.as_ref().and_then(|p| p.constraints.as_ref()) {
         Some(c) => {

@@ -69,6 +69,13 @@ pub fn ensure(project: &Project, store: &Store, name: &str, mtime: u64, opts: &B
     let base = build(project, store, &loaded, mtime, opts)?;
     let seconds = started.elapsed().as_secs_f64();
     store.cache_put("base-recipes", &loaded.key, &Built { base: base.clone(), seconds })?;
+    if opts.update_lock {
+        // The new lock pins what this build installed: the next build with it is this one.
+        let relocked = load(project, name, mtime)?;
+        store.cache_put("base-recipes", &relocked.key, &Built { base: base.clone(), seconds })?;
+        store.tag(&store_name(&relocked), &base.manifest)?;
+        return Ok(Outcome { base, built: true, seconds, store_name: store_name(&relocked) });
+    }
     Ok(Outcome { base, built: true, seconds, store_name: store_name(&loaded) })
 }
 
@@ -135,6 +142,17 @@ fn build(project: &Project, store: &Store, loaded: &LoadedRecipe, mtime: u64, op
         fs::set_permissions(&policy, fs::Permissions::from_mode(0o755))?;
         // The declared layout first, so steps can use it (enable a unit file, say).
         lay_out(&rootfs, &r.image, &rel)?;
+        for g in &r.go {
+            step(opts, &format!("go install {}@{}", g.package, g.version));
+            let built = crate::kind_node::components::go_install(&g.package, &g.version, &mut |l| step(opts, l))
+                .with_context(|| format!("{rel}: [[go]] {}", g.package))?;
+            let to = rootfs.join(g.path.trim_start_matches('/'));
+            if let Some(dir) = to.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            fs::copy(&built, &to).with_context(|| format!("cannot copy {built} to {} in the image", g.path))?;
+            fs::set_permissions(&to, fs::Permissions::from_mode(0o755))?;
+        }
         for (i, st) in r.step.iter().enumerate() {
             step(opts, &format!("step {}: {}", i + 1, st.run));
             in_chroot(&format!("step {} of {rel} (`{}`)", i + 1, st.run), &["/bin/sh", "-euc", &st.run])?;
@@ -144,7 +162,8 @@ fn build(project: &Project, store: &Store, loaded: &LoadedRecipe, mtime: u64, op
             in_chroot("python3 -m venv", &["python3", "-m", "venv", &py.venv])?;
             let pip = format!("{}/bin/pip", py.venv);
             let mut install: Vec<String> = vec![pip.clone(), "install".into()];
-            if let Some((path, _)) = &loaded.constraints {
+            // --update-lock resolves afresh: the old lock may forbid what a new requirement needs.
+            if let Some((path, _)) = loaded.constraints.as_ref().filter(|_| !opts.update_lock) {
                 fs::copy(path, rootfs.join("tmp/constraints.txt"))?;
                 install.push("--constraint".into());
                 install.push("/tmp/constraints.txt".into());
