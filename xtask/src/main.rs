@@ -9,6 +9,7 @@ mod ctx;
 mod deploy;
 mod error;
 mod fsutil;
+mod gobuild;
 mod image_build;
 mod kind_node;
 mod limits;

@@ -12,10 +12,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 
+use crate::gobuild::{GO_INSTALL, cache_root, go_cmd};
 use crate::process;
-
-pub const GO_INSTALL: &str =
-    "Go 1.25 or later from https://go.dev/dl (or `apt-get install golang` where it is new enough)";
 
 /// Bumped whenever what is built, or how, changes: an older cache is built again.
 const FORMAT: &str = "components-v1";
@@ -88,24 +86,6 @@ impl Components {
     pub fn path(&self, program: &str) -> Utf8PathBuf {
         self.bin.join(program)
     }
-}
-
-/// Where the builds are kept: XTASK_COMPONENTS_CACHE, else ~/.cache/xtask/components.
-pub fn cache_root() -> Result<Utf8PathBuf> {
-    if let Ok(dir) = std::env::var("XTASK_COMPONENTS_CACHE")
-        && !dir.is_empty()
-    {
-        return Ok(Utf8PathBuf::from(dir));
-    }
-    let base = match std::env::var("XDG_CACHE_HOME") {
-        Ok(d) if !d.is_empty() => Utf8PathBuf::from(d),
-        _ => Utf8PathBuf::from(
-            std::env::var("HOME")
-                .context("HOME is not set; set XTASK_COMPONENTS_CACHE to a directory for Go builds")?,
-        )
-        .join(".cache"),
-    };
-    Ok(base.join("xtask/components"))
 }
 
 /// The components of `version` (`v1.35.4`), built now if the cache lacks them. `pause_c`
@@ -192,43 +172,6 @@ pub fn ensure(version: &str, pause_c: &Utf8Path, say: &mut dyn FnMut(&str)) -> R
     crate::fsutil::write_atomic(&stamp, format!("{key}\n").as_bytes())?;
     say(&format!("components built in {:.0} s, cached in {dir}", started.elapsed().as_secs_f64()));
     Ok(Components { bin, images })
-}
-
-/// One program, `go install PACKAGE@VERSION`, built once per version into the cache
-/// (`<cache>/go/<package>@<version>/`); returns its path.
-pub fn go_install(package: &str, version: &str, say: &mut dyn FnMut(&str)) -> Result<Utf8PathBuf> {
-    let name = package.rsplit('/').next().unwrap_or(package);
-    let dir = cache_root()?.join("go").join(format!("{}@{version}", package.replace('/', "+")));
-    let program = dir.join(name);
-    let stamp = dir.join(".built");
-    let key = format!("{FORMAT} {package}@{version}");
-    if program.is_file() && fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == key) {
-        return Ok(program);
-    }
-    let go = process::require("go", GO_INSTALL)?;
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {dir}"))?;
-    let log = dir.join("build.log");
-    let _ = fs::remove_file(&log);
-    let started = Instant::now();
-    say(&format!("building {package}@{version} from its Go module (once per version; log {log})"));
-    process::run_logged(
-        go_cmd(&go, &["install", "-trimpath", "-ldflags=-s -w", &format!("{package}@{version}")])
-            .env("GOBIN", &dir)
-            .env("GOFLAGS", "-buildvcs=false"),
-        &log,
-        &format!("go install {package}@{version}"),
-    )?;
-    if !program.is_file() {
-        bail!("`go install {package}@{version}` made no program {program}; is {package} a main package?");
-    }
-    crate::fsutil::write_atomic(&stamp, format!("{key}\n").as_bytes())?;
-    say(&format!("built {name} in {:.0} s, cached in {dir}", started.elapsed().as_secs_f64()));
-    Ok(program)
-}
-
-fn go_cmd<S: AsRef<str>>(go: &Utf8Path, args: &[S]) -> duct::Expression {
-    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
-    duct::cmd(go.as_std_path(), args).env("CGO_ENABLED", "0")
 }
 
 /// The version stamps Kubernetes' own build sets, so `kubelet --version` and the API

@@ -144,7 +144,7 @@ fn build(project: &Project, store: &Store, loaded: &LoadedRecipe, mtime: u64, op
         lay_out(&rootfs, &r.image, &rel)?;
         for g in &r.go {
             step(opts, &format!("go install {}@{}", g.package, g.version));
-            let built = crate::kind_node::components::go_install(&g.package, &g.version, &mut |l| step(opts, l))
+            let built = crate::gobuild::go_install(&g.package, &g.version, &mut |l| step(opts, l))
                 .with_context(|| format!("{rel}: [[go]] {}", g.package))?;
             let to = rootfs.join(g.path.trim_start_matches('/'));
             if let Some(dir) = to.parent() {
