@@ -386,6 +386,23 @@ struct K8sFile {
     components: BTreeMap<String, String>,
     #[serde(default)]
     tasks: BTreeMap<String, TaskDef>,
+    database: Option<ExternalDatabase>,
+}
+
+/// `[database]` of k8s/settings.toml: an existing Postgres instead of the airflow-postgres
+/// StatefulSet, named by a Secret in the namespace that holds its SQLAlchemy URL.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalDatabase {
+    /// The Secret's name.
+    pub secret: String,
+    /// Its key holding `postgresql+psycopg2://USER:PASSWORD@HOST:PORT/DB`.
+    #[serde(default = "default_database_key")]
+    pub key: String,
+}
+
+fn default_database_key() -> String {
+    "connection".into()
 }
 
 /// Where a named task may run, in `k8s/settings.toml`'s `executors` lists.
@@ -453,6 +470,8 @@ pub struct ClusterSettings {
     /// Short component names -> Deployment or StatefulSet names.
     pub components: BTreeMap<String, String>,
     pub tasks: BTreeMap<String, TaskDef>,
+    /// An external metadata database, or None for the airflow-postgres StatefulSet.
+    pub database: Option<ExternalDatabase>,
 }
 
 impl ClusterSettings {
@@ -486,5 +505,6 @@ pub fn load_cluster(project: &Project, namespace: Option<&str>, name: Option<&st
         kubernetes_version,
         components: file.components,
         tasks: file.tasks,
+        database: file.database,
     })
 }

@@ -128,6 +128,10 @@ pub fn up(ctx: &Ctx, args: &K8sUpArgs, until: Until) -> Result<UpReport> {
         let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
         bail!("k8s/ has {} problem(s); nothing was applied:\n{}", problems.len(), list.join("\n"));
     }
+    let mut docs = docs;
+    if let Some(db) = &settings.database {
+        crate::deploy::use_external_database(&mut docs, db);
+    }
     // 1. Preflight: what this path needs, with versions, or how to get it.
     match &target {
         Target::Kind { .. } => {
@@ -188,13 +192,25 @@ pub fn up(ctx: &Ctx, args: &K8sUpArgs, until: Until) -> Result<UpReport> {
         cluster.url,
         project.rel(target.kubeconfig())
     ));
+    if let Some(db) = &settings.database {
+        ctx.block_on(crate::cluster::inspect::check_database_secret(&cluster, db))?;
+        steps.line(&format!(
+            "database   external: {} from Secret {}, key {} (no airflow-postgres StatefulSet)",
+            crate::deploy::DB_CONN_ENV,
+            db.secret,
+            db.key
+        ));
+    }
     steps.done("cluster");
 
     // 3. Images: built (unless --no-build), then shipped where missing.
+    // Only the images the applied documents use: an overlay's server comes with the overlay.
+    let used = crate::deploy::render::images_used(&docs, &placeholders);
     let built: Vec<BuiltImage> = if args.no_build {
-        image_build::last_built(project)?
+        image_build::last_built(project, &used)?
     } else {
         let opts = BuildOptions {
+            only: used,
             overrides: crate::config::ImageOverrides { mtime: image_build::source_date_epoch()?, ..Default::default() },
             ..Default::default()
         };
@@ -221,8 +237,42 @@ pub fn up(ctx: &Ctx, args: &K8sUpArgs, until: Until) -> Result<UpReport> {
     steps.done("build");
 
     let store = crate::oci::store::Store::open(&project.store_dir())?;
+    let mut pull_secret: Option<serde_json::Value> = None;
     let archive_images: Vec<_> = built.iter().map(BuiltImage::archive_image).collect();
     if let Some(dest) = &args.registry {
+        let host = dest.split('/').next().unwrap_or(dest);
+        if let Target::Kind { name, .. } = &target
+            && local_registry::local_port(dest).is_none()
+            && args.insecure_registry.iter().any(|h| h == host)
+        {
+            // A plain-HTTP registry: kind's nodes are told to pull from it that way.
+            let nodes = kind::nodes(name)?;
+            ctx.block_on(async {
+                for node in &nodes {
+                    local_registry::configure_node_http(node, host).await?;
+                }
+                Ok::<_, anyhow::Error>(())
+            })?;
+            steps.line(&format!("registry   {} kind node(s) pull {host} over HTTP (--insecure-registry)", nodes.len()));
+        }
+        // Credentials for that registry, and only for it, become the pods' pull secret.
+        if let Some(config) = registry::pull_secret_json(host)? {
+            pull_secret = Some(serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {
+                    "name": crate::cluster::diagnose::PULL_SECRET,
+                    "namespace": settings.namespace,
+                    "labels": {crate::deploy::manifests::MANAGED_BY_LABEL: crate::deploy::manifests::MANAGED_BY},
+                },
+                "type": "kubernetes.io/dockerconfigjson",
+                "stringData": {".dockerconfigjson": config},
+            }));
+            steps.line(&format!(
+                "registry   pods pull {host} with your credentials for it: Secret {} (type kubernetes.io/dockerconfigjson, that host only)",
+                crate::cluster::diagnose::PULL_SECRET
+            ));
+        }
         if let (Target::Kind { name, .. }, Some(port)) = (&target, local_registry::local_port(dest)) {
             // kind's local registry: the container, each node's mirror, the ConfigMap.
             let docker = ctx.docker()?.0;
@@ -293,7 +343,18 @@ pub fn up(ctx: &Ctx, args: &K8sUpArgs, until: Until) -> Result<UpReport> {
     }
 
     // 4. Apply k8s/, pruning what xtask applied before and k8s/ dropped.
-    let objects = render::render(&docs, &RenderOptions { namespace: &settings.namespace, images: &report.images })?;
+    let mut objects = render::render(
+        &docs,
+        &RenderOptions {
+            namespace: &settings.namespace,
+            images: &report.images,
+            pull_secret: pull_secret.as_ref().map(|_| crate::cluster::diagnose::PULL_SECRET),
+        },
+    )?;
+    if let Some(secret) = pull_secret {
+        objects.push(secret);
+        objects.sort_by_key(|v| render::apply_order(v["kind"].as_str().unwrap_or("")));
+    }
     let applied = ctx.block_on(apply::apply(&cluster, &objects, true, &mut |o| {
         if o.action != "unchanged" {
             steps.line(&format!("apply      {} {} {}", o.kind, o.name, o.action));

@@ -5,6 +5,7 @@ pub mod api;
 pub mod checker;
 pub mod container;
 pub mod dagcheck;
+pub mod remote_logs;
 pub mod runner;
 pub mod session;
 

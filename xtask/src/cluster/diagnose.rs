@@ -8,6 +8,10 @@ use kube::Api;
 use kube::api::ListParams;
 use serde::Serialize;
 
+/// The Secret of type kubernetes.io/dockerconfigjson k8s-up makes for `--registry HOST`
+/// when it has credentials for HOST; every pod and service account pulls with it.
+pub const PULL_SECRET: &str = "airflow-registry";
+
 #[derive(Clone, Debug, Serialize)]
 pub struct PodState {
     pub name: String,
@@ -78,7 +82,21 @@ impl PodState {
 pub fn hint(reason: &str, message: &str, image: Option<&str>, node: Option<&str>) -> Option<String> {
     let image = image.unwrap_or("its image");
     let node = node.unwrap_or("its node");
+    let pull = matches!(reason, "ImagePullBackOff" | "ErrImagePull");
+    let lower = message.to_ascii_lowercase();
     Some(match reason {
+        _ if pull
+            && ["401 unauthorized", "403 forbidden", "authorization failed", "no basic auth credentials", "unauthorized:", "denied"]
+                .iter()
+                .any(|w| lower.contains(w)) =>
+        {
+            format!(
+                "the registry refused {node}'s credentials for {image} (the image may well be there): `cargo xtask k8s-up --registry HOST` puts your credentials for HOST (XTASK_REGISTRY_USER/XTASK_REGISTRY_PASSWORD with XTASK_REGISTRY_HOST, or `docker login HOST`) in Secret {PULL_SECRET}, which every pod pulls with; log in again and rerun it"
+            )
+        }
+        _ if pull && (lower.contains("not found") || lower.contains("manifest unknown")) => format!(
+            "the registry answered but has no {image}: push it with `cargo xtask k8s-up --registry HOST` (it pushes what it deploys), or fix the image in k8s/"
+        ),
         "ImagePullBackOff" | "ErrImagePull" | "ErrImageNeverPull" => format!(
             "{image} is not on {node} and cannot be pulled: deliver it with `cargo xtask k8s-up` (it imports images into kind and local nodes), or push it where the cluster pulls from with `cargo xtask k8s-up --registry HOST`"
         ),
@@ -159,7 +177,10 @@ pub async fn pod_state(client: &kube::Client, namespace: &str, pod: &Pod) -> Res
         }
     }
     let events = recent_events(client, namespace, &name).await.unwrap_or_default();
-    let hint = reason.as_ref().and_then(|(r, m, img)| hint(r, m, img.as_deref(), node.as_deref()));
+    // A back-off's own message names no cause; the kubelet's events do.
+    let hint = reason
+        .as_ref()
+        .and_then(|(r, m, img)| hint(r, &format!("{m}\n{}", events.join("\n")), img.as_deref(), node.as_deref()));
     Ok(PodState {
         name,
         phase: status.phase.unwrap_or_else(|| "Unknown".into()),
@@ -210,5 +231,17 @@ mod tests {
         let h = hint("ImagePullBackOff", "", Some("docker.io/library/airflow-worker@sha256:x"), Some("kind-worker"))
             .unwrap();
         assert!(h.contains("airflow-worker") && h.contains("kind-worker") && h.contains("k8s-up"));
+    }
+
+    /// The kubelet's words, as containerd 2 puts them in the Failed event.
+    #[test]
+    fn a_refused_pull_is_told_from_a_missing_image() {
+        let img = Some("10.0.0.1:5000/airflow-worker@sha256:x");
+        let refused = "Back-off pulling image\nFailed: Failed to pull image \"10.0.0.1:5000/airflow-worker@sha256:x\": failed to resolve image: failed to authorize: failed to fetch anonymous token: unexpected status from GET request to http://10.0.0.1:5000/token: 401 Unauthorized";
+        let h = hint("ImagePullBackOff", refused, img, Some("n1")).unwrap();
+        assert!(h.starts_with("the registry refused n1's credentials") && h.contains(PULL_SECRET), "{h}");
+        let missing = "Failed: rpc error: code = NotFound desc = failed to pull and unpack image \"10.0.0.1:5000/airflow-worker@sha256:x\": not found";
+        let h = hint("ErrImagePull", missing, img, Some("n1")).unwrap();
+        assert!(h.starts_with("the registry answered but has no"), "{h}");
     }
 }

@@ -183,6 +183,46 @@ pub async fn collect(cluster: &Cluster, built: &[BuiltImage]) -> Result<Status> 
     })
 }
 
+/// The Secret an external database is named by exists in the namespace and holds a
+/// Postgres URL under its key; the error says how to make it.
+pub async fn check_database_secret(cluster: &Cluster, db: &crate::config::ExternalDatabase) -> Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    let ns = &cluster.namespace;
+    let create = format!(
+        "kubectl create namespace {ns} --dry-run=client -o yaml | kubectl apply -f - && kubectl -n {ns} create secret generic {} --from-literal={}='postgresql+psycopg2://USER:PASSWORD@HOST:5432/DB'",
+        db.secret, db.key
+    );
+    let secret = Api::<Secret>::namespaced(cluster.client.clone(), ns)
+        .get_opt(&db.secret)
+        .await
+        .map_err(|e| cluster.explain(e, "get", "secrets"))?;
+    let Some(secret) = secret else {
+        anyhow::bail!(
+            "k8s/settings.toml [database] names Secret {} in namespace {ns}, which does not exist; create it: {create}",
+            db.secret
+        );
+    };
+    let data = secret.data.unwrap_or_default();
+    let Some(value) = data.get(&db.key) else {
+        let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+        anyhow::bail!(
+            "Secret {} in namespace {ns} has no key `{}` (it has: {}); set `key` in k8s/settings.toml [database] or add the key",
+            db.secret,
+            db.key,
+            if keys.is_empty() { "none".to_string() } else { keys.join(", ") }
+        );
+    };
+    let url = String::from_utf8_lossy(&value.0);
+    if !url.starts_with("postgresql") {
+        anyhow::bail!(
+            "Secret {}, key {}, is not a Postgres URL (it should start with postgresql+psycopg2://); Airflow's KubernetesExecutor needs Postgres or MySQL, and this project deploys for Postgres",
+            db.secret,
+            db.key
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

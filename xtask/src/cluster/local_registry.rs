@@ -176,17 +176,29 @@ pub async fn remove(docker: &Docker) -> Result<bool> {
 /// What a node's containerd is told: pulls of `localhost:PORT/...` go to the registry
 /// container, over plain HTTP inside kind's network.
 pub fn hosts_toml() -> String {
-    format!(
-        "server = \"http://{CONTAINER}:{INNER_PORT}\"\n\n[host.\"http://{CONTAINER}:{INNER_PORT}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
-    )
+    http_hosts_toml(&format!("{CONTAINER}:{INNER_PORT}"))
+}
+
+/// containerd's registry host configuration: pull `host` over plain HTTP.
+fn http_hosts_toml(host: &str) -> String {
+    format!("server = \"http://{host}\"\n\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n")
 }
 
 /// Writes the mirror into a node's containerd configuration directory (k8s/kind.yaml sets
 /// `config_path = "/etc/containerd/certs.d"`; containerd reads it at every pull).
 pub async fn configure_node(node: &str, port: u16) -> Result<()> {
-    let dir = format!("/etc/containerd/certs.d/localhost:{port}");
+    write_hosts_toml(node, &format!("localhost:{port}"), &hosts_toml()).await
+}
+
+/// Lets a kind node pull from `host` over plain HTTP (`--insecure-registry HOST`).
+pub async fn configure_node_http(node: &str, host: &str) -> Result<()> {
+    write_hosts_toml(node, host, &http_hosts_toml(host)).await
+}
+
+async fn write_hosts_toml(node: &str, host: &str, toml: &str) -> Result<()> {
+    let dir = format!("/etc/containerd/certs.d/{host}");
     let script = format!("mkdir -p '{dir}' && printf '%s' \"$0\" > '{dir}/hosts.toml'");
-    let cmd = vec!["sh".to_string(), "-c".into(), script, hosts_toml()];
+    let cmd = vec!["sh".to_string(), "-c".into(), script, toml.to_string()];
     let (ok, _, err) = super::delivery::exec_in(node, cmd, None).await?;
     if !ok {
         bail!("cannot write {dir}/hosts.toml on kind node {node}: {}", err.trim());

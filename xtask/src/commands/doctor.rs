@@ -285,7 +285,7 @@ fn checks(ctx: &Ctx, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) -> Resul
     }
 
     // 6-8. Images on the nodes, components, worker pods.
-    let built = crate::image_build::last_built(project).unwrap_or_default();
+    let built = crate::image_build::last_built(project, &[]).unwrap_or_default();
     let status = ctx.block_on(crate::cluster::inspect::collect(&cluster, &built))?;
     let stale: Vec<String> = status
         .nodes
@@ -373,7 +373,69 @@ fn checks(ctx: &Ctx, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) -> Resul
         return Ok(false);
     }
 
-    // 8. DAG import errors, from the API.
+    // 8. An external database: its Secret, and whether Airflow reaches it from the cluster.
+    if let Some(db) = &settings.database {
+        let c = ctx.block_on(async {
+            crate::cluster::inspect::check_database_secret(&cluster, db).await?;
+            let pod = crate::cluster::pods::ready_pod(&cluster, &settings, "scheduler").await?;
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let container = crate::cluster::pods::pick_container(&pod, None)?;
+            let argv = ["airflow", "db", "check"].map(String::from).to_vec();
+            let (code, out, err) = crate::cluster::exec::exec_capture(&cluster, &name, &container, argv, None).await?;
+            let said = String::from_utf8_lossy(&err).to_string() + &String::from_utf8_lossy(&out);
+            let last = said.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+            Ok::<_, anyhow::Error>((code, last))
+        });
+        let c = match c {
+            Ok((0, _)) => ok(
+                "database",
+                format!("external, from Secret {} (key {}): `airflow db check` passes", db.secret, db.key),
+            ),
+            Ok((code, last)) => broken(
+                "database",
+                format!("`airflow db check` in the scheduler exited {code}: {last}"),
+                format!(
+                    "check host, port, user and password in Secret {} (key {}), and that the database accepts connections from the cluster's nodes",
+                    db.secret, db.key
+                ),
+            ),
+            Err(e) => broken("database", e.to_string(), "the fix above, then `cargo xtask k8s-up`"),
+        };
+        if !push(c) {
+            return Ok(false);
+        }
+    }
+
+    // 9. Remote task logs: the bucket, through the api-server's own connection (the
+    //    api-server is what reads a finished task's log).
+    let c = ctx.block_on(async {
+        let pod = crate::cluster::pods::ready_pod(&cluster, &settings, "api-server").await?;
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let container = crate::cluster::pods::pick_container(&pod, None)?;
+        crate::airflow::remote_logs::probe(&cluster, &name, &container).await
+    });
+    let c = match c {
+        Err(e) => broken("logs", e.to_string(), "`cargo xtask logs api-server`"),
+        Ok(p) if !p.remote => ok("logs", "task logs on the airflow-logs volume (no remote logging)"),
+        Ok(p) if p.ok => ok(
+            "logs",
+            format!(
+                "remote task logs: bucket {} at {} reachable through connection `{}`",
+                p.bucket,
+                p.endpoint.as_deref().unwrap_or("AWS S3"),
+                p.conn_id
+            ),
+        ),
+        Ok(p) => {
+            let (what, fix) = p.diagnosis(&cluster.namespace);
+            broken("logs", what, fix)
+        }
+    };
+    if !push(c) {
+        return Ok(false);
+    }
+
+    // 10. DAG import errors, from the API.
     let c = match crate::airflow::session::api_session(ctx, &cluster) {
         Err(e) => broken("dags", format!("the Airflow API is not reachable: {e}"), "`cargo xtask logs api-server`"),
         Ok((_pf, api, _)) => match api.import_errors() {

@@ -53,7 +53,10 @@ pub fn run(ctx: &Ctx, args: &ManifestsArgs) -> Result<()> {
         }
         ManifestsCommand::Render { overlay, namespace, image } => {
             let cluster = config::load_cluster(project, namespace.as_deref(), None)?;
-            let docs = load_docs(project, overlay)?;
+            let mut docs = load_docs(project, overlay)?;
+            if let Some(db) = &cluster.database {
+                crate::deploy::use_external_database(&mut docs, db);
+            }
             let (mut images, missing) = built_images(project)?;
             for o in image {
                 let (k, v) = render::parse_image_override(o)?;
@@ -62,7 +65,10 @@ pub fn run(ctx: &Ctx, args: &ManifestsArgs) -> Result<()> {
             for m in missing.iter().filter(|m| !images.contains_key(*m)) {
                 eprintln!("note: image `{m}` is not built yet, so it stays a placeholder; run `cargo xtask images`");
             }
-            let mut objects = render::render(&docs, &RenderOptions { namespace: &cluster.namespace, images: &images })?;
+            let mut objects = render::render(
+                &docs,
+                &RenderOptions { namespace: &cluster.namespace, images: &images, pull_secret: None },
+            )?;
             objects.sort_by_key(|v| render::apply_order(v["kind"].as_str().unwrap_or("")));
             for o in &objects {
                 println!("---\n{}", serde_yaml_ng::to_string(o)?.trim_end());

@@ -139,7 +139,7 @@ pub async fn apply(
     for obj in objects {
         let kind = obj["kind"].as_str().unwrap_or("");
         if kind != "Namespace" && !secrets_done {
-            report.secrets = ensure_secrets(cluster).await?;
+            report.secrets = ensure_secrets(cluster, objects).await?;
             secrets_done = true;
         }
         let r = apply_one(cluster, obj).await?;
@@ -147,7 +147,7 @@ pub async fn apply(
         report.objects.push(r);
     }
     if !secrets_done {
-        report.secrets = ensure_secrets(cluster).await?;
+        report.secrets = ensure_secrets(cluster, objects).await?;
     }
     let applied_kinds: BTreeSet<(String, String)> = objects
         .iter()
@@ -279,11 +279,11 @@ async fn apply_one(cluster: &Cluster, obj: &Value) -> Result<ObjectResult> {
 
 /// Makes each generated Secret that is missing (and adds keys a newer xtask declares);
 /// never changes a value that exists. Values are never printed.
-pub async fn ensure_secrets(cluster: &Cluster) -> Result<Vec<ObjectResult>> {
+pub async fn ensure_secrets(cluster: &Cluster, objects: &[Value]) -> Result<Vec<ObjectResult>> {
     let api: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
     let mut existing: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     let mut out = Vec::new();
-    for g in GENERATED {
+    for g in GENERATED.iter().filter(|g| g.wanted(objects)) {
         let current = api.get_opt(g.name).await.map_err(|e| cluster.explain(e, "get", "secrets"))?;
         let mut values: BTreeMap<String, String> = current
             .as_ref()

@@ -113,6 +113,101 @@ fn collect_yaml(dir: &Utf8Path, out: &mut Vec<camino::Utf8PathBuf>) -> Result<()
     Ok(())
 }
 
+/// Where overlay documents live; they may patch a document of k8s/airflow.
+const OVERLAYS_DIR: &str = "k8s/overlays/";
+
+/// Folds each overlay document that has the kind and name of an earlier document into that
+/// document, the way `kubectl patch --type strategic` would: maps merge key by key, a
+/// `null` value removes the key, lists of named items (containers, env, volumes) merge item
+/// by item by `name` (an item with `$patch: delete` removes that item), other lists are
+/// replaced. A document whose only other field is `$patch: delete` removes its target.
+/// Overlay documents with a new kind and name are added as they are.
+pub fn merge_overlays(docs: Vec<Doc>) -> Result<Vec<Doc>> {
+    let mut out: Vec<Doc> = Vec::with_capacity(docs.len());
+    for doc in docs {
+        let target = doc.file.starts_with(OVERLAYS_DIR).then(|| {
+            out.iter().position(|d| d.kind() == doc.kind() && d.name() == doc.name() && !doc.name().is_empty())
+        });
+        let Some(Some(at)) = target else {
+            if doc.value.get("$patch").is_some() {
+                bail!(
+                    "{}:{}: `$patch` is for overlay documents that change a {} named {} in k8s/airflow, and there is none; remove `$patch` or fix the kind and name",
+                    doc.file,
+                    doc.line,
+                    doc.kind(),
+                    doc.name()
+                );
+            }
+            out.push(doc);
+            continue;
+        };
+        if doc.value.get("$patch").and_then(Value::as_str) == Some("delete") {
+            out.remove(at);
+            continue;
+        }
+        let mut patch = doc.value.clone();
+        if let Some(m) = patch.as_object_mut() {
+            m.remove("apiVersion");
+            m.remove("kind");
+        }
+        strategic_merge(&mut out[at].value, &patch);
+    }
+    Ok(out)
+}
+
+fn named(v: &Value) -> Option<&str> {
+    v.get("name").and_then(Value::as_str)
+}
+
+fn strategic_merge(base: &mut Value, patch: &Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, pv) in p {
+                if pv.is_null() {
+                    b.remove(k);
+                } else if let Some(bv) = b.get_mut(k) {
+                    strategic_merge(bv, pv);
+                } else {
+                    let mut fresh = Value::Null;
+                    strategic_merge(&mut fresh, pv);
+                    b.insert(k.clone(), fresh);
+                }
+            }
+        }
+        (Value::Array(b), Value::Array(p)) if b.iter().chain(p.iter()).all(|i| named(i).is_some()) && !b.is_empty() => {
+            for item in p {
+                let name = named(item).unwrap_or_default();
+                let at = b.iter().position(|i| named(i) == Some(name));
+                let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
+                match (at, delete) {
+                    (Some(i), true) => {
+                        b.remove(i);
+                    }
+                    (None, true) => {}
+                    (Some(i), false) => strategic_merge(&mut b[i], item),
+                    (None, false) => b.push(item.clone()),
+                }
+            }
+        }
+        (b, p) => {
+            *b = p.clone();
+            // A patch's nulls mean "absent" in a new value too.
+            strip_nulls(b);
+        }
+    }
+}
+
+fn strip_nulls(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
 /// Splits a multi-document YAML file at `---` lines, keeping each part's first line.
 pub fn split_documents(file: &str, text: &str) -> Result<Vec<Doc>> {
     let mut parts: Vec<(usize, String)> = vec![(1, String::new())];
@@ -371,6 +466,37 @@ mod tests {
         assert_eq!((docs[0].line, docs[0].index), (2, 1));
         assert_eq!((docs[1].line, docs[1].index), (9, 2));
         assert_eq!(docs[1].name(), "b");
+    }
+
+    #[test]
+    fn an_overlay_document_patches_the_base_document_of_its_kind_and_name() {
+        let base = split_documents(
+            "k8s/airflow/a.yaml",
+            "kind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 1\n  template:\n    spec:\n      containers:\n        - {name: app, image: x, env: [{name: A, value: '1'}]}\n        - {name: side, image: y}\n      volumes:\n        - {name: logs, persistentVolumeClaim: {claimName: logs}}\n        - {name: cfg, configMap: {name: c}}\n---\nkind: PersistentVolumeClaim\nmetadata: {name: logs}\n",
+        )
+        .unwrap();
+        let overlay = split_documents(
+            "k8s/overlays/o/p.yaml",
+            "kind: Deployment\nmetadata: {name: web}\nspec:\n  template:\n    spec:\n      containers:\n        - {name: app, env: [{name: B, value: '2'}]}\n        - {name: side, $patch: delete}\n      volumes:\n        - {name: logs, persistentVolumeClaim: null, emptyDir: {}}\n---\nkind: PersistentVolumeClaim\nmetadata: {name: logs}\n$patch: delete\n---\nkind: Service\nmetadata: {name: new}\n",
+        )
+        .unwrap();
+        let docs = merge_overlays(base.into_iter().chain(overlay).collect()).unwrap();
+        let kinds: Vec<&str> = docs.iter().map(Doc::kind).collect();
+        assert_eq!(kinds, ["Deployment", "Service"]);
+        let spec = &docs[0].value["spec"]["template"]["spec"];
+        assert_eq!(docs[0].value["spec"]["replicas"], 1);
+        let containers = spec["containers"].as_array().unwrap();
+        assert_eq!(containers.len(), 1, "{containers:?}");
+        assert_eq!(containers[0]["image"], "x");
+        assert_eq!(containers[0]["env"], serde_json::json!([{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]));
+        assert_eq!(spec["volumes"][0], serde_json::json!({"name": "logs", "emptyDir": {}}));
+        assert_eq!(spec["volumes"][1]["configMap"]["name"], "c");
+        assert_eq!(docs[0].file, "k8s/airflow/a.yaml", "errors still point at the base document");
+
+        let stray = split_documents("k8s/overlays/o/q.yaml", "kind: Service\nmetadata: {name: none}\n$patch: delete\n")
+            .unwrap();
+        let err = merge_overlays(stray).unwrap_err().to_string();
+        assert!(err.starts_with("k8s/overlays/o/q.yaml:1:") && err.contains("there is none"), "{err}");
     }
 
     #[test]

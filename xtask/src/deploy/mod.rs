@@ -36,10 +36,44 @@ pub fn manifest_dirs(project: &Project, overlays: &[String]) -> Result<Vec<Utf8P
     Ok(dirs)
 }
 
+/// The documents of k8s/airflow and the overlays asked for, each overlay document that
+/// names an earlier document's kind and name merged into it (see [`manifests::merge_overlays`]).
 pub fn load_docs(project: &Project, overlays: &[String]) -> Result<Vec<Doc>> {
     let dirs = manifest_dirs(project, overlays)?;
     let refs: Vec<&Utf8Path> = dirs.iter().map(Utf8PathBuf::as_path).collect();
-    manifests::load(&project.root, &refs)
+    manifests::merge_overlays(manifests::load(&project.root, &refs)?)
+}
+
+/// The metadata database's connection variable, which every Airflow container reads.
+pub const DB_CONN_ENV: &str = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN";
+/// The workload, Service and NetworkPolicy of the database k8s/airflow runs.
+const BUILT_IN_DATABASE: &str = "airflow-postgres";
+
+/// An existing database instead of the built-in one: the airflow-postgres StatefulSet, its
+/// Service and NetworkPolicy are not applied, and every container's
+/// AIRFLOW__DATABASE__SQL_ALCHEMY_CONN (the migrate Job's and the init containers' too)
+/// comes from the Secret `db.secret`, key `db.key`.
+pub fn use_external_database(docs: &mut Vec<Doc>, db: &config::ExternalDatabase) {
+    docs.retain(|d| {
+        !(d.name() == BUILT_IN_DATABASE && matches!(d.kind(), "StatefulSet" | "Service" | "NetworkPolicy"))
+    });
+    for doc in docs.iter_mut() {
+        for pointer in ["/spec", "/spec/template/spec", "/spec/jobTemplate/spec/template/spec"] {
+            let Some(spec) = doc.value.pointer_mut(pointer) else { continue };
+            for list in ["containers", "initContainers"] {
+                for c in spec.get_mut(list).and_then(serde_json::Value::as_array_mut).into_iter().flatten() {
+                    for e in c.get_mut("env").and_then(serde_json::Value::as_array_mut).into_iter().flatten() {
+                        if e["name"] == DB_CONN_ENV {
+                            *e = serde_json::json!({
+                                "name": DB_CONN_ENV,
+                                "valueFrom": {"secretKeyRef": {"name": db.secret, "key": db.key}},
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The image names k8s/ may use as placeholders: the images of docker/images.toml.

@@ -14,6 +14,8 @@ pub struct RenderOptions<'a> {
     pub namespace: &'a str,
     /// placeholder -> `name@sha256:...`
     pub images: &'a BTreeMap<String, String>,
+    /// A Secret every pod and service account pulls images with (`imagePullSecrets`).
+    pub pull_secret: Option<&'a str>,
 }
 
 /// Kinds without a namespace; for kinds xtask does not know, apply asks the cluster.
@@ -49,6 +51,9 @@ pub fn render(docs: &[Doc], opts: &RenderOptions<'_>) -> Result<Vec<Value>> {
             }
         }
         replace_images(&mut v, opts.images);
+        if let Some(secret) = opts.pull_secret {
+            add_pull_secret(&mut v, secret);
+        }
         v["metadata"]["labels"][MANAGED_BY_LABEL] = json!(MANAGED_BY);
         if kind == "Pod" {
             // A pod template: stored as YAML in a ConfigMap of the same name.
@@ -69,9 +74,30 @@ pub fn render(docs: &[Doc], opts: &RenderOptions<'_>) -> Result<Vec<Value>> {
     Ok(out)
 }
 
+/// The placeholders (of `placeholders`) that the containers of `docs` use, sorted.
+pub fn images_used(docs: &[Doc], placeholders: &std::collections::BTreeSet<String>) -> Vec<String> {
+    let mut used = std::collections::BTreeSet::new();
+    for doc in docs {
+        for pointer in POD_SPECS {
+            let Some(spec) = doc.value.pointer(pointer) else { continue };
+            for list in ["containers", "initContainers"] {
+                for c in spec.get(list).and_then(Value::as_array).into_iter().flatten() {
+                    if let Some(img) = c.get("image").and_then(Value::as_str).filter(|i| placeholders.contains(*i)) {
+                        used.insert(img.to_string());
+                    }
+                }
+            }
+        }
+    }
+    used.into_iter().collect()
+}
+
+/// Where a document of each workload kind (or a Pod) keeps its pod spec.
+const POD_SPECS: [&str; 3] = ["/spec", "/spec/template/spec", "/spec/jobTemplate/spec/template/spec"];
+
 /// Replaces placeholder images in every container of every pod spec of `v`.
 fn replace_images(v: &mut Value, images: &BTreeMap<String, String>) {
-    for pointer in ["/spec", "/spec/template/spec", "/spec/jobTemplate/spec/template/spec"] {
+    for pointer in POD_SPECS {
         if let Some(spec) = v.pointer_mut(pointer) {
             for list in ["containers", "initContainers"] {
                 for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
@@ -82,6 +108,25 @@ fn replace_images(v: &mut Value, images: &BTreeMap<String, String>) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Adds `secret` to the imagePullSecrets of a ServiceAccount or of every pod spec of `v`.
+fn add_pull_secret(v: &mut Value, secret: &str) {
+    let entry = json!({"name": secret});
+    let add = |list: &mut Value| match list.as_array_mut() {
+        Some(a) if a.contains(&entry) => {}
+        Some(a) => a.push(entry.clone()),
+        None => *list = json!([entry.clone()]),
+    };
+    if v["kind"] == "ServiceAccount" {
+        add(&mut v["imagePullSecrets"]);
+        return;
+    }
+    for pointer in POD_SPECS {
+        if let Some(spec) = v.pointer_mut(pointer).filter(|s| s.get("containers").is_some()) {
+            add(&mut spec["imagePullSecrets"]);
         }
     }
 }

@@ -5,11 +5,31 @@
 pub struct GeneratedSecret {
     pub name: &'static str,
     pub keys: &'static [&'static str],
+    /// Made only when the objects applied include this kind and name (an overlay's
+    /// server, say); `None`: always.
+    pub with: Option<(&'static str, &'static str)>,
 }
+
+impl GeneratedSecret {
+    /// Whether this secret belongs with `objects` (rendered objects, as applied).
+    pub fn wanted(&self, objects: &[serde_json::Value]) -> bool {
+        self.with.is_none_or(|(kind, name)| objects.iter().any(|o| o["kind"] == kind && o["metadata"]["name"] == name))
+    }
+}
+
+/// The in-cluster object store of the `object-store` overlay: its Deployment, Service and
+/// generated Secret, which also defines the Airflow connection `airflow_s3`.
+pub const OBJECT_STORE: &str = "airflow-s3";
+const OBJECT_STORE_URL: &str = "http://airflow-s3:7070";
 
 /// In the order they are made (the DB connection needs the DB password).
 pub const GENERATED: &[GeneratedSecret] = &[
-    GeneratedSecret { name: "airflow-postgres", keys: &["password"] },
+    GeneratedSecret { name: "airflow-postgres", keys: &["password"], with: None },
+    GeneratedSecret {
+        name: OBJECT_STORE,
+        keys: &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AIRFLOW_CONN_AIRFLOW_S3"],
+        with: Some(("Deployment", OBJECT_STORE)),
+    },
     GeneratedSecret {
         name: "airflow-secrets",
         keys: &[
@@ -18,8 +38,9 @@ pub const GENERATED: &[GeneratedSecret] = &[
             "AIRFLOW__API_AUTH__JWT_SECRET",
             "AIRFLOW__API__SECRET_KEY",
         ],
+        with: None,
     },
-    GeneratedSecret { name: "airflow-admin", keys: &["passwords.json", "username", "password"] },
+    GeneratedSecret { name: "airflow-admin", keys: &["passwords.json", "username", "password"], with: None },
 ];
 
 use std::collections::BTreeMap;
@@ -74,6 +95,24 @@ pub fn generate(name: &str, existing: &BTreeMap<String, BTreeMap<String, String>
             v.insert("AIRFLOW__API_AUTH__JWT_SECRET".into(), hex32()?);
             v.insert("AIRFLOW__API__SECRET_KEY".into(), hex32()?);
         }
+        OBJECT_STORE => {
+            let key = random_alnum(20)?;
+            let secret = random_alnum(40)?;
+            // Path-style requests: the store is one host name, not a host per bucket.
+            let conn = serde_json::json!({
+                "conn_type": "aws",
+                "login": key,
+                "password": secret,
+                "extra": {
+                    "endpoint_url": OBJECT_STORE_URL,
+                    "region_name": "us-east-1",
+                    "config_kwargs": {"s3": {"addressing_style": "path"}},
+                },
+            });
+            v.insert("AWS_ACCESS_KEY_ID".into(), key);
+            v.insert("AWS_SECRET_ACCESS_KEY".into(), secret);
+            v.insert("AIRFLOW_CONN_AIRFLOW_S3".into(), conn.to_string());
+        }
         "airflow-admin" => {
             let pw = random_alnum(20)?;
             v.insert("username".into(), "admin".into());
@@ -100,6 +139,10 @@ mod tests {
             existing.insert(g.name.to_string(), values);
         }
         let conn = &existing["airflow-secrets"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"];
+        // The object store's connection carries the keys the store itself is started with.
+        let s3: serde_json::Value = serde_json::from_str(&existing[OBJECT_STORE]["AIRFLOW_CONN_AIRFLOW_S3"]).unwrap();
+        assert_eq!(s3["login"], existing[OBJECT_STORE]["AWS_ACCESS_KEY_ID"].as_str());
+        assert_eq!(s3["password"], existing[OBJECT_STORE]["AWS_SECRET_ACCESS_KEY"].as_str());
         assert!(conn.contains(&existing["airflow-postgres"]["password"]));
         // A Fernet key is 32 bytes, URL-safe base64.
         assert_eq!(URL_SAFE.decode(&existing["airflow-secrets"]["AIRFLOW__CORE__FERNET_KEY"]).unwrap().len(), 32);

@@ -91,8 +91,10 @@ impl ImageReport {
 }
 
 /// The images of docker/images.toml as last built, from the store, without building.
-pub fn last_built(project: &Project) -> Result<Vec<BuiltImage>> {
-    let defs = config::load_images(project, &ImageOverrides::default())?;
+/// The last build of each image of docker/images.toml (of those named in `only`, unless
+/// it is empty).
+pub fn last_built(project: &Project, only: &[String]) -> Result<Vec<BuiltImage>> {
+    let defs = select(config::load_images(project, &ImageOverrides::default())?, only)?;
     let store = Store::open(&project.store_dir())?;
     let mut out = Vec::new();
     for def in defs {

@@ -318,11 +318,16 @@ pub struct Registry {
 impl Registry {
     /// `htpasswd`: Some((user, password)) to require basic auth.
     pub fn start(htpasswd: Option<(&str, &str)>) -> Registry {
+        Registry::start_at("127.0.0.1", htpasswd)
+    }
+
+    /// The same, listening on `ip` (an address of this machine).
+    pub fn start_at(ip: &str, htpasswd: Option<(&str, &str)>) -> Registry {
         require("docker-registry");
         let dir = tempfile::Builder::new().prefix("xtask-registry-").tempdir().unwrap();
         let port = free_port();
         let mut config = format!(
-            "version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}/data}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
+            "version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}/data}}}}\nhttp: {{addr: \"{ip}:{port}\"}}\n",
             dir.path().display()
         );
         if let Some((user, password)) = htpasswd {
@@ -343,7 +348,7 @@ impl Registry {
             .stderr(log)
             .spawn()
             .unwrap();
-        let host = format!("127.0.0.1:{port}");
+        let host = format!("{ip}:{port}");
         for _ in 0..100 {
             if std::net::TcpStream::connect(&host).is_ok() {
                 return Registry { dir, host, child };
@@ -405,6 +410,12 @@ pub fn postgres_base() -> &'static str {
     BASE.get_or_init(|| workspace_base("postgres"))
 }
 
+/// The object store's base (docker/base/s3.toml: versitygw from its Go module).
+pub fn s3_base() -> &'static str {
+    static BASE: OnceLock<String> = OnceLock::new();
+    BASE.get_or_init(|| workspace_base("s3"))
+}
+
 /// A repository with this repository's DAGs, include package, k8s/ and base recipes, on
 /// the real Airflow base.
 pub fn airflow_repo() -> Repo {
@@ -419,7 +430,8 @@ pub fn airflow_repo() -> Repo {
     assert!(images.contains("base = \"xtask-base:airflow\""));
     let images = images
         .replace("base = \"xtask-base:airflow\"", &format!("base = \"{}\"", airflow_base()))
-        .replace("base = \"xtask-base:postgres\"", &format!("base = \"{}\"", postgres_base()));
+        .replace("base = \"xtask-base:postgres\"", &format!("base = \"{}\"", postgres_base()))
+        .replace("base = \"xtask-base:s3\"", &format!("base = \"{}\"", s3_base()));
     repo.write("docker/images.toml", &images);
     let _ = fs::remove_dir_all(repo.path("files/dags/__pycache__"));
     repo

@@ -29,6 +29,19 @@ impl Credentials {
     }
 }
 
+/// A `.dockerconfigjson` (what a kubernetes.io/dockerconfigjson Secret holds) with the
+/// credentials for `host` and for no other registry; None when there are none for it.
+pub fn pull_secret_json(host: &str) -> anyhow::Result<Option<String>> {
+    Ok(credentials_for(host)?.map(|c| {
+        serde_json::json!({"auths": {host: {
+            "username": c.user,
+            "password": c.password,
+            "auth": BASE64.encode(format!("{}:{}", c.user, c.password)),
+        }}})
+        .to_string()
+    }))
+}
+
 #[derive(Deserialize, Default)]
 struct DockerConfig {
     #[serde(default)]

@@ -22,6 +22,7 @@ use super::{
     oci_layer_media_type, platform_matches, platform_string,
 };
 
+pub use self::auth::pull_secret_json;
 pub use self::client::Client;
 
 /// `HOST[:PORT]/REPO[:TAG|@sha256:...]`, with Docker Hub's short forms expanded.
