@@ -21,29 +21,12 @@ fn docker_lines(args: &[&str]) -> BTreeSet<String> {
     stdout(&out).lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
 }
 
-/// Where kind (through xtask) writes the test cluster's kubeconfig: a file of the test's
-/// own, so the kubeconfig of the shell's cluster (KUBECONFIG, set by `.ci/local-cluster
-/// env`) loses nothing when kind deletes the cluster's context.
-fn kind_kubeconfig() -> std::path::PathBuf {
-    std::env::temp_dir().join("xtask-kind-test.kubeconfig")
-}
-
-fn kind_cmd(args: &[&str]) -> Command {
-    let mut c = Command::new("kind");
-    c.args(args).env("KUBECONFIG", kind_kubeconfig());
-    c
-}
-
 fn run(repo: &Repo, args: &[&str]) -> Output {
-    let mut c = repo.xtask();
-    c.args(args).args(["--cluster-name", CLUSTER]).env("KUBECONFIG", kind_kubeconfig());
-    c.output().unwrap()
+    KindCluster(CLUSTER).run(repo, args)
 }
 
 fn ok(repo: &Repo, args: &[&str]) -> String {
-    let out = run(repo, args);
-    assert!(out.status.success(), "xtask {args:?} failed:\n{}\n{}", stdout(&out), stderr(&out));
-    stdout(&out)
+    KindCluster(CLUSTER).ok(repo, args)
 }
 
 /// What the test makes and k8s-down removes: removed here too, before the test (left by an
@@ -52,7 +35,7 @@ struct Leftovers;
 
 impl Leftovers {
     fn remove() {
-        let _ = kind_cmd(&["delete", "cluster", "--name", CLUSTER]).output();
+        let _ = KindCluster(CLUSTER).kind(&["delete", "cluster", "--name", CLUSTER]).output();
         let _ = Command::new("docker").args(["rm", "-f", "-v", "kind-registry"]).output();
     }
 }

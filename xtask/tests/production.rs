@@ -19,20 +19,14 @@ const CLUSTER: &str = "xtask-prod-test";
 const CONTROL_PLANE: &str = "xtask-prod-test-control-plane";
 const WORKER: &str = "xtask-prod-test-worker";
 
-fn kubeconfig() -> std::path::PathBuf {
-    std::env::temp_dir().join("xtask-prod-test.kubeconfig")
-}
+const KIND: KindCluster = KindCluster(CLUSTER);
 
 fn run(repo: &Repo, args: &[&str]) -> Output {
-    let mut c = repo.xtask();
-    c.args(args).args(["--cluster-name", CLUSTER]).env("KUBECONFIG", kubeconfig());
-    c.output().unwrap()
+    KIND.run(repo, args)
 }
 
 fn ok(repo: &Repo, args: &[&str]) -> String {
-    let out = run(repo, args);
-    assert!(out.status.success(), "xtask {args:?} failed:\n{}\n{}", stdout(&out), stderr(&out));
-    stdout(&out)
+    KIND.ok(repo, args)
 }
 
 /// kubectl on the control-plane node, as its admin.
@@ -47,10 +41,7 @@ struct Cluster;
 
 impl Cluster {
     fn remove() {
-        let _ = Command::new("kind")
-            .args(["delete", "cluster", "--name", CLUSTER])
-            .env("KUBECONFIG", kubeconfig())
-            .output();
+        let _ = KIND.kind(&["delete", "cluster", "--name", CLUSTER]).output();
     }
 }
 
@@ -271,10 +262,8 @@ fn task_logs_live_in_s3_and_are_read_from_another_node_after_the_worker_pod_is_g
     let gateway = kind_gateway();
     let registry = Registry::start_at(&gateway, Some(("puller", "s3cret-pw")));
     let host = registry.host.clone();
-    let mut c = repo.xtask();
-    c.args(up_args)
-        .args(["--registry", &host, "--insecure-registry", &host, "--cluster-name", CLUSTER])
-        .env("KUBECONFIG", kubeconfig())
+    let mut c = KIND.xtask(&repo, &up_args);
+    c.args(["--registry", &host, "--insecure-registry", &host])
         .env("XTASK_REGISTRY_HOST", &host)
         .env("XTASK_REGISTRY_USER", "puller")
         .env("XTASK_REGISTRY_PASSWORD", "s3cret-pw");

@@ -583,3 +583,39 @@ impl Repo {
         git(&["commit", "-q", "--allow-empty", "-m", "test"]);
     }
 }
+
+/// A kind cluster a test makes and drives through xtask. Its kubeconfig is a file of its
+/// own, so the shell's cluster (KUBECONFIG, set by `.ci/local-cluster env`) loses nothing
+/// when kind deletes the cluster's context.
+pub struct KindCluster(pub &'static str);
+
+impl KindCluster {
+    pub fn kubeconfig(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("{}.kubeconfig", self.0))
+    }
+
+    /// `kind ARGS` with that kubeconfig.
+    pub fn kind(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("kind");
+        c.args(args).env("KUBECONFIG", self.kubeconfig());
+        c
+    }
+
+    /// `xtask ARGS --cluster-name NAME` in `repo`.
+    pub fn xtask(&self, repo: &Repo, args: &[&str]) -> Command {
+        let mut c = repo.xtask();
+        c.args(args).args(["--cluster-name", self.0]).env("KUBECONFIG", self.kubeconfig());
+        c
+    }
+
+    pub fn run(&self, repo: &Repo, args: &[&str]) -> Output {
+        self.xtask(repo, args).output().unwrap()
+    }
+
+    /// Its stdout; fails the test with both outputs if it fails.
+    pub fn ok(&self, repo: &Repo, args: &[&str]) -> String {
+        let out = self.run(repo, args);
+        assert!(out.status.success(), "xtask {args:?} failed:\n{}\n{}", stdout(&out), stderr(&out));
+        stdout(&out)
+    }
+}
