@@ -257,17 +257,7 @@ pub fn up(ctx: &Ctx, args: &K8sUpArgs, until: Until) -> Result<UpReport> {
         }
         // Credentials for that registry, and only for it, become the pods' pull secret.
         if let Some(config) = registry::pull_secret_json(host)? {
-            pull_secret = Some(serde_json::json!({
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {
-                    "name": crate::cluster::diagnose::PULL_SECRET,
-                    "namespace": settings.namespace,
-                    "labels": {crate::deploy::manifests::MANAGED_BY_LABEL: crate::deploy::manifests::MANAGED_BY},
-                },
-                "type": "kubernetes.io/dockerconfigjson",
-                "stringData": {".dockerconfigjson": config},
-            }));
+            pull_secret = Some(crate::deploy::secrets::pull_secret(&settings.namespace, &config));
             steps.line(&format!(
                 "registry   pods pull {host} with your credentials for it: Secret {} (type kubernetes.io/dockerconfigjson, that host only)",
                 crate::cluster::diagnose::PULL_SECRET

@@ -58,7 +58,7 @@ pub fn use_external_database(docs: &mut Vec<Doc>, db: &config::ExternalDatabase)
         !(d.name() == BUILT_IN_DATABASE && matches!(d.kind(), "StatefulSet" | "Service" | "NetworkPolicy"))
     });
     for doc in docs.iter_mut() {
-        for pointer in ["/spec", "/spec/template/spec", "/spec/jobTemplate/spec/template/spec"] {
+        for pointer in render::POD_SPECS {
             let Some(spec) = doc.value.pointer_mut(pointer) else { continue };
             for list in ["containers", "initContainers"] {
                 for c in spec.get_mut(list).and_then(serde_json::Value::as_array_mut).into_iter().flatten() {
@@ -96,4 +96,27 @@ pub fn built_images(project: &Project) -> Result<(BTreeMap<String, String>, Vec<
         }
     }
     Ok((map, missing))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_external_database_replaces_the_built_in_one_everywhere() {
+        let mut docs = manifests::split_documents(
+            "k8s/airflow/x.yaml",
+            "kind: StatefulSet\nmetadata: {name: airflow-postgres}\n---\nkind: Service\nmetadata: {name: airflow-postgres}\n---\nkind: Job\nmetadata: {name: migrate}\nspec:\n  template:\n    spec:\n      initContainers: [{name: i, env: [{name: AIRFLOW__DATABASE__SQL_ALCHEMY_CONN, valueFrom: {secretKeyRef: {name: airflow-secrets, key: AIRFLOW__DATABASE__SQL_ALCHEMY_CONN}}}]}]\n      containers: [{name: c, env: [{name: A, value: '1'}, {name: AIRFLOW__DATABASE__SQL_ALCHEMY_CONN, valueFrom: {secretKeyRef: {name: airflow-secrets, key: AIRFLOW__DATABASE__SQL_ALCHEMY_CONN}}}]}]\n",
+        )
+        .unwrap();
+        let db = config::ExternalDatabase { secret: "ext".into(), key: "url".into() };
+        use_external_database(&mut docs, &db);
+        assert_eq!(docs.len(), 1, "the StatefulSet and Service of the built-in database are gone");
+        let spec = &docs[0].value["spec"]["template"]["spec"];
+        let want =
+            serde_json::json!({"name": DB_CONN_ENV, "valueFrom": {"secretKeyRef": {"name": "ext", "key": "url"}}});
+        assert_eq!(spec["initContainers"][0]["env"][0], want);
+        assert_eq!(spec["containers"][0]["env"][1], want);
+        assert_eq!(spec["containers"][0]["env"][0]["value"], "1");
+    }
 }

@@ -93,7 +93,7 @@ pub fn images_used(docs: &[Doc], placeholders: &std::collections::BTreeSet<Strin
 }
 
 /// Where a document of each workload kind (or a Pod) keeps its pod spec.
-const POD_SPECS: [&str; 3] = ["/spec", "/spec/template/spec", "/spec/jobTemplate/spec/template/spec"];
+pub const POD_SPECS: [&str; 3] = ["/spec", "/spec/template/spec", "/spec/jobTemplate/spec/template/spec"];
 
 /// Replaces placeholder images in every container of every pod spec of `v`.
 fn replace_images(v: &mut Value, images: &BTreeMap<String, String>) {
@@ -191,4 +191,33 @@ pub fn apply_order(kind: &str) -> usize {
 pub fn parse_image_override(s: &str) -> Result<(String, String)> {
     let (k, v) = s.split_once('=').ok_or_else(|| anyhow!("`{s}` is not PLACEHOLDER=IMAGE"))?;
     Ok((k.to_string(), v.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::manifests::split_documents;
+
+    #[test]
+    fn a_pull_secret_reaches_every_pod_spec_and_service_account_and_images_used_are_found() {
+        let docs = split_documents(
+            "k8s/airflow/x.yaml",
+            "kind: Deployment\nmetadata: {name: d}\nspec:\n  template:\n    spec:\n      containers: [{name: c, image: airflow-worker}]\n---\nkind: Pod\nmetadata: {name: t}\nspec:\n  containers: [{name: base, image: airflow-worker}]\n---\nkind: ServiceAccount\nmetadata: {name: sa}\n---\nkind: ConfigMap\nmetadata: {name: cm}\n",
+        )
+        .unwrap();
+        let placeholders = ["airflow-worker", "airflow-s3"].map(String::from).into_iter().collect();
+        assert_eq!(images_used(&docs, &placeholders), ["airflow-worker"]);
+        let images = BTreeMap::new();
+        let opts = RenderOptions { namespace: "ns", images: &images, pull_secret: Some("airflow-registry") };
+        let objects = render(&docs, &opts).unwrap();
+        let want = json!([{"name": "airflow-registry"}]);
+        let by_name = |n: &str| objects.iter().find(|o| o["metadata"]["name"] == n).unwrap();
+        assert_eq!(by_name("d")["spec"]["template"]["spec"]["imagePullSecrets"], want);
+        assert_eq!(by_name("sa")["imagePullSecrets"], want);
+        assert!(by_name("d")["spec"].get("imagePullSecrets").is_none());
+        let template: Value =
+            serde_yaml_ng::from_str(by_name("t")["data"][POD_TEMPLATE_KEY].as_str().unwrap()).unwrap();
+        assert_eq!(template["spec"]["imagePullSecrets"], want, "the worker pod template pulls with it too");
+        assert!(by_name("cm").get("imagePullSecrets").is_none());
+    }
 }

@@ -72,6 +72,22 @@ fn random_alnum(n: usize) -> Result<String> {
     Ok(out)
 }
 
+/// The pull secret for one registry (`.dockerconfigjson` holding only its credentials),
+/// applied with the other objects, so a k8s-up without them prunes it.
+pub fn pull_secret(namespace: &str, dockerconfigjson: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": crate::cluster::diagnose::PULL_SECRET,
+            "namespace": namespace,
+            "labels": {super::manifests::MANAGED_BY_LABEL: super::manifests::MANAGED_BY},
+        },
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": dockerconfigjson},
+    })
+}
+
 /// Fresh values for a generated Secret. `existing` holds the values already in the
 /// cluster (other secrets may be derived from them: the DB connection from the password).
 pub fn generate(name: &str, existing: &BTreeMap<String, BTreeMap<String, String>>) -> Result<BTreeMap<String, String>> {
