@@ -411,6 +411,31 @@ pub enum DagsCommand {
     /// Import every DAG file like the scheduler's DAG processor; report OK, import errors
     /// (with the traceback's last frames) and parse time per file; exit non-zero on errors
     Check(DagsCheckArgs),
+    /// Upload files/dags to the DAG bundle bucket (overlay dag-bundle-s3): only files whose
+    /// content changed, removing deleted ones; the dag-processor and workers read it
+    Push(DagsPushArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DagsPushArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// An S3 endpoint (https://s3.eu-west-1.amazonaws.com, say) instead of the cluster's
+    /// object store; keys from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// The bucket
+    #[arg(long, default_value = "airflow-dags")]
+    pub bucket: String,
+    /// The key prefix the bundle reads (its `prefix`)
+    #[arg(long, default_value = "dags")]
+    pub prefix: String,
+    /// The region requests are signed for
+    #[arg(long, default_value = "us-east-1")]
+    pub region: String,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -17,6 +17,7 @@ mod oci;
 mod pipeline;
 mod process;
 mod report;
+mod s3;
 mod term;
 #[cfg(test)]
 mod tidy;

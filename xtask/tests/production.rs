@@ -2,6 +2,7 @@
 //! existing Postgres outside the cluster (Debian's, on this machine) named by a Secret;
 //! task logs in a real S3 server (versitygw, the object-store overlay) written by worker
 //! pods on one node and read by the api-server on the other after the worker pod is gone;
+//! DAGs from Airflow's S3 DAG bundle, filled by `dags push`;
 //! images pulled from a private registry (Debian's docker-registry behind htpasswd) with a
 //! pull secret k8s-up makes from the credentials for that one host; `doctor` checking all
 //! of it from inside the cluster, telling a refused pull from a missing image and saying
@@ -255,6 +256,25 @@ fn task_logs_live_in_s3_and_are_read_from_another_node_after_the_worker_pod_is_g
     // ... and `logs DAG.TASK` (through the api-server, on the other node) shows it.
     let log = ok(&repo, &["logs", "smoke_xcom.consume"]);
     assert!(log.contains("producer_hostname"), "the task's log did not come back from S3:\n{log}");
+
+    // DAG bundles from S3: files/dags pushed to the bucket, then the dag-processor and the
+    // workers read Airflow's S3 DAG bundle instead of the image's DAG folder.
+    let pushed: serde_json::Value = serde_json::from_str(&ok(&repo, &["dags", "push", "--json"])).unwrap();
+    assert!(pushed["uploaded"].as_array().unwrap().iter().any(|f| f == "smoke_xcom.py"), "{pushed:#}");
+    let mut up_args = up_args.to_vec();
+    up_args.extend(["--overlay", "dag-bundle-s3"]);
+    ok(&repo, &up_args);
+    // A DAG that only the bucket has (the image running was built without it): parsed from
+    // the bundle, and its task runs in a worker pod that fetched the bundle too.
+    repo.write(
+        "files/dags/smoke_bundle.py",
+        "from datetime import datetime\n\nfrom airflow.sdk import dag, task\n\n\n@dag(schedule=None, start_date=datetime(2024, 1, 1), catchup=False, tags=[\"smoke\"])\ndef smoke_bundle():\n    @task\n    def from_the_bucket() -> str:\n        return \"read from s3\"\n\n    from_the_bucket()\n\n\nsmoke_bundle()\n",
+    );
+    let pushed: serde_json::Value = serde_json::from_str(&ok(&repo, &["dags", "push", "--json"])).unwrap();
+    assert_eq!(pushed["uploaded"], serde_json::json!(["smoke_bundle.py"]), "only the new file is sent: {pushed:#}");
+    ok(&repo, &["smoke", "--dag", "smoke_bundle", "--timeout", "600"]);
+    let bundles = pg.psql("airflow", "SELECT bundle_name FROM dag WHERE dag_id = 'smoke_bundle'");
+    assert_eq!(stdout(&bundles).trim(), "dags-s3", "{}", stderr(&bundles));
 
     // A private registry: pushed to with the credentials for that host, pulled from by every
     // pod with a pull secret holding those and no others. Plain HTTP, so kind's nodes are

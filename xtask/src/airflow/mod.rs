@@ -2,6 +2,7 @@
 //! virtualenv), containers of the worker image, and the API client and its session.
 
 pub mod api;
+pub mod bundle;
 pub mod checker;
 pub mod container;
 pub mod dagcheck;

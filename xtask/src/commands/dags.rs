@@ -1,19 +1,25 @@
 //! `cargo xtask dags check`: every DAG file parsed the way the DAG processor parses it,
 //! inside the worker image (or a local virtualenv), before anything ships.
+//! `cargo xtask dags push`: files/dags into the S3 DAG bundle.
 
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
 
 use crate::airflow::dagcheck::{CHECK_SCRIPT, FileResult, error_line, exceptions, print_result};
-use crate::airflow::runner;
-use crate::cli::{DagsArgs, DagsCheckArgs, DagsCommand};
+use crate::airflow::{bundle, runner};
+use crate::cli::{DagsArgs, DagsCheckArgs, DagsCommand, DagsPushArgs};
+use crate::cluster::Target;
+use crate::cluster::portforward::PortForward;
 use crate::ctx::Ctx;
+use crate::deploy::secrets::OBJECT_STORE;
 use crate::error::Reported;
+use crate::s3::ObjectStore;
 use crate::ui;
 
 pub fn run(ctx: &Ctx, args: &DagsArgs) -> Result<()> {
-    let _project = &ctx.project;
     match &args.command {
         DagsCommand::Check(a) => {
             let results = check(ctx, a)?;
@@ -22,7 +28,70 @@ pub fn run(ctx: &Ctx, args: &DagsArgs) -> Result<()> {
             }
             Ok(())
         }
+        DagsCommand::Push(a) => push(ctx, a),
     }
+}
+
+/// `dags push`: files/dags into the bundle bucket, through a port-forward to the cluster's
+/// object store (Secret airflow-s3 holds its keys) unless --endpoint names another store.
+fn push(ctx: &Ctx, a: &DagsPushArgs) -> Result<()> {
+    let project = &ctx.project;
+    let dir = project.root.join("files/dags");
+    let (report, at) = match &a.endpoint {
+        Some(endpoint) => {
+            let key = std::env::var("AWS_ACCESS_KEY_ID").ok().filter(|k| !k.is_empty());
+            let secret = std::env::var("AWS_SECRET_ACCESS_KEY").ok().filter(|k| !k.is_empty());
+            let (Some(key), Some(secret)) = (key, secret) else {
+                bail!("--endpoint {endpoint} needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY set to its keys");
+            };
+            let store = ObjectStore::new(endpoint, &a.bucket, &a.region, &key, &secret)?;
+            (bundle::push(&store, &dir, &a.prefix)?, endpoint.clone())
+        }
+        None => {
+            let (target, settings) = Target::from_args(project, &a.cluster)?;
+            let cluster = ctx.connect(&target, &settings.namespace)?;
+            let (pf, key, secret) = ctx.block_on(async {
+                let keys = Api::<Secret>::namespaced(cluster.client.clone(), &cluster.namespace)
+                    .get_opt(OBJECT_STORE)
+                    .await
+                    .map_err(|e| cluster.explain(e, "get", "secrets"))?
+                    .and_then(|s| s.data)
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "namespace {} has no Secret {OBJECT_STORE}, so no object store: `cargo xtask k8s-up --overlay object-store`, or pass --endpoint",
+                            cluster.namespace
+                        )
+                    })?;
+                let get = |k: &str| keys.get(k).map(|v| String::from_utf8_lossy(&v.0).into_owned()).unwrap_or_default();
+                let pod = crate::cluster::pods::ready_pod(&cluster, &settings, OBJECT_STORE).await?;
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                let pf = PortForward::start(&cluster.streams, &cluster.namespace, &name, 7070).await?;
+                Ok::<_, anyhow::Error>((pf, get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")))
+            })?;
+            let store = ObjectStore::new(&pf.base_url(), &a.bucket, &a.region, &key, &secret)?;
+            let report = bundle::push(&store, &dir, &a.prefix)?;
+            drop(pf);
+            (report, format!("the object store of namespace {}", cluster.namespace))
+        }
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    for s in &report.skipped {
+        println!("skipped  files/dags/{s} (not a regular file)");
+    }
+    println!(
+        "dags push s3://{}/{}/ on {at}: {} uploaded ({}), {} deleted, {} unchanged, in {}",
+        report.bucket,
+        report.prefix,
+        report.uploaded.len(),
+        crate::fsutil::human_bytes(report.uploaded_bytes),
+        report.deleted.len(),
+        report.unchanged,
+        ui::secs(report.seconds)
+    );
+    Ok(())
 }
 
 pub fn check(ctx: &Ctx, a: &DagsCheckArgs) -> Result<Vec<FileResult>> {

@@ -619,3 +619,67 @@ impl KindCluster {
         stdout(&out)
     }
 }
+
+/// versitygw (.ci/setup installs it) serving a directory as S3 on 127.0.0.1, with one
+/// account and the buckets asked for; stopped on drop.
+pub struct S3Server {
+    pub dir: tempfile::TempDir,
+    pub endpoint: String,
+    pub key: String,
+    pub secret: String,
+    child: std::process::Child,
+}
+
+impl S3Server {
+    pub fn start(buckets: &[&str]) -> S3Server {
+        require("versitygw");
+        let dir = tempfile::Builder::new().prefix("xtask-s3-").tempdir().unwrap();
+        for b in buckets {
+            fs::create_dir_all(dir.path().join("data").join(b)).unwrap();
+        }
+        let port = free_port();
+        let (key, secret) = ("xtasktestkey".to_string(), "xtask-test-secret-0123456789".to_string());
+        let log = fs::File::create(dir.path().join("versitygw.log")).unwrap();
+        let mut child = Command::new("versitygw")
+            .args(["--port", &format!("127.0.0.1:{port}"), "--access", &key, "--secret", &secret, "posix"])
+            .arg(dir.path().join("data"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return S3Server { dir, endpoint: format!("http://127.0.0.1:{port}"), key, secret, child };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("versitygw did not start: {}", fs::read_to_string(dir.path().join("versitygw.log")).unwrap_or_default());
+    }
+
+    /// The objects of `bucket`: key -> bytes, as the server's directory holds them.
+    pub fn objects(&self, bucket: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+        let root = self.dir.path().join("data").join(bucket);
+        let mut out = std::collections::BTreeMap::new();
+        let mut stack = vec![root.clone()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.insert(p.strip_prefix(&root).unwrap().to_string_lossy().into_owned(), fs::read(&p).unwrap());
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
