@@ -83,6 +83,15 @@ pub fn last_report(project: &crate::config::Project) -> Option<UpReport> {
     serde_json::from_str(&text).ok()
 }
 
+/// The last build of each image the last k8s-up deployed: what the nodes should hold.
+/// Every image of docker/images.toml is built by `images` and `ci`, but only those the
+/// applied documents use are shipped (an overlay's server only with its overlay). With no
+/// k8s-up yet, every image built.
+pub fn deployed_builds(project: &crate::config::Project) -> Vec<BuiltImage> {
+    let deployed: Vec<String> = last_report(project).map(|r| r.images.into_keys().collect()).unwrap_or_default();
+    image_build::last_built(project, &deployed).unwrap_or_default()
+}
+
 struct Steps {
     human: bool,
     times: Vec<(String, f64)>,

@@ -285,7 +285,7 @@ fn checks(ctx: &Ctx, args: &DoctorArgs, report: &mut dyn FnMut(&Check)) -> Resul
     }
 
     // 6-8. Images on the nodes, components, worker pods.
-    let built = crate::image_build::last_built(project, &[]).unwrap_or_default();
+    let built = crate::pipeline::deployed_builds(project);
     let status = ctx.block_on(crate::cluster::inspect::collect(&cluster, &built))?;
     let stale: Vec<String> = status
         .nodes

@@ -8,12 +8,11 @@ use crate::cluster::Target;
 use crate::cluster::inspect::{Status, collect};
 use crate::ctx::Ctx;
 use crate::error::Reported;
-use crate::image_build;
 
 pub fn run(ctx: &Ctx, args: &StatusArgs) -> Result<()> {
     let project = &ctx.project;
     let (target, settings) = Target::from_args(project, &args.cluster)?;
-    let built = image_build::last_built(project, &[]).unwrap_or_default();
+    let built = crate::pipeline::deployed_builds(project);
     let cluster = ctx.connect(&target, &settings.namespace)?;
     let status = ctx.block_on(collect(&cluster, &built))?;
     if args.json {
