@@ -433,6 +433,13 @@ pub struct DagsPushArgs {
     /// The region requests are signed for
     #[arg(long, default_value = "us-east-1")]
     pub region: String,
+    /// The DAG bundle (of AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST) that reads the prefix
+    #[arg(long, default_value = "dags-s3")]
+    pub bundle: String,
+    /// Leave the DAG processor to find the change at its next bundle refresh, instead of
+    /// asking it through the cluster's Airflow API to parse the changed files now
+    #[arg(long)]
+    pub no_reparse: bool,
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
@@ -537,6 +544,32 @@ pub enum BenchCommand {
     /// One DAG change to "parsed in the cluster": `watch` vs docker build + docker save |
     /// ctr import + rollout, on the local test cluster
     Watch(BenchClusterArgs),
+    /// One DAG edit until the API shows it: `dags push` to the S3 bundle (with and without
+    /// its parse request) vs `k8s-up --no-wait` vs docker build + kind load + rollout, on a
+    /// kind cluster it creates and deletes
+    Bundle(BenchBundleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchBundleArgs {
+    /// Nodes of the kind cluster (one control plane, the rest workers)
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// Runs of each row (the table shows the median, fastest and slowest)
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// The kind cluster the benchmark creates
+    #[arg(long, default_value = "xtask-bench-bundle")]
+    pub cluster_name: String,
+    /// Namespace the benchmark deploys into
+    #[arg(long, default_value = "xtask-bench")]
+    pub namespace: String,
+    /// Leave the kind cluster up afterwards
+    #[arg(long)]
+    pub keep_cluster: bool,
+    /// Leave out the docker row
+    #[arg(long)]
+    pub no_docker: bool,
 }
 
 #[derive(Debug, Args)]

@@ -275,6 +275,28 @@ fn task_logs_live_in_s3_and_are_read_from_another_node_after_the_worker_pod_is_g
     ok(&repo, &["smoke", "--dag", "smoke_bundle", "--timeout", "600"]);
     let bundles = pg.psql("airflow", "SELECT bundle_name FROM dag WHERE dag_id = 'smoke_bundle'");
     assert_eq!(stdout(&bundles).trim(), "dags-s3", "{}", stderr(&bundles));
+    assert_eq!(
+        pushed["reparse_requested"].as_array().map(Vec::len),
+        Some(1),
+        "a new file forces a refresh: {pushed:#}"
+    );
+    // An edit of a DAG the bundle holds: push asks for that file to be parsed again, and
+    // Airflow holds the new version soon after.
+    let edited = std::fs::read_to_string(repo.path("files/dags/smoke_bundle.py"))
+        .unwrap()
+        .replace("catchup=False,", "catchup=False, description=\"edit 1\",");
+    repo.write("files/dags/smoke_bundle.py", &edited);
+    let pushed: serde_json::Value = serde_json::from_str(&ok(&repo, &["dags", "push", "--json"])).unwrap();
+    assert_eq!(pushed["reparse_requested"], serde_json::json!(["smoke_bundle.py"]), "{pushed:#}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let d = pg.psql("airflow", "SELECT description FROM dag WHERE dag_id = 'smoke_bundle'");
+        if stdout(&d).trim() == "edit 1" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the pushed edit was not parsed: {}", stdout(&d));
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 
     // A private registry: pushed to with the credentials for that host, pulled from by every
     // pod with a pull secret holding those and no others. Plain HTTP, so kind's nodes are

@@ -23,6 +23,15 @@ pub struct TaskInstance {
     pub try_number: Option<i64>,
 }
 
+/// A DAG as `GET /dags` lists it: where its file lies in its bundle, and the token that
+/// asks for that file to be parsed again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BundleDag {
+    pub dag_id: String,
+    pub relative_fileloc: String,
+    pub file_token: String,
+}
+
 #[derive(Clone, Debug)]
 pub struct ImportError {
     pub filename: String,
@@ -110,6 +119,31 @@ impl ApiClient {
                 stack_trace: e["stack_trace"].as_str().unwrap_or("").to_string(),
             })
             .collect())
+    }
+
+    /// Every DAG Airflow holds from one bundle, page by page (at most 100 000).
+    pub fn bundle_dags(&self, bundle: &str) -> Result<Vec<BundleDag>> {
+        const PAGE: usize = 100;
+        let mut dags = Vec::new();
+        let mut offset = 0;
+        while offset < 100_000 {
+            let path = format!("/dags?bundle_name={}&limit={PAGE}&offset={offset}", encode(bundle));
+            let v = self.ok("GET", &path, None)?;
+            let page = v["dags"].as_array().cloned().unwrap_or_default();
+            for d in &page {
+                let field = |k: &str| d[k].as_str().unwrap_or("").to_string();
+                dags.push(BundleDag {
+                    dag_id: field("dag_id"),
+                    relative_fileloc: field("relative_fileloc"),
+                    file_token: field("file_token"),
+                });
+            }
+            offset += page.len();
+            if page.len() < PAGE || offset as u64 >= v["total_entries"].as_u64().unwrap_or(0) {
+                break;
+            }
+        }
+        Ok(dags)
     }
 
     /// The DAG's details (file_token, last_parsed_time, ...); None until it is stored.

@@ -13,6 +13,7 @@ use camino::Utf8Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::airflow::api::BundleDag;
 use crate::s3::{ObjectStore, check_key};
 
 #[derive(Default, Serialize, Deserialize)]
@@ -32,6 +33,12 @@ pub struct PushReport {
     /// Symlinks and other non-regular files, which a bucket cannot hold as such.
     pub skipped: Vec<String>,
     pub seconds: f64,
+    /// Files the DAG processor was asked to parse again (which also makes it refresh the
+    /// bundle at once rather than at its next refresh interval).
+    pub reparse_requested: Vec<String>,
+    /// Why no reparse was asked for, when none was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reparse_note: Option<String>,
 }
 
 fn manifest_key(prefix: &str) -> String {
@@ -88,6 +95,8 @@ pub fn push(store: &ObjectStore, dir: &Utf8Path, prefix: &str) -> Result<PushRep
         unchanged: 0,
         skipped,
         seconds: 0.0,
+        reparse_requested: vec![],
+        reparse_note: None,
     };
     for (path, bytes) in &local {
         let sum = hex::encode(Sha256::digest(bytes));
@@ -109,4 +118,69 @@ pub fn push(store: &ObjectStore, dir: &Utf8Path, prefix: &str) -> Result<PushRep
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The parse requests that bring a push into Airflow now: one file token per uploaded file
+/// Airflow already knows in the bundle. A request refreshes the whole bundle first, so
+/// when only new or deleted files changed, one token of any file of the bundle is enough
+/// for the DAG processor to find them. Returns (file, token) pairs.
+pub fn reparse_requests(report: &PushReport, known: &[BundleDag]) -> Vec<(String, String)> {
+    let mut by_file: BTreeMap<&str, &str> = BTreeMap::new();
+    for d in known.iter().filter(|d| !d.file_token.is_empty()) {
+        by_file.entry(d.relative_fileloc.as_str()).or_insert(d.file_token.as_str());
+    }
+    let mut out: Vec<(String, String)> =
+        report.uploaded.iter().filter_map(|f| by_file.get(f.as_str()).map(|t| (f.clone(), t.to_string()))).collect();
+    let changed = !report.uploaded.is_empty() || !report.deleted.is_empty();
+    if out.is_empty()
+        && changed
+        && let Some((file, token)) = by_file.iter().next()
+    {
+        out.push((file.to_string(), token.to_string()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(uploaded: &[&str], deleted: &[&str]) -> PushReport {
+        PushReport {
+            bucket: "airflow-dags".into(),
+            prefix: "dags".into(),
+            uploaded: uploaded.iter().map(|s| s.to_string()).collect(),
+            uploaded_bytes: 0,
+            deleted: deleted.iter().map(|s| s.to_string()).collect(),
+            unchanged: 0,
+            skipped: vec![],
+            seconds: 0.0,
+            reparse_requested: vec![],
+            reparse_note: None,
+        }
+    }
+
+    fn dag(id: &str, file: &str) -> BundleDag {
+        BundleDag { dag_id: id.into(), relative_fileloc: file.into(), file_token: format!("token-{file}") }
+    }
+
+    #[test]
+    fn a_changed_file_is_reparsed_once_however_many_dags_it_holds() {
+        let known = [dag("a", "team/a.py"), dag("a2", "team/a.py"), dag("b", "b.py")];
+        let got = reparse_requests(&report(&["team/a.py"], &[]), &known);
+        assert_eq!(got, vec![("team/a.py".to_string(), "token-team/a.py".to_string())]);
+    }
+
+    #[test]
+    fn only_new_or_deleted_files_still_force_one_refresh_of_the_bundle() {
+        let known = [dag("b", "b.py"), dag("c", "c.py")];
+        assert_eq!(reparse_requests(&report(&["new.py"], &[]), &known).len(), 1);
+        assert_eq!(reparse_requests(&report(&[], &["gone.py"]), &known).len(), 1);
+    }
+
+    #[test]
+    fn nothing_is_asked_when_nothing_changed_or_airflow_knows_no_dag_of_the_bundle() {
+        assert!(reparse_requests(&report(&[], &[]), &[dag("b", "b.py")]).is_empty());
+        assert!(reparse_requests(&report(&["a.py"], &[]), &[]).is_empty());
+    }
 }

@@ -69,8 +69,11 @@ fn push(ctx: &Ctx, a: &DagsPushArgs) -> Result<()> {
                 Ok::<_, anyhow::Error>((pf, get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")))
             })?;
             let store = ObjectStore::new(&pf.base_url(), &a.bucket, &a.region, &key, &secret)?;
-            let report = bundle::push(&store, &dir, &a.prefix)?;
+            let mut report = bundle::push(&store, &dir, &a.prefix)?;
             drop(pf);
+            if !a.no_reparse && (!report.uploaded.is_empty() || !report.deleted.is_empty()) {
+                request_reparse(ctx, &cluster, &a.bundle, &mut report);
+            }
             (report, format!("the object store of namespace {}", cluster.namespace))
         }
     };
@@ -91,7 +94,38 @@ fn push(ctx: &Ctx, a: &DagsPushArgs) -> Result<()> {
         report.unchanged,
         ui::secs(report.seconds)
     );
+    if !report.reparse_requested.is_empty() {
+        println!("asked the DAG processor to parse again: {}", report.reparse_requested.join(", "));
+    }
+    if let Some(note) = &report.reparse_note {
+        println!("{note}");
+    }
     Ok(())
+}
+
+/// Asks the cluster's DAG processor to parse the pushed files now: a parse request makes
+/// it refresh the bundle in its next loop (about a second) instead of at the bundle's
+/// refresh interval. A cluster whose Airflow does not answer, or knows no DAG of the bundle
+/// yet, is left to its interval, and the report says why.
+fn request_reparse(ctx: &Ctx, cluster: &crate::cluster::Cluster, bundle_name: &str, report: &mut bundle::PushReport) {
+    let asked = (|| -> Result<Vec<String>> {
+        let (_pf, api, _) = crate::airflow::session::api_session(ctx, cluster)?;
+        let known = api.bundle_dags(bundle_name)?;
+        if known.is_empty() {
+            bail!(
+                "Airflow knows no DAG of bundle {bundle_name} yet (is overlay dag-bundle-s3 applied?); its DAG processor reads the bucket at its next refresh"
+            );
+        }
+        let requests = bundle::reparse_requests(report, &known);
+        for (_, token) in &requests {
+            api.reparse(token)?;
+        }
+        Ok(requests.into_iter().map(|(file, _)| file).collect())
+    })();
+    match asked {
+        Ok(files) => report.reparse_requested = files,
+        Err(e) => report.reparse_note = Some(format!("no reparse asked for: {e:#}")),
+    }
 }
 
 pub fn check(ctx: &Ctx, a: &DagsCheckArgs) -> Result<Vec<FileResult>> {

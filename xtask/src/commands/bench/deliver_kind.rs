@@ -31,7 +31,7 @@ struct Row {
 
 /// k8s/kind.yaml of the copy, with `nodes` nodes and no host ports (a user's cluster may
 /// hold them).
-fn write_kind_config(project_root: &Utf8Path, repo: &Utf8Path, nodes: usize) -> Result<()> {
+pub(super) fn write_kind_config(project_root: &Utf8Path, repo: &Utf8Path, nodes: usize) -> Result<()> {
     let path = project_root.join("k8s/kind.yaml");
     let text = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     let mut config: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).with_context(|| format!("{path}"))?;

@@ -1,6 +1,7 @@
 //! `cargo xtask bench ...`: the figures the issues ask for, each printed next to its peer
 //! measured in the same run on the same inputs.
 
+mod bundle;
 mod deliver;
 mod deliver_kind;
 mod images;
@@ -22,5 +23,6 @@ pub fn run(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
         BenchCommand::Deliver(a) => deliver::run(ctx, a),
         BenchCommand::DeliverKind(a) => deliver_kind::run(ctx, a),
         BenchCommand::Watch(a) => watch::run(ctx, a),
+        BenchCommand::Bundle(a) => bundle::run(ctx, a),
     }
 }

@@ -58,6 +58,22 @@ pub(super) fn succeeds(cmd: &mut Command) -> std::io::Result<bool> {
     Ok(cmd.stdout(Stdio::null()).stderr(Stdio::null()).status()?.success())
 }
 
+/// `docker build -q -t TAG -f DOCKERFILE CONTEXT` with BuildKit (`docker buildx build
+/// --load`) where the buildx plugin is installed, else the legacy builder; and which.
+pub(super) fn docker_build(dockerfile: &Utf8Path, context: &Utf8Path, tag: &str) -> (Command, &'static str) {
+    let mut c = Command::new("docker");
+    let buildkit = succeeds(Command::new("docker").args(["buildx", "version"])).unwrap_or(false);
+    let builder = if buildkit {
+        c.env("DOCKER_BUILDKIT", "1").args(["buildx", "build", "--load"]);
+        "docker buildx build"
+    } else {
+        c.env("DOCKER_BUILDKIT", "0").arg("build");
+        "docker build (legacy builder)"
+    };
+    c.args(["-q", "-t", tag, "-f"]).arg(dockerfile).arg(context);
+    (c, builder)
+}
+
 pub(super) fn docker_ok() -> bool {
     succeeds(Command::new("docker").arg("info")).unwrap_or(false)
 }
