@@ -80,3 +80,38 @@ fn dags_push_names_refused_keys_and_a_missing_bucket() {
     assert!(err.contains("NoSuchBucket") && err.contains("create bucket no-such-bucket"), "{err}");
     assert!(s3.objects("airflow-dags").is_empty(), "a failed push wrote to another bucket");
 }
+
+/// Airflow's S3 bundle downloads an object again only when its size differs from the local
+/// copy's or its LastModified (whole seconds, as S3 lists it) is later than the copy's
+/// mtime, the time it was downloaded. An edit that keeps the size, pushed in the same second
+/// as that download, would never reach the DAG processor; push writes such files again
+/// once the second has turned.
+#[test]
+fn a_same_size_edit_is_listed_as_modified_after_the_bundle_downloaded_the_old_version() {
+    let s3 = S3Server::start(&["airflow-dags"]);
+    let repo = Repo::new();
+    std::fs::remove_dir_all(repo.path("files/dags")).unwrap();
+    repo.write("files/dags/a.py", "a = 1\n");
+    report(&push(&repo, &s3, &[]));
+
+    // The DAG processor downloads a.py early in a second; the edit is pushed in that second.
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    while now().subsec_millis() > 50 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let downloaded = now().as_secs_f64();
+    repo.write("files/dags/a.py", "a = 2\n");
+    let pushed = report(&push(&repo, &s3, &[]));
+    assert_eq!(pushed["uploaded"], serde_json::json!(["a.py"]), "{pushed:#}");
+
+    // versitygw lists an object's LastModified as its file's mtime, to the second.
+    let object = s3.dir.path().join("data/airflow-dags/dags/a.py");
+    let listed = std::fs::metadata(&object).unwrap().modified().unwrap();
+    let listed = listed.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as f64;
+    assert!(
+        listed > downloaded,
+        "LastModified {listed} is not after the download at {downloaded}: the bundle would keep the old a.py ({pushed:#})"
+    );
+    assert_eq!(bundle(&s3)["a.py"], b"a = 2\n");
+    assert_eq!(pushed["rewritten"], serde_json::json!(["a.py"]), "{pushed:#}");
+}

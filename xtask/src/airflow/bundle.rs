@@ -20,7 +20,17 @@ use crate::s3::{ObjectStore, check_key};
 struct Manifest {
     /// Path under the prefix -> SHA-256 of its bytes, hex.
     files: BTreeMap<String, String>,
+    /// Path under the prefix -> size in bytes (absent in the manifests of older pushes).
+    #[serde(default)]
+    sizes: BTreeMap<String, u64>,
 }
+
+/// How long after a same-size file's upload it is written again. S3 lists LastModified in
+/// whole seconds, and Airflow's bundle sync takes a file of unchanged size as current while
+/// its local copy's mtime (when it was downloaded) is not before that LastModified: a copy
+/// downloaded in the second of the upload would stay old for good. A write a second and a
+/// bit later is listed as modified after any download of the old content.
+const SAME_SECOND: std::time::Duration = std::time::Duration::from_millis(1200);
 
 #[derive(Debug, Serialize)]
 pub struct PushReport {
@@ -36,6 +46,9 @@ pub struct PushReport {
     /// Files the DAG processor was asked to parse again (which also makes it refresh the
     /// bundle at once rather than at its next refresh interval).
     pub reparse_requested: Vec<String>,
+    /// Changed files of the same size as before, written a second time once the second
+    /// of their upload had passed (see SAME_SECOND).
+    pub rewritten: Vec<String>,
     /// Why no reparse was asked for, when none was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reparse_note: Option<String>,
@@ -75,8 +88,15 @@ fn files(dir: &Utf8Path) -> Result<(Files, Vec<String>)> {
     Ok((out, skipped))
 }
 
-/// Makes `prefix/` of the store's bucket hold exactly the files of `dir`.
-pub fn push(store: &ObjectStore, dir: &Utf8Path, prefix: &str) -> Result<PushReport> {
+/// Makes `prefix/` of the store's bucket hold exactly the files of `dir`. When changed files
+/// kept their size, `uploaded` is called once they are all up (a DAG processor told then
+/// will likely already see them), before they are written again a second later.
+pub fn push(
+    store: &ObjectStore,
+    dir: &Utf8Path,
+    prefix: &str,
+    uploaded: &mut dyn FnMut(&PushReport),
+) -> Result<PushReport> {
     let started = Instant::now();
     check_key(prefix)?;
     let (local, skipped) = files(dir)?;
@@ -96,8 +116,10 @@ pub fn push(store: &ObjectStore, dir: &Utf8Path, prefix: &str) -> Result<PushRep
         skipped,
         seconds: 0.0,
         reparse_requested: vec![],
+        rewritten: vec![],
         reparse_note: None,
     };
+    let mut same_size = Vec::new();
     for (path, bytes) in &local {
         let sum = hex::encode(Sha256::digest(bytes));
         if before.files.get(path) == Some(&sum) {
@@ -106,8 +128,22 @@ pub fn push(store: &ObjectStore, dir: &Utf8Path, prefix: &str) -> Result<PushRep
             store.put(&format!("{prefix}/{path}"), bytes)?;
             report.uploaded.push(path.clone());
             report.uploaded_bytes += bytes.len() as u64;
+            // Replaced, not new, with no size on record or the same size as before.
+            if before.files.contains_key(path) && before.sizes.get(path).is_none_or(|&n| n == bytes.len() as u64) {
+                same_size.push(path);
+            }
         }
         after.files.insert(path.clone(), sum);
+        after.sizes.insert(path.clone(), bytes.len() as u64);
+    }
+    if !same_size.is_empty() {
+        let last_upload = Instant::now();
+        uploaded(&report);
+        std::thread::sleep(SAME_SECOND.saturating_sub(last_upload.elapsed()));
+        for path in same_size {
+            store.put(&format!("{prefix}/{path}"), &local[path])?;
+            report.rewritten.push(path.clone());
+        }
     }
     for path in before.files.keys().filter(|p| !local.contains_key(*p)) {
         store.delete(&format!("{prefix}/{path}"))?;
@@ -156,6 +192,7 @@ mod tests {
             skipped: vec![],
             seconds: 0.0,
             reparse_requested: vec![],
+            rewritten: vec![],
             reparse_note: None,
         }
     }

@@ -8,6 +8,7 @@ use anyhow::{Result, anyhow, bail};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
+use crate::airflow::api::{ApiClient, BundleDag};
 use crate::airflow::dagcheck::{CHECK_SCRIPT, FileResult, error_line, exceptions, print_result};
 use crate::airflow::{bundle, runner};
 use crate::cli::{DagsArgs, DagsCheckArgs, DagsCommand, DagsPushArgs};
@@ -45,7 +46,7 @@ fn push(ctx: &Ctx, a: &DagsPushArgs) -> Result<()> {
                 bail!("--endpoint {endpoint} needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY set to its keys");
             };
             let store = ObjectStore::new(endpoint, &a.bucket, &a.region, &key, &secret)?;
-            (bundle::push(&store, &dir, &a.prefix)?, endpoint.clone())
+            (bundle::push(&store, &dir, &a.prefix, &mut |_| {})?, endpoint.clone())
         }
         None => {
             let (target, settings) = Target::from_args(project, &a.cluster)?;
@@ -69,10 +70,18 @@ fn push(ctx: &Ctx, a: &DagsPushArgs) -> Result<()> {
                 Ok::<_, anyhow::Error>((pf, get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")))
             })?;
             let store = ObjectStore::new(&pf.base_url(), &a.bucket, &a.region, &key, &secret)?;
-            let mut report = bundle::push(&store, &dir, &a.prefix)?;
+            let mut reparse = Reparse { ctx, cluster: &cluster, bundle: &a.bundle, api: None };
+            let mut report = bundle::push(&store, &dir, &a.prefix, &mut |first| {
+                if !a.no_reparse {
+                    let _ = reparse.request(first);
+                }
+            })?;
             drop(pf);
             if !a.no_reparse && (!report.uploaded.is_empty() || !report.deleted.is_empty()) {
-                request_reparse(ctx, &cluster, &a.bundle, &mut report);
+                match reparse.request(&report) {
+                    Ok(files) => report.reparse_requested = files,
+                    Err(e) => report.reparse_note = Some(format!("no reparse asked for: {e:#}")),
+                }
             }
             (report, format!("the object store of namespace {}", cluster.namespace))
         }
@@ -94,6 +103,12 @@ fn push(ctx: &Ctx, a: &DagsPushArgs) -> Result<()> {
         report.unchanged,
         ui::secs(report.seconds)
     );
+    if !report.rewritten.is_empty() {
+        println!(
+            "written again a second later, so Airflow's bundle sync sees them as modified (same size as before): {}",
+            report.rewritten.join(", ")
+        );
+    }
     if !report.reparse_requested.is_empty() {
         println!("asked the DAG processor to parse again: {}", report.reparse_requested.join(", "));
     }
@@ -107,24 +122,34 @@ fn push(ctx: &Ctx, a: &DagsPushArgs) -> Result<()> {
 /// it refresh the bundle in its next loop (about a second) instead of at the bundle's
 /// refresh interval. A cluster whose Airflow does not answer, or knows no DAG of the bundle
 /// yet, is left to its interval, and the report says why.
-fn request_reparse(ctx: &Ctx, cluster: &crate::cluster::Cluster, bundle_name: &str, report: &mut bundle::PushReport) {
-    let asked = (|| -> Result<Vec<String>> {
-        let (_pf, api, _) = crate::airflow::session::api_session(ctx, cluster)?;
-        let known = api.bundle_dags(bundle_name)?;
+struct Reparse<'a> {
+    ctx: &'a Ctx,
+    cluster: &'a crate::cluster::Cluster,
+    bundle: &'a str,
+    /// The API session and the bundle's DAGs, made on the first request.
+    api: Option<(PortForward, ApiClient, Vec<BundleDag>)>,
+}
+
+impl Reparse<'_> {
+    /// Requests a parse of the report's changed files; the files asked for.
+    fn request(&mut self, report: &bundle::PushReport) -> Result<Vec<String>> {
+        if self.api.is_none() {
+            let (pf, api, _) = crate::airflow::session::api_session(self.ctx, self.cluster)?;
+            let known = api.bundle_dags(self.bundle)?;
+            self.api = Some((pf, api, known));
+        }
+        let (_, api, known) = self.api.as_ref().expect("made above");
         if known.is_empty() {
             bail!(
-                "Airflow knows no DAG of bundle {bundle_name} yet (is overlay dag-bundle-s3 applied?); its DAG processor reads the bucket at its next refresh"
+                "Airflow knows no DAG of bundle {} yet (is overlay dag-bundle-s3 applied?); its DAG processor reads the bucket at its next refresh",
+                self.bundle
             );
         }
-        let requests = bundle::reparse_requests(report, &known);
+        let requests = bundle::reparse_requests(report, known);
         for (_, token) in &requests {
             api.reparse(token)?;
         }
         Ok(requests.into_iter().map(|(file, _)| file).collect())
-    })();
-    match asked {
-        Ok(files) => report.reparse_requested = files,
-        Err(e) => report.reparse_note = Some(format!("no reparse asked for: {e:#}")),
     }
 }
 

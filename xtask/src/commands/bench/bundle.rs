@@ -89,9 +89,7 @@ struct Row {
 
 impl Row {
     fn median(&self) -> f64 {
-        let mut v = self.runs.clone();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        median(&self.runs)
     }
 }
 
@@ -226,30 +224,30 @@ fn measure(ctx: &Ctx, repo: &Utf8Path, args: &BenchBundleArgs, cluster_flags: &[
     let v = edit()?;
     run(with(&["dags", "push", "--json"], &[]))?;
     watcher.wait_for(&v, Instant::now(), Duration::from_secs(300))?;
-    let mut bundle = Row { name: "bundle: dags push (asks for a reparse)", note: String::new(), runs: vec![] };
-    let mut push_seconds = Vec::new();
-    for _ in 0..args.repeat {
-        let v = edit()?;
-        eprintln!("measuring: dags push until {v} is parsed");
-        let started = Instant::now();
-        let pushed = run(with(&["dags", "push", "--json"], &[]))?;
-        push_seconds.push(pushed.seconds);
-        let report: serde_json::Value = serde_json::from_slice(&pushed.stdout)?;
-        if report["reparse_requested"].as_array().is_none_or(|a| a.is_empty()) {
-            bail!("dags push asked for no reparse: {report}");
+    let mut push_row = |name: &'static str, push: &[&str]| -> Result<(Row, Vec<f64>)> {
+        let mut row = Row { name, note: String::new(), runs: vec![] };
+        let mut push_seconds = Vec::new();
+        for _ in 0..args.repeat {
+            let v = edit()?;
+            eprintln!("measuring: {} until {v} is parsed", push.join(" "));
+            let started = Instant::now();
+            let pushed = run(with(push, &[]))?;
+            push_seconds.push(pushed.seconds);
+            let report: serde_json::Value = serde_json::from_slice(&pushed.stdout)?;
+            let asked = report["reparse_requested"].as_array().is_some_and(|a| !a.is_empty());
+            match (asked, push.contains(&"--no-reparse")) {
+                (false, false) => bail!("dags push asked for no reparse: {report}"),
+                (true, true) => bail!("dags push --no-reparse asked for a reparse: {report}"),
+                _ => {}
+            }
+            row.runs.push(watcher.wait_for(&v, started, Duration::from_secs(120))?);
         }
-        bundle.runs.push(watcher.wait_for(&v, started, Duration::from_secs(120))?);
-    }
+        Ok((row, push_seconds))
+    };
+    let (mut bundle, push_seconds) = push_row("bundle: dags push (asks for a reparse)", &["dags", "push", "--json"])?;
     bundle.note =
         format!("dags push itself {}, then the DAG processor's next loop and parse", secs(median(&push_seconds)));
-    let mut interval = Row { name: "bundle: dags push --no-reparse", note: String::new(), runs: vec![] };
-    for _ in 0..args.repeat {
-        let v = edit()?;
-        eprintln!("measuring: dags push --no-reparse until {v} is parsed");
-        let started = Instant::now();
-        run(with(&["dags", "push", "--no-reparse", "--json"], &[]))?;
-        interval.runs.push(watcher.wait_for(&v, started, Duration::from_secs(120))?);
-    }
+    let (mut interval, _) = push_row("bundle: dags push --no-reparse", &["dags", "push", "--no-reparse", "--json"])?;
     interval.note = "the bundle's refresh_interval (5 s in overlay dag-bundle-s3) decides".into();
 
     rows.push(bundle);
