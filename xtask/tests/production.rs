@@ -288,15 +288,30 @@ fn task_logs_live_in_s3_and_are_read_from_another_node_after_the_worker_pod_is_g
     repo.write("files/dags/smoke_bundle.py", &edited);
     let pushed: serde_json::Value = serde_json::from_str(&ok(&repo, &["dags", "push", "--json"])).unwrap();
     assert_eq!(pushed["reparse_requested"], serde_json::json!(["smoke_bundle.py"]), "{pushed:#}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let d = pg.psql("airflow", "SELECT description FROM dag WHERE dag_id = 'smoke_bundle'");
-        if stdout(&d).trim() == "edit 1" {
-            break;
+    let parsed = |edit: &str, within: u64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(within);
+        loop {
+            let d = pg.psql("airflow", "SELECT description FROM dag WHERE dag_id = 'smoke_bundle'");
+            if stdout(&d).trim() == edit {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{edit} was not parsed: {}", stdout(&d));
+            std::thread::sleep(std::time::Duration::from_millis(500));
         }
-        assert!(std::time::Instant::now() < deadline, "the pushed edit was not parsed: {}", stdout(&d));
-        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    parsed("edit 1", 60);
+    // Two pushes before the DAG processor takes the first request (it is stopped here): the
+    // second's request for the same file is already waiting, and that is no failure.
+    kubectl(&["scale", "deploy/airflow-dag-processor", "--replicas=0"]);
+    for edit in ["edit 2", "edit 3"] {
+        let text = std::fs::read_to_string(repo.path("files/dags/smoke_bundle.py")).unwrap();
+        let previous = if edit == "edit 2" { "edit 1" } else { "edit 2" };
+        repo.write("files/dags/smoke_bundle.py", &text.replace(previous, edit));
+        let pushed: serde_json::Value = serde_json::from_str(&ok(&repo, &["dags", "push", "--json"])).unwrap();
+        assert_eq!(pushed["reparse_requested"], serde_json::json!(["smoke_bundle.py"]), "{pushed:#}");
     }
+    kubectl(&["scale", "deploy/airflow-dag-processor", "--replicas=1"]);
+    parsed("edit 3", 300);
 
     // A private registry: pushed to with the credentials for that host, pulled from by every
     // pod with a pull secret holding those and no others. Plain HTTP, so kind's nodes are

@@ -162,10 +162,14 @@ impl ApiClient {
     }
 
     /// Asks the DAG processor to parse the DAG's file again now (instead of at its next
-    /// interval). `file_token` comes from the DAG's details.
+    /// interval). `file_token` comes from the DAG's details. A request for the file that
+    /// is still waiting answers 409 (one per file): the file will be parsed all the same.
     pub fn reparse(&self, file_token: &str) -> Result<()> {
-        self.ok("PUT", &format!("/parseDagFile/{}", encode(file_token)), None)?;
-        Ok(())
+        let path = format!("/parseDagFile/{}", encode(file_token));
+        match self.call("PUT", &path, None)? {
+            (s, _) if (200..300).contains(&s) || s == 409 => Ok(()),
+            (s, v) => bail!("PUT /api/v2{path} answered {s}: {v}"),
+        }
     }
 
     pub fn unpause(&self, dag_id: &str) -> Result<()> {
