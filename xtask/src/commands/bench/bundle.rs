@@ -22,7 +22,7 @@ use kube::api::{ListParams, Patch, PatchParams};
 
 use super::deliver::{repo_copy, xtask};
 use super::deliver_kind::write_kind_config;
-use super::tools::{docker_build, timed};
+use super::tools::{builder_name, buildkit_installed, docker_build, timed};
 use crate::airflow::api::ApiClient;
 use crate::cli::{BenchBundleArgs, ClusterArgs};
 use crate::cluster::portforward::PortForward;
@@ -196,20 +196,21 @@ fn measure(ctx: &Ctx, repo: &Utf8Path, args: &BenchBundleArgs, cluster_flags: &[
         std::fs::write(&dockerfile, format!("FROM {base}\nCOPY --chown=50000:0 dags /opt/airflow/dags\n"))?;
         let mut row = Row { name: "docker build + kind load + rollout", note: String::new(), runs: vec![] };
         let mut parts = (Vec::new(), Vec::new());
+        let buildkit = buildkit_installed();
         for i in 0..args.repeat {
             let v = edit()?;
             let tag = format!("xtask-bench/airflow-worker:bundle-bench-{i}");
             eprintln!("measuring: docker build + kind load docker-image {tag} + rollout, until {v} is parsed");
             let started = Instant::now();
-            let (build, builder) = docker_build(&dockerfile, &repo.join("files"), &tag);
-            parts.0.push(timed(build)?.seconds);
+            parts.0.push(timed(docker_build(buildkit, &[], &dockerfile, &repo.join("files"), &tag))?.seconds);
             let mut load = std::process::Command::new("kind");
             load.args(["load", "docker-image", &tag, "--name", &args.cluster_name]);
             parts.1.push(timed(load)?.seconds);
             ctx.block_on(set_worker_image(&cluster, &format!("docker.io/{tag}")))?;
             row.runs.push(watcher.wait_for(&v, started, Duration::from_secs(600))?);
             row.note = format!(
-                "{builder} {}, kind load {}, then the same rollout",
+                "{} {}, kind load {}, then the same rollout",
+                builder_name(buildkit),
                 secs(median(&parts.0)),
                 secs(median(&parts.1))
             );

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::scenario::{BASE_TAG, Rng, Scenario, dir_size, edit_one_dag, scenario};
-use super::tools::{Run, docker_has_base, docker_ok, succeeds, timed};
+use super::tools::{Run, builder_name, buildkit_installed, docker_build, docker_has_base, docker_ok, timed};
 use crate::cli::BenchImagesArgs;
 use crate::config::Project;
 use crate::fsutil::human_bytes;
@@ -206,8 +206,8 @@ pub(super) fn docker_peer(dir: &Utf8Path, repo: &Utf8Path, base_store: &Utf8Path
         eprintln!("the Docker engine is not running: docker columns left empty (start dockerd, or pass --no-docker)");
         return Ok(None);
     }
-    let buildkit = succeeds(Command::new("docker").args(["buildx", "version"])).unwrap_or(false);
-    let builder = if buildkit { "BuildKit (docker buildx)" } else { "legacy builder (no buildx plugin installed)" };
+    let buildkit = buildkit_installed();
+    let builder = builder_name(buildkit);
     let have_base = docker_has_base()?;
     let mut load = None;
     if !have_base {
@@ -229,19 +229,9 @@ pub(super) fn docker_peer(dir: &Utf8Path, repo: &Utf8Path, base_store: &Utf8Path
         fs::remove_file(&tar)?;
     }
     let build = |no_cache: bool| -> Result<f64> {
-        let mut c = Command::new("docker");
-        if buildkit {
-            c.env("DOCKER_BUILDKIT", "1").args(["buildx", "build", "--load"]);
-        } else {
-            c.env("DOCKER_BUILDKIT", "0").arg("build");
-        }
-        if no_cache {
-            c.arg("--no-cache");
-        }
-        c.args(["-q", "-t", "xtask-bench-worker:latest", "-f"])
-            .arg(repo.join("files/Dockerfile"))
-            .arg(repo.join("files"));
-        Ok(timed(c)?.seconds)
+        let flags: &[&str] = if no_cache { &["--no-cache"] } else { &[] };
+        let dockerfile = repo.join("files/Dockerfile");
+        Ok(timed(docker_build(buildkit, flags, &dockerfile, &repo.join("files"), "xtask-bench-worker:latest"))?.seconds)
     };
     eprintln!("measuring: docker build --no-cache");
     let cold = build(true)?;

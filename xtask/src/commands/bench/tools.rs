@@ -58,20 +58,34 @@ pub(super) fn succeeds(cmd: &mut Command) -> std::io::Result<bool> {
     Ok(cmd.stdout(Stdio::null()).stderr(Stdio::null()).status()?.success())
 }
 
-/// `docker build -q -t TAG -f DOCKERFILE CONTEXT` with BuildKit (`docker buildx build
-/// --load`) where the buildx plugin is installed, else the legacy builder; and which.
-pub(super) fn docker_build(dockerfile: &Utf8Path, context: &Utf8Path, tag: &str) -> (Command, &'static str) {
+/// Whether the docker buildx plugin (BuildKit) is installed; asked once per benchmark,
+/// outside what it times.
+pub(super) fn buildkit_installed() -> bool {
+    succeeds(Command::new("docker").args(["buildx", "version"])).unwrap_or(false)
+}
+
+/// What `docker_build` runs, for the tables.
+pub(super) fn builder_name(buildkit: bool) -> &'static str {
+    if buildkit { "BuildKit (docker buildx)" } else { "legacy builder (no buildx plugin installed)" }
+}
+
+/// `docker build FLAGS -q -t TAG -f DOCKERFILE CONTEXT`, with BuildKit (`docker buildx
+/// build --load`) when `buildkit`, else the legacy builder.
+pub(super) fn docker_build(
+    buildkit: bool,
+    flags: &[&str],
+    dockerfile: &Utf8Path,
+    context: &Utf8Path,
+    tag: &str,
+) -> Command {
     let mut c = Command::new("docker");
-    let buildkit = succeeds(Command::new("docker").args(["buildx", "version"])).unwrap_or(false);
-    let builder = if buildkit {
+    if buildkit {
         c.env("DOCKER_BUILDKIT", "1").args(["buildx", "build", "--load"]);
-        "docker buildx build"
     } else {
         c.env("DOCKER_BUILDKIT", "0").arg("build");
-        "docker build (legacy builder)"
-    };
-    c.args(["-q", "-t", tag, "-f"]).arg(dockerfile).arg(context);
-    (c, builder)
+    }
+    c.args(flags).args(["-q", "-t", tag, "-f"]).arg(dockerfile).arg(context);
+    c
 }
 
 pub(super) fn docker_ok() -> bool {
