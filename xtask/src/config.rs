@@ -123,8 +123,9 @@ impl std::str::FromStr for CompressionChoice {
         Ok(match s {
             "auto" => CompressionChoice::Auto,
             "gzip" => CompressionChoice::Fixed(Compression::Gzip),
+            "zstd" => CompressionChoice::Fixed(Compression::Zstd),
             "none" => CompressionChoice::Fixed(Compression::None),
-            _ => bail!("compression `{s}` is not one of auto, gzip, none"),
+            _ => bail!("compression `{s}` is not one of auto, gzip, zstd, none"),
         })
     }
 }

@@ -193,13 +193,7 @@ fn scan_layer_dirs(
     let compressed = file.metadata()?.len();
     let limit = inflate_limit(compressed);
     let buffered = std::io::BufReader::with_capacity(1 << 20, file);
-    let reader: Box<dyn Read> = match Compression::of_media_type(media_type) {
-        _ if *media_type == MediaType::ImageLayerZstd => {
-            bail!("base layer {digest} is zstd-compressed, which xtask cannot read yet; use a gzip base")
-        }
-        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(buffered)),
-        Compression::None => Box::new(buffered),
-    };
+    let reader: Box<dyn Read> = Compression::of_media_type(media_type).decoder(buffered)?;
     let reader = Capped { inner: reader, left: limit, limit };
     let unsafe_base = |what: String| {
         anyhow::anyhow!("base layer {digest}: {what}; the base image is unsafe to use, pick another base")

@@ -35,25 +35,43 @@ const LAYER_FORMAT: &str = "xtask-layer-v1";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
+    /// gzip at level 1: what every registry, engine and runtime reads.
     Gzip,
+    /// zstd at level 3: smaller and faster both ways, read by containerd 1.5 and later and
+    /// by Docker 23 and later, not by older engines.
+    Zstd,
     None,
 }
+
+/// The zstd level new layers are written at (zstd's own default).
+pub const ZSTD_LEVEL: i32 = 3;
 
 impl Compression {
     pub fn media_type(self) -> MediaType {
         match self {
             Compression::Gzip => MediaType::ImageLayerGzip,
+            Compression::Zstd => MediaType::ImageLayerZstd,
             Compression::None => MediaType::ImageLayer,
         }
     }
 
-    /// The compression a base layer of this media type uses; new layers follow it.
+    /// The compression a base layer of this media type uses; new layers follow it (whoever
+    /// reads the base reads them).
     pub fn of_media_type(media_type: &MediaType) -> Compression {
         match media_type {
             MediaType::ImageLayer => Compression::None,
-            // zstd bases get gzip layers: every runtime reads gzip, and we do not write zstd.
+            MediaType::ImageLayerZstd => Compression::Zstd,
             _ => Compression::Gzip,
         }
+    }
+
+    /// A reader of a layer blob written this way, giving its tar stream.
+    pub fn decoder<'a>(self, blob: impl std::io::BufRead + 'a) -> Result<Box<dyn std::io::Read + 'a>> {
+        Ok(match self {
+            Compression::Gzip => Box::new(flate2::bufread::GzDecoder::new(blob)),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(blob).context("cannot start zstd")?),
+            Compression::None => Box::new(blob),
+        })
     }
 }
 
@@ -442,6 +460,17 @@ pub fn write(plan: &LayerPlan, inputs: &[Input], store: &Store, on_bytes: &mut d
             let (digest, size) = blob.commit(None, "new layer")?;
             Ok(LayerBlob { digest, diff_id, size, media_type: plan.compression.media_type() })
         }
+        Compression::Zstd => {
+            // One thread and no dictionary: the bytes depend only on the input and the level.
+            let mut zst = zstd::stream::write::Encoder::new(blob, ZSTD_LEVEL).context("cannot start zstd")?;
+            zst.include_checksum(true).context("cannot set up zstd")?;
+            let mut tar_hash = HashingWriter::new(zst);
+            write_tar(plan, inputs, &mut tar_hash, on_bytes)?;
+            let (zst, diff_id, _) = tar_hash.finish();
+            let blob = zst.finish().context("cannot finish zstd stream")?;
+            let (digest, size) = blob.commit(None, "new layer")?;
+            Ok(LayerBlob { digest, diff_id, size, media_type: plan.compression.media_type() })
+        }
         Compression::None => {
             let mut blob = blob;
             write_tar(plan, inputs, &mut blob, on_bytes)?;
@@ -474,6 +503,31 @@ mod tests {
             rootfs: false,
             prune: vec![],
         }
+    }
+
+    #[test]
+    fn a_zstd_layer_carries_the_same_tar_and_reads_back_as_a_base() {
+        let dir = camino_tempfile::tempdir().unwrap();
+        let mut p = plan(dir.path());
+        fs::create_dir_all(p.source.join("team")).unwrap();
+        fs::write(p.source.join("team/a.py"), "print('a')\n".repeat(500)).unwrap();
+        let inputs = scan(&p).unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        p.compression = Compression::None;
+        let plain = write(&p, &inputs, &store, &mut |_| {}).unwrap();
+        p.compression = Compression::Zstd;
+        let zst = write(&p, &inputs, &store, &mut |_| {}).unwrap();
+        assert_eq!(zst.media_type, MediaType::ImageLayerZstd);
+        assert_eq!(zst.diff_id, plain.diff_id, "the same tar stream inside");
+        assert!(zst.size < plain.size / 4, "{} vs {}", zst.size, plain.size);
+        // The same inputs give the same bytes in another store.
+        let other = Store::open(&dir.path().join("other")).unwrap();
+        assert_eq!(write(&p, &inputs, &other, &mut |_| {}).unwrap().digest, zst.digest);
+        // A base whose layer is zstd is read like any other (it was refused before).
+        let wanted: std::collections::BTreeSet<String> = ["opt".to_string()].into();
+        let dirs =
+            crate::oci::base_dirs::base_dirs(&store, &[(zst.digest.clone(), zst.media_type.clone())], &wanted).unwrap();
+        assert_eq!(dirs.get("opt").map(|d| (d.uid, d.mode & 0o7777)), Some((0, 0o755)));
     }
 
     #[test]
