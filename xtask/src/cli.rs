@@ -269,8 +269,9 @@ pub struct WatchArgs {
     /// Passed to the delivery: ship images through this registry
     #[arg(long, value_name = "HOST[:PORT][/PREFIX]")]
     pub registry: Option<String>,
-    /// Quiet period after the last change before a rebuild, in milliseconds
-    #[arg(long, default_value_t = 300)]
+    /// Quiet period after the last change before a rebuild, in milliseconds (long enough
+    /// for an editor's write-then-rename to be one change)
+    #[arg(long, default_value_t = 100)]
     pub debounce_ms: u64,
     /// Stop after this many changes were handled (for scripts and benchmarks)
     #[arg(long, value_name = "N")]
@@ -597,6 +598,9 @@ pub struct BenchClusterArgs {
     /// layer has a realistic size (deliver only)
     #[arg(long, default_value_t = 2000)]
     pub dag_files: usize,
+    /// Runs of each row, for both sides (the table shows the median)
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
     /// Leave out the docker columns
     #[arg(long)]
     pub no_docker: bool,
@@ -630,6 +634,10 @@ pub struct BenchImagesArgs {
     /// Size of files/include, in MB
     #[arg(long, default_value_t = 20)]
     pub include_mb: u64,
+    /// Runs of each repeated row (one-DAG and no-op rebuilds, pushes), for both sides;
+    /// the table shows the median
+    #[arg(long, default_value_t = 5)]
+    pub repeat: usize,
     /// Leave out the docker build columns
     #[arg(long)]
     pub no_docker: bool,
@@ -658,8 +666,9 @@ pub struct ImagesArgs {
     #[arg(long, env = "XTASK_BASE", value_name = "REF")]
     pub base: Option<String>,
 
-    /// Compression of new layers: auto (follow the base), gzip or none
-    #[arg(long, env = "XTASK_COMPRESSION", value_name = "auto|gzip|none")]
+    /// Compression of new layers: auto (follow the base), gzip (every reader), zstd
+    /// (containerd >= 1.5, Docker >= 23) or none
+    #[arg(long, env = "XTASK_COMPRESSION", value_name = "auto|gzip|zstd|none")]
     pub compression: Option<CompressionChoice>,
 
     /// Rebuild every layer even when its inputs did not change

@@ -10,7 +10,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::scenario::{BASE_TAG, Rng, Scenario, dir_size, edit_one_dag, scenario};
+use super::parsed::median;
+use super::scenario::{BASE_TAG, Scenario, dir_size, edit_one_dag, scenario};
 use super::tools::{Run, builder_name, buildkit_installed, docker_build, docker_has_base, docker_ok, timed};
 use crate::cli::BenchImagesArgs;
 use crate::config::Project;
@@ -40,7 +41,7 @@ pub(super) struct ImagesResult {
     pub(super) throughput_mb_s: Vec<(String, f64)>,
     pub(super) import_peak_rss_mb: f64,
     pub(super) import_seconds: f64,
-    pub(super) compression: Vec<(String, f64, u64)>,
+    pub(super) compression: Vec<CodecRow>,
 }
 
 pub(super) fn images(project: &Project, args: &BenchImagesArgs) -> Result<()> {
@@ -70,15 +71,21 @@ pub(super) fn images(project: &Project, args: &BenchImagesArgs) -> Result<()> {
         let s = l["seconds"].as_f64().unwrap_or(f64::NAN);
         throughput.push((l["name"].as_str().unwrap_or("?").to_string(), mb / s));
     }
-    edit_one_dag(&repo, 1)?;
-    eprintln!("measuring: xtask after one DAG changed");
-    let one = xtask(&[])?;
+    let repeat = args.repeat.max(1);
+    let mut ones = Vec::new();
+    let mut one = None;
+    for i in 0..repeat {
+        edit_one_dag(&repo, 100 + i as u32)?;
+        eprintln!("measuring ({}/{repeat}): xtask after one DAG changed", i + 1);
+        let run = xtask(&[])?;
+        ones.push(run.seconds);
+        one = Some(run);
+    }
+    let one = one.expect("at least one run");
     let mut noops = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..repeat {
         noops.push(xtask(&[])?.seconds);
     }
-    noops.sort_by(f64::total_cmp);
-    let noop = noops[noops.len() / 2];
     // The same kind of edit with git out of sight: the DAG directory is one layer again.
     edit_one_dag(&repo, 2)?;
     eprintln!("measuring: xtask after one DAG changed, git hidden (one DAG layer)");
@@ -91,7 +98,7 @@ pub(super) fn images(project: &Project, args: &BenchImagesArgs) -> Result<()> {
     let (split_bytes, whole_bytes) = (layer_bytes(&one)?, layer_bytes(&one_layer)?);
 
     // The same steps with docker build.
-    let docker = if args.no_docker { None } else { docker_peer(&dir, &repo, &base_store)? };
+    let docker = if args.no_docker { None } else { docker_peer(&dir, &repo, &base_store, repeat)? };
 
     let compression = compression_choice(&repo)?;
 
@@ -104,8 +111,8 @@ pub(super) fn images(project: &Project, args: &BenchImagesArgs) -> Result<()> {
             note: String::new(),
         },
         Row {
-            what: "one DAG changed".into(),
-            ours_seconds: Some(one.seconds),
+            what: format!("one DAG changed (median of {repeat})"),
+            ours_seconds: Some(median(&ones)),
             peer: "docker build".into(),
             peer_seconds: docker.as_ref().map(|d| d.one),
             note: "target: <= 1/3 of docker build".into(),
@@ -122,11 +129,11 @@ pub(super) fn images(project: &Project, args: &BenchImagesArgs) -> Result<()> {
             ),
         },
         Row {
-            what: "no-op rebuild (median of 5)".into(),
-            ours_seconds: Some(noop),
+            what: format!("no-op rebuild (median of {repeat})"),
+            ours_seconds: Some(median(&noops)),
             peer: "docker build".into(),
             peer_seconds: docker.as_ref().map(|d| d.noop),
-            note: "target: < 50 ms".into(),
+            note: "target: < 20 ms".into(),
         },
     ];
     if let Some(d) = &docker {
@@ -185,9 +192,21 @@ pub(super) fn images(project: &Project, args: &BenchImagesArgs) -> Result<()> {
         secs(result.import_seconds),
         result.import_peak_rss_mb
     );
-    println!("\nnew DAG layer, gzip vs uncompressed (for destinations that take either):");
-    for (what, s, bytes) in &result.compression {
-        println!("  {what:<40} {:>9}  {}", secs(*s), human_bytes(*bytes));
+    println!("\nnew layers' tar streams, compressed and decompressed in memory on one core:");
+    println!("  {:<8} {:<8} {:>10} {:>10} {:>10} {:>12}", "layer", "codec", "bytes", "compress", "MB/s", "decompress");
+    for r in &result.compression {
+        let raw = result.compression.iter().find(|n| n.layer == r.layer && n.codec == "none").map_or(0, |n| n.bytes);
+        let mbs =
+            if r.compress_seconds > 0.0 { format!("{:.0}", raw as f64 / 1e6 / r.compress_seconds) } else { "-".into() };
+        println!(
+            "  {:<8} {:<8} {:>10} {:>10} {:>10} {:>12}",
+            r.layer,
+            r.codec,
+            human_bytes(r.bytes),
+            secs(r.compress_seconds),
+            mbs,
+            secs(r.decompress_seconds)
+        );
     }
     Ok(())
 }
@@ -201,7 +220,12 @@ pub(super) struct DockerTimes {
 }
 
 /// `docker build` of the same Dockerfile-shaped image, after the same edits.
-pub(super) fn docker_peer(dir: &Utf8Path, repo: &Utf8Path, base_store: &Utf8Path) -> Result<Option<DockerTimes>> {
+pub(super) fn docker_peer(
+    dir: &Utf8Path,
+    repo: &Utf8Path,
+    base_store: &Utf8Path,
+    repeat: usize,
+) -> Result<Option<DockerTimes>> {
     if !docker_ok() {
         eprintln!("the Docker engine is not running: docker columns left empty (start dockerd, or pass --no-docker)");
         return Ok(None);
@@ -235,28 +259,46 @@ pub(super) fn docker_peer(dir: &Utf8Path, repo: &Utf8Path, base_store: &Utf8Path
     };
     eprintln!("measuring: docker build --no-cache");
     let cold = build(true)?;
-    // The docker side gets the same edit our side got (so both rebuild one DAG).
-    edit_one_dag(repo, 2)?;
-    eprintln!("measuring: docker build after one DAG changed");
-    let one = build(false)?;
-    let noop = build(false)?;
-    Ok(Some(DockerTimes { builder: builder.into(), load, cold, one, noop }))
+    // The docker side gets the same edits our side got (so both rebuild one DAG), as
+    // many times, and the same number of no-op builds.
+    let mut ones = Vec::new();
+    for i in 0..repeat {
+        edit_one_dag(repo, 200 + i as u32)?;
+        eprintln!("measuring ({}/{repeat}): docker build after one DAG changed", i + 1);
+        ones.push(build(false)?);
+    }
+    let mut noops = Vec::new();
+    for _ in 0..repeat {
+        noops.push(build(false)?);
+    }
+    Ok(Some(DockerTimes { builder: builder.into(), load, cold, one: median(&ones), noop: median(&noops) }))
 }
 
-/// Writes the DAG layer gzip and uncompressed, and times decompression, so the choice of
-/// what to ship to containerd or docker load is made on numbers.
-pub(super) fn compression_choice(repo: &Utf8Path) -> Result<Vec<(String, f64, u64)>> {
+/// One codec and level on one layer's tar stream.
+#[derive(Serialize)]
+pub(super) struct CodecRow {
+    pub(super) layer: String,
+    pub(super) codec: String,
+    pub(super) bytes: u64,
+    pub(super) compress_seconds: f64,
+    pub(super) decompress_seconds: f64,
+}
+
+/// The include and DAG layers' tar streams, each compressed and decompressed in memory
+/// with gzip at levels 1, 6 and 9 and zstd at 1, 3 and 9, so the choice of default is
+/// made on numbers: the same input, the same place, one core each.
+pub(super) fn compression_choice(repo: &Utf8Path) -> Result<Vec<CodecRow>> {
+    use std::io::Read;
     let scratch = camino_tempfile::tempdir()?;
     let store = Store::open(scratch.path())?;
     let mut out = Vec::new();
-    let mut gz_blob = None;
-    for c in [Compression::Gzip, Compression::None] {
+    for (name, source) in [("include", "files/include"), ("dags", "files/dags")] {
         let plan = LayerPlan {
-            name: "dags".into(),
-            source: repo.join("files/dags"),
-            source_label: "files/dags".into(),
+            name: name.into(),
+            source: repo.join(source),
+            source_label: source.into(),
             context: repo.join("files"),
-            target: "opt/airflow/dags".into(),
+            target: format!("opt/airflow/{name}"),
             parents: vec![],
             uid: 50000,
             gid: 0,
@@ -264,32 +306,57 @@ pub(super) fn compression_choice(repo: &Utf8Path) -> Result<Vec<(String, f64, u6
             exec_mode: 0o755,
             dir_mode: 0o755,
             mtime: 0,
-            compression: c,
+            compression: Compression::None,
             exclude: vec![],
             rootfs: false,
             prune: vec![],
         };
         let inputs = layer::scan(&plan)?;
-        let t = Instant::now();
         let blob = layer::write(&plan, &inputs, &store, &mut |_| {})?;
-        out.push((format!("write, {c:?}"), t.elapsed().as_secs_f64(), blob.size));
-        if c == Compression::Gzip {
-            gz_blob = Some(blob);
+        let mut tar = Vec::new();
+        store.open_blob(&blob.digest)?.read_to_end(&mut tar)?;
+        out.push(CodecRow {
+            layer: name.into(),
+            codec: "none".into(),
+            bytes: tar.len() as u64,
+            compress_seconds: 0.0,
+            decompress_seconds: 0.0,
+        });
+        let time = |f: &mut dyn FnMut() -> Result<Vec<u8>>| -> Result<(f64, Vec<u8>)> {
+            let t = Instant::now();
+            let v = f()?;
+            Ok((t.elapsed().as_secs_f64(), v))
+        };
+        for level in [1, 6, 9] {
+            let (c, packed) = time(&mut || {
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+                gz.write_all(&tar)?;
+                Ok(gz.finish()?)
+            })?;
+            let (d, _) = time(&mut || {
+                let mut v = Vec::with_capacity(tar.len());
+                flate2::read::GzDecoder::new(&packed[..]).read_to_end(&mut v)?;
+                Ok(v)
+            })?;
+            out.push(CodecRow {
+                layer: name.into(),
+                codec: format!("gzip -{level}"),
+                bytes: packed.len() as u64,
+                compress_seconds: c,
+                decompress_seconds: d,
+            });
         }
-    }
-    // The compressor's floor: incompressible input (what a tree of binaries would give).
-    let mut random = Vec::new();
-    Rng(7).fill_random(&mut random, 32 << 20);
-    let t = Instant::now();
-    let mut gz = flate2::write::GzEncoder::new(std::io::sink(), flate2::Compression::fast());
-    gz.write_all(&random)?;
-    gz.finish()?;
-    out.push(("gzip of incompressible input (32 MiB)".into(), t.elapsed().as_secs_f64(), random.len() as u64));
-    if let Some(blob) = gz_blob {
-        let t = Instant::now();
-        let mut r = flate2::read::GzDecoder::new(std::io::BufReader::new(store.open_blob(&blob.digest)?));
-        let n = std::io::copy(&mut r, &mut std::io::sink())?;
-        out.push(("gunzip at the destination".into(), t.elapsed().as_secs_f64(), n));
+        for level in [1, 3, 9] {
+            let (c, packed) = time(&mut || Ok(zstd::bulk::compress(&tar, level)?))?;
+            let (d, _) = time(&mut || Ok(zstd::stream::decode_all(&packed[..])?))?;
+            out.push(CodecRow {
+                layer: name.into(),
+                codec: format!("zstd -{level}"),
+                bytes: packed.len() as u64,
+                compress_seconds: c,
+                decompress_seconds: d,
+            });
+        }
     }
     Ok(out)
 }

@@ -5,6 +5,7 @@ mod bundle;
 mod deliver;
 mod deliver_kind;
 mod images;
+mod parsed;
 mod push;
 mod scenario;
 mod tools;
