@@ -319,7 +319,14 @@ fn deliver_one(store: &Store, image: &ArchiveImage, node: &dyn Node) -> Result<D
     let started = Instant::now();
     let digest = image.manifest.sha256()?;
     let by_digest = crate::oci::digest_reference(&image.name, &digest);
-    let listed = image_digests(node, &[&image.name, &by_digest])?;
+    // What the node lists under the image's names, and what its content store holds: two
+    // independent questions, asked at once (each is a ctr process or an exec).
+    let (listed, have) = std::thread::scope(|scope| {
+        let have = scope.spawn(|| content(node));
+        let listed = image_digests(node, &[&image.name, &by_digest]);
+        (listed, have.join().unwrap_or_else(|_| Err(anyhow!("listing content panicked"))))
+    });
+    let listed = listed?;
     if listed[0].as_ref() == Some(&digest) && listed[1].is_some() {
         return Ok(Delivered {
             node: node.name(),
@@ -331,7 +338,7 @@ fn deliver_one(store: &Store, image: &ArchiveImage, node: &dyn Node) -> Result<D
         });
     }
     let manifest: ImageManifest = store.read_json(&digest)?;
-    let have = content(node)?;
+    let have = have?;
     let omit: BTreeSet<Digest> =
         manifest.layers().iter().filter_map(|l| l.sha256().ok()).filter(|d| have.contains(d)).collect();
     tracing::debug!(node = node.name(), image = image.name, have = have.len(), omit = omit.len(), "importing");

@@ -127,12 +127,8 @@ fn wait_parsed(api: &ApiClient, before: &BTreeMap<String, Option<String>>, timeo
             .map(|(id, _)| id.as_str())
             .collect();
         if waiting.is_empty() {
-            let parsed = now
-                .values()
-                .flatten()
-                .filter_map(|t| t.parse::<jiff::Timestamp>().ok())
-                .map(SystemTime::from)
-                .max();
+            let parsed =
+                now.values().flatten().filter_map(|t| t.parse::<jiff::Timestamp>().ok()).map(SystemTime::from).max();
             // A timestamp from a clock ahead of ours is not believed past now.
             return Ok(parsed.map_or_else(SystemTime::now, |p| p.min(SystemTime::now())));
         }

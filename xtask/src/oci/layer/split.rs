@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -60,31 +61,37 @@ pub(super) fn build(
     on_bytes: &mut dyn FnMut(u64),
 ) -> Result<Option<Vec<BuiltLayer>>> {
     let started = Instant::now();
+    let inputs_key = cache_key(plan, inputs);
+    // A build with nothing changed finds its outcome under HEAD's commit, read from the
+    // repository's files: no git process.
+    let head_key =
+        head_commit(&plan.source).map(|(commit, rel)| sha(&[LAYER_FORMAT, "split-head", &commit, &rel, &inputs_key]));
+    if !force
+        && let Some(key) = &head_key
+        && let Some(outcome) = store.cache_get::<Outcome>("split", key)
+        && let Some(built) = reuse(outcome, store, started)
+    {
+        return Ok(built);
+    }
     let Some(InGit { prefix, tree }) = head_tree(plan) else { return Ok(None) };
-    let outcome_key = sha(&[LAYER_FORMAT, "split", &tree, &cache_key(plan, inputs)]);
+    let outcome_key = sha(&[LAYER_FORMAT, "split", &tree, &inputs_key]);
     if !force && let Some(outcome) = store.cache_get::<Outcome>("split", &outcome_key) {
-        match outcome {
-            Outcome::Fold => return Ok(None),
-            Outcome::Split { committed, changes } => {
-                let present = |c: &CachedPart| store.blob_of_size(&c.blob.digest, c.blob.size);
-                if present(&committed) && changes.as_ref().is_none_or(present) {
-                    let reused = |part, c: CachedPart| BuiltLayer {
-                        part,
-                        blob: c.blob,
-                        reused: true,
-                        seconds: started.elapsed().as_secs_f64(),
-                        input_bytes: c.input_bytes,
-                        files: c.files,
-                    };
-                    let mut out = vec![reused(Part::Committed, committed)];
-                    out.extend(changes.map(|c| reused(Part::Changes, c)));
-                    return Ok(Some(out));
-                }
-            }
+        if let Some(key) = &head_key {
+            store.cache_put("split", key, &outcome)?;
+        }
+        if let Some(built) = reuse(outcome, store, started) {
+            return Ok(built);
         }
     }
+    let remember = |outcome: &Outcome| -> Result<()> {
+        store.cache_put("split", &outcome_key, outcome)?;
+        if let Some(key) = &head_key {
+            store.cache_put("split", key, outcome)?;
+        }
+        Ok(())
+    };
     let Some(split) = plan_split(plan, inputs, &prefix)? else {
-        store.cache_put("split", &outcome_key, &Outcome::Fold)?;
+        remember(&Outcome::Fold)?;
         return Ok(None);
     };
 
@@ -94,7 +101,7 @@ pub(super) fn build(
         Some(blob) if !force && store.blob_of_size(&blob.digest, blob.size) => (blob, true),
         _ => {
             let Some(entries) = committed_inputs(plan, &split)? else {
-                store.cache_put("split", &outcome_key, &Outcome::Fold)?;
+                remember(&Outcome::Fold)?;
                 return Ok(None);
             };
             let blob = super::write(plan, &entries, store, on_bytes)?;
@@ -124,10 +131,89 @@ pub(super) fn build(
     };
     let cached = |b: &BuiltLayer| CachedPart { blob: b.blob.clone(), input_bytes: b.input_bytes, files: b.files };
     let outcome = Outcome::Split { committed: cached(&committed), changes: changes.as_ref().map(cached) };
-    store.cache_put("split", &outcome_key, &outcome)?;
+    remember(&outcome)?;
     let mut out = vec![committed];
     out.extend(changes);
     Ok(Some(out))
+}
+
+/// The layers an earlier build decided on, when their blobs are still in the store:
+/// Some(None) for "one layer", Some(Some(parts)) for the split, None to build again.
+fn reuse(outcome: Outcome, store: &Store, started: Instant) -> Option<Option<Vec<BuiltLayer>>> {
+    match outcome {
+        Outcome::Fold => Some(None),
+        Outcome::Split { committed, changes } => {
+            let present = |c: &CachedPart| store.blob_of_size(&c.blob.digest, c.blob.size);
+            if !(present(&committed) && changes.as_ref().is_none_or(present)) {
+                return None;
+            }
+            let reused = |part, c: CachedPart| BuiltLayer {
+                part,
+                blob: c.blob,
+                reused: true,
+                seconds: started.elapsed().as_secs_f64(),
+                input_bytes: c.input_bytes,
+                files: c.files,
+            };
+            let mut out = vec![reused(Part::Committed, committed)];
+            out.extend(changes.map(|c| reused(Part::Changes, c)));
+            Some(Some(out))
+        }
+    }
+}
+
+/// HEAD's commit id and the source's path below the top of its work tree, read from the
+/// repository's own files (.git, HEAD, the branch's ref or packed-refs) without starting
+/// git. None when git's environment points elsewhere or anything is unusual; the git
+/// commands decide then.
+fn head_commit(source: &Utf8Path) -> Option<(String, String)> {
+    const GIT_ENV: [&str; 5] = ["GIT_DIR", "GIT_WORK_TREE", "GIT_COMMON_DIR", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY"];
+    if GIT_ENV.iter().any(|v| std::env::var_os(v).is_some()) {
+        return None;
+    }
+    let source = source.canonicalize_utf8().ok()?;
+    let mut top = source.as_path();
+    let dot_git = loop {
+        let candidate = top.join(".git");
+        if candidate.exists() {
+            break candidate;
+        }
+        top = top.parent()?;
+    };
+    let relative_to = |base: &Utf8Path, p: &str| {
+        let p = Utf8PathBuf::from(p.trim());
+        if p.is_absolute() { p } else { base.join(p) }
+    };
+    let git_dir = if dot_git.is_dir() {
+        dot_git
+    } else {
+        // A linked work tree or a submodule: `gitdir: PATH`.
+        relative_to(top, std::fs::read_to_string(&dot_git).ok()?.strip_prefix("gitdir:")?)
+    };
+    let common = match std::fs::read_to_string(git_dir.join("commondir")) {
+        Ok(c) => relative_to(&git_dir, &c),
+        Err(_) => git_dir.clone(),
+    };
+    let head = std::fs::read_to_string(git_dir.join("HEAD")).ok()?;
+    let commit = match head.trim().strip_prefix("ref:") {
+        None => head.trim().to_string(),
+        Some(name) => {
+            let name = name.trim();
+            if !name.starts_with("refs/") || name.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+                return None;
+            }
+            match std::fs::read_to_string(common.join(name)) {
+                Ok(id) => id.trim().to_string(),
+                Err(_) => std::fs::read_to_string(common.join("packed-refs")).ok()?.lines().find_map(|l| {
+                    let (id, n) = l.split_once(' ')?;
+                    (n == name).then(|| id.to_string())
+                })?,
+            }
+        }
+    };
+    let hex = matches!(commit.len(), 40 | 64) && commit.bytes().all(|b| b.is_ascii_hexdigit());
+    let rel = source.strip_prefix(top).ok()?.to_string();
+    hex.then_some((commit, rel))
 }
 
 fn changed_since_scan(i: &Input) -> bool {
@@ -397,6 +483,42 @@ mod tests {
             .output()
             .unwrap();
         assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn git_out(dir: &Utf8Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git").arg("-C").arg(dir).args(args).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    #[test]
+    fn head_is_read_from_the_repository_files_as_git_reads_it() {
+        let dir = camino_tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let dags = root.join("files/dags");
+        std::fs::create_dir_all(&dags).unwrap();
+        std::fs::write(dags.join("a.py"), "a = 1\n").unwrap();
+        git(&root, &["init", "-q", "-b", "main"]);
+        git(&root, &["add", "-A"]);
+        git(&root, &["commit", "-qm", "one"]);
+        let head = || git_out(&root, &["rev-parse", "HEAD"]);
+        assert_eq!(head_commit(&dags), Some((head(), "files/dags".to_string())), "loose ref");
+        // Branch refs packed away, then a commit made on top: loose again.
+        git(&root, &["pack-refs", "--all"]);
+        assert!(!root.join(".git/refs/heads/main").exists());
+        assert_eq!(head_commit(&dags).map(|h| h.0), Some(head()), "packed ref");
+        std::fs::write(dags.join("a.py"), "a = 2\n").unwrap();
+        git(&root, &["commit", "-qam", "two"]);
+        assert_eq!(head_commit(&dags).map(|h| h.0), Some(head()), "a new commit");
+        // A detached HEAD, and a linked work tree (.git is a file there).
+        git(&root, &["checkout", "-q", "--detach", "HEAD~1"]);
+        assert_eq!(head_commit(&dags).map(|h| h.0), Some(head()), "detached");
+        let linked = dir.path().join("linked");
+        git(&root, &["worktree", "add", "-q", "-b", "side", linked.as_str(), "main"]);
+        let linked_head = git_out(&linked, &["rev-parse", "HEAD"]);
+        assert_eq!(head_commit(&linked.join("files/dags")), Some((linked_head, "files/dags".to_string())));
+        // Outside any repository there is no HEAD to read.
+        let outside = camino_tempfile::tempdir().unwrap();
+        assert_eq!(head_commit(outside.path()), None);
     }
 
     #[test]
