@@ -74,6 +74,8 @@ pub struct ChangeReport {
     /// ok, rejected (a DAG failed the check; nothing shipped) or failed.
     pub outcome: String,
     pub check_seconds: f64,
+    /// Copying the files into the running DAG processor and asking for the parse.
+    pub sync_seconds: f64,
     pub ship_seconds: f64,
     /// From the newest changed file's modification time to the new version parsed in
     /// the cluster (None when nothing was waited for).
@@ -116,28 +118,57 @@ fn request_reparse(api: &ApiClient, dag_ids: &[String]) -> Result<()> {
 
 /// Waits until every DAG's `last_parsed_time` moved past `before`, and returns when the
 /// last of them was parsed (the API's own timestamp, so time spent elsewhere meanwhile
-/// does not count; the time of seeing it when the timestamp cannot be read).
-fn wait_parsed(api: &ApiClient, before: &BTreeMap<String, Option<String>>, timeout: Duration) -> Result<SystemTime> {
+/// does not count; the time of seeing it when the timestamp cannot be read). A session
+/// that breaks (the api-server rolling) is made again, until the deadline.
+fn wait_parsed(
+    ctx: &Ctx,
+    cluster: &Cluster,
+    mut session: Option<(PortForward, ApiClient)>,
+    before: &BTreeMap<String, Option<String>>,
+    timeout: Duration,
+) -> Result<SystemTime> {
     let deadline = Instant::now() + timeout;
+    let ids: Vec<String> = before.keys().cloned().collect();
+    let mut last_error = None;
     loop {
-        let now = last_parsed(api, &before.keys().cloned().collect::<Vec<_>>())?;
-        let waiting: Vec<&str> = now
-            .iter()
-            .filter(|(id, t)| t.is_none() || before.get(*id) == Some(*t))
-            .map(|(id, _)| id.as_str())
-            .collect();
-        if waiting.is_empty() {
-            let parsed =
-                now.values().flatten().filter_map(|t| t.parse::<jiff::Timestamp>().ok()).map(SystemTime::from).max();
-            // A timestamp from a clock ahead of ours is not believed past now.
-            return Ok(parsed.map_or_else(SystemTime::now, |p| p.min(SystemTime::now())));
+        if session.is_none() {
+            session = api(ctx, cluster, deadline).ok();
         }
-        if Instant::now() > deadline {
-            bail!(
-                "not parsed within {} s: {} (see `cargo xtask logs dag-processor`)",
-                timeout.as_secs(),
-                waiting.join(", ")
-            );
+        let now = match session.as_ref().map(|(_, api)| last_parsed(api, &ids)) {
+            Some(Ok(now)) => Some(now),
+            Some(Err(e)) => {
+                last_error = Some(e);
+                session = None;
+                None
+            }
+            None => None,
+        };
+        if let Some(now) = &now {
+            let waiting: Vec<&str> = now
+                .iter()
+                .filter(|(id, t)| t.is_none() || before.get(*id) == Some(*t))
+                .map(|(id, _)| id.as_str())
+                .collect();
+            if waiting.is_empty() {
+                let parsed = now
+                    .values()
+                    .flatten()
+                    .filter_map(|t| t.parse::<jiff::Timestamp>().ok())
+                    .map(SystemTime::from)
+                    .max();
+                // A timestamp from a clock ahead of ours is not believed past now.
+                return Ok(parsed.map_or_else(SystemTime::now, |p| p.min(SystemTime::now())));
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "not parsed within {} s: {} (see `cargo xtask logs dag-processor`)",
+                    timeout.as_secs(),
+                    waiting.join(", ")
+                );
+            }
+        } else if Instant::now() > deadline {
+            let why = last_error.map(|e| format!(": {e:#}")).unwrap_or_default();
+            bail!("the Airflow API did not answer within {} s{why}", timeout.as_secs());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -213,6 +244,7 @@ fn handle(
     // 2. Parsed in the cluster first: the files copied into the running DAG processor and a
     // reparse requested, so the parse runs while the image is built and shipped. The
     // parse times are read before the copy, so a parse the copy alone sets off counts.
+    let started = Instant::now();
     let (target, settings) = Target::from_args(project, &args.cluster)?;
     let cluster = ctx.connect(&target, &settings.namespace)?;
     let in_image = image_paths(project, files)?;
@@ -239,6 +271,13 @@ fn handle(
     };
     if live && let Some((_, api)) = &session {
         request_reparse(api, &dag_ids)?;
+    }
+    report.sync_seconds = started.elapsed().as_secs_f64();
+    if live {
+        say(&format!(
+            "sync     copied into the running DAG processor, parse asked, in {}",
+            ui::secs(report.sync_seconds)
+        ));
     }
 
     // 3. Build and ship: the new image on the nodes (or in the registry).
@@ -278,22 +317,20 @@ fn handle(
         say(&format!("parsed   {} in the cluster, {} after the save", dag_ids.join(", "), ui::secs(latency)));
     };
     match (live, session, before) {
-        (true, Some((_pf, api)), Some(before)) => {
-            let parsed_at = wait_parsed(&api, &before, Duration::from_secs(180))?;
+        (true, Some(session), Some(before)) => {
+            let parsed_at = wait_parsed(ctx, &cluster, Some(session), &before, Duration::from_secs(180))?;
             report_parsed(&mut report, parsed_at);
             roll(&mut report)?;
         }
-        _ => {
+        (_, session, _) => {
             // The restarted DAG processor parses every file; the times are read before the
-            // roll, through a session made again once the api-server answers.
-            let before = {
-                let (_pf, api) = api(ctx, &cluster, Instant::now() + Duration::from_secs(60))?;
-                last_parsed(&api, &dag_ids)?
+            // roll. The api-server restarts too: the wait makes its session again.
+            let before = match session {
+                Some((_pf, api)) => last_parsed(&api, &dag_ids)?,
+                None => last_parsed(&api(ctx, &cluster, Instant::now() + Duration::from_secs(60))?.1, &dag_ids)?,
             };
             roll(&mut report)?;
-            let (_pf, api) = api(ctx, &cluster, Instant::now() + Duration::from_secs(300))?;
-            request_reparse(&api, &dag_ids)?;
-            let parsed_at = wait_parsed(&api, &before, Duration::from_secs(300))?;
+            let parsed_at = wait_parsed(ctx, &cluster, None, &before, Duration::from_secs(300))?;
             report_parsed(&mut report, parsed_at);
         }
     }

@@ -18,12 +18,21 @@ use crate::ctx::Ctx;
 
 pub fn run(ctx: &Ctx, args: &BenchArgs) -> Result<()> {
     let project = &ctx.project;
-    match &args.command {
+    let json = matches!(&args.command, BenchCommand::Images(a) if a.json);
+    let result = match &args.command {
         BenchCommand::Images(a) => images::images(project, a),
         BenchCommand::Push(a) => push::push(project, a),
         BenchCommand::Deliver(a) => deliver::run(ctx, a),
         BenchCommand::DeliverKind(a) => deliver_kind::run(ctx, a),
         BenchCommand::Watch(a) => watch::run(ctx, a),
         BenchCommand::Bundle(a) => bundle::run(ctx, a),
+    };
+    if result.is_ok() && !json {
+        let (children, own) = tools::peak_memory_mb();
+        let met = if children.max(own) < 150.0 { "met" } else { "not met" };
+        println!(
+            "\npeak memory: {children:.0} MB for the largest xtask process measured, {own:.0} MB for this benchmark's own (target < 150 MB: {met})"
+        );
     }
+    result
 }

@@ -20,6 +20,41 @@ pub(super) struct Run {
     pub(super) stdout: Vec<u8>,
 }
 
+/// The largest peak RSS of any xtask process a benchmark ran, in kB.
+static XTASK_PEAK_KB: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Notes the peak RSS of an xtask child (what the memory target is about).
+fn note_peak(cmd: &Command, max_rss_kb: i64) {
+    let ours = std::env::current_exe().is_ok_and(|exe| exe.as_os_str() == cmd.get_program());
+    if ours {
+        XTASK_PEAK_KB.fetch_max(max_rss_kb, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The benchmark's peak memory: the largest of its xtask children's and its own, in MB.
+pub(super) fn peak_memory_mb() -> (f64, f64) {
+    // SAFETY: rusage is plain data, zeroed is a valid value; RUSAGE_SELF needs no pid.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a local that outlives the call.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let children = XTASK_PEAK_KB.load(std::sync::atomic::Ordering::Relaxed);
+    (children as f64 / 1024.0, usage.ru_maxrss as f64 / 1024.0)
+}
+
+/// Waits for a child that was spawned rather than `timed` (a long-lived `watch`), noting
+/// its peak RSS like `timed` does.
+pub(super) fn reap(cmd: &Command, child: std::process::Child) -> Result<()> {
+    let mut status = 0;
+    // SAFETY: as in `timed`.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to locals; the pid is our own child's, not yet waited for.
+    if unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) } < 0 {
+        bail!("wait4 failed: {}", std::io::Error::last_os_error());
+    }
+    note_peak(cmd, usage.ru_maxrss);
+    Ok(())
+}
+
 /// Runs a command to completion, measuring wall time and the child's peak RSS.
 pub(super) fn timed(mut cmd: Command) -> Result<Run> {
     let out_file = tempfile::tempfile()?;
@@ -45,6 +80,7 @@ pub(super) fn timed(mut cmd: Command) -> Result<Run> {
         let _ = f.read_to_end(&mut v);
         v
     };
+    note_peak(&cmd, usage.ru_maxrss);
     let stdout = read(out_file);
     if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
         bail!("{cmd:?} failed:\n{}", String::from_utf8_lossy(&read(err_file)));

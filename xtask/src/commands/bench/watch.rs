@@ -21,10 +21,13 @@ use camino::Utf8Path;
 
 use super::deliver::{check_cluster, clean_up, cluster_flags, connect, repo_copy, xtask};
 use super::parsed::{EditedDag, Row, Watcher, median, print_rows, set_worker_image};
-use super::tools::{builder_name, buildkit_installed, docker_ok, docker_save_import, timed};
+use super::tools::{builder_name, buildkit_installed, docker_ok, docker_save_import, reap, timed};
 use crate::cli::BenchClusterArgs;
 use crate::ctx::Ctx;
 use crate::ui::secs;
+
+/// The quiet period watch is run with (its default).
+const DEBOUNCE_MS: u64 = 100;
 
 const DAG: EditedDag = EditedDag { file: "files/dags/bench_watch_edit.py", dag_id: "bench_watch_edit" };
 
@@ -135,14 +138,16 @@ fn measure(ctx: &Ctx, repo: &Utf8Path, args: &BenchClusterArgs) -> Result<Vec<Ro
     eprintln!("measuring: cargo xtask watch, {} change(s)", args.repeat);
     let log = std::fs::File::create(repo.join("../watch.log"))?;
     let repeat = args.repeat.to_string();
-    let mut child = Command::new(std::env::current_exe()?)
+    let mut watch = Command::new(std::env::current_exe()?);
+    watch
         .arg("--root")
         .arg(repo)
         .args(["watch", "--json", "--max-changes", &repeat, "--node-containerd", &socket])
+        .args(["--debounce-ms", &DEBOUNCE_MS.to_string()])
         .args(&flags)
         .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()?;
+        .stderr(log);
+    let mut child = watch.spawn()?;
     let result = (|| -> Result<Row> {
         let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
         let mut next_event = || -> Result<serde_json::Value> {
@@ -154,7 +159,7 @@ fn measure(ctx: &Ctx, repo: &Utf8Path, args: &BenchClusterArgs) -> Result<Vec<Ro
             bail!("watch did not start: {ready}");
         }
         let mut row = Row::new("cargo xtask watch (hot sync)");
-        let mut own = Vec::new();
+        let (mut own, mut check, mut sync) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..args.repeat {
             let (v, started) = edit()?;
             eprintln!("measuring: watch, until {v} is parsed");
@@ -164,17 +169,24 @@ fn measure(ctx: &Ctx, repo: &Utf8Path, args: &BenchClusterArgs) -> Result<Vec<Ro
                 bail!("watch did not ship the change: {change}");
             }
             own.extend(change["change"]["save_to_parsed_seconds"].as_f64());
+            check.extend(change["change"]["check_seconds"].as_f64());
+            sync.extend(change["change"]["sync_seconds"].as_f64());
             // Its roll settled before the next edit, so each edit meets a running DAG processor.
             run(&["k8s-up", "--json"])?;
         }
         row.note = format!(
-            "copied into the running DAG processor, parse requested; watch's own figure {}",
+            "debounce {} ms, check {}, copy into the running DAG processor + parse request {}, then its parse; watch's own figure {}",
+            DEBOUNCE_MS,
+            secs(median(&check)),
+            secs(median(&sync)),
             secs(median(&own))
         );
         Ok(row)
     })();
-    let _ = child.kill();
-    let _ = child.wait();
+    if result.is_err() {
+        let _ = child.kill();
+    }
+    reap(&watch, child)?;
     rows.push(result?);
     Ok(rows)
 }
