@@ -22,7 +22,7 @@ use flate2::GzBuilder;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::store::Store;
+use super::store::{BlobWriter, Store};
 use super::tar::{Meta, TarWriter};
 use super::{Digest, HashingWriter, MediaType};
 
@@ -450,33 +450,44 @@ fn build_one(
 /// compressed bytes hashed (digest) as they land in the store.
 pub fn write(plan: &LayerPlan, inputs: &[Input], store: &Store, on_bytes: &mut dyn FnMut(u64)) -> Result<LayerBlob> {
     let blob = store.blob_writer()?;
-    match plan.compression {
+    let encoder: Box<dyn Encoder> = match plan.compression {
         Compression::Gzip => {
-            let gz = GzBuilder::new().mtime(0).operating_system(255).write(blob, flate2::Compression::fast());
-            let mut tar_hash = HashingWriter::new(gz);
-            write_tar(plan, inputs, &mut tar_hash, on_bytes)?;
-            let (gz, diff_id, _) = tar_hash.finish();
-            let blob = gz.finish().context("cannot finish gzip stream")?;
-            let (digest, size) = blob.commit(None, "new layer")?;
-            Ok(LayerBlob { digest, diff_id, size, media_type: plan.compression.media_type() })
+            Box::new(GzBuilder::new().mtime(0).operating_system(255).write(blob, flate2::Compression::fast()))
         }
+        // One thread and no dictionary: the bytes depend only on the input and the level.
         Compression::Zstd => {
-            // One thread and no dictionary: the bytes depend only on the input and the level.
             let mut zst = zstd::stream::write::Encoder::new(blob, ZSTD_LEVEL).context("cannot start zstd")?;
             zst.include_checksum(true).context("cannot set up zstd")?;
-            let mut tar_hash = HashingWriter::new(zst);
-            write_tar(plan, inputs, &mut tar_hash, on_bytes)?;
-            let (zst, diff_id, _) = tar_hash.finish();
-            let blob = zst.finish().context("cannot finish zstd stream")?;
-            let (digest, size) = blob.commit(None, "new layer")?;
-            Ok(LayerBlob { digest, diff_id, size, media_type: plan.compression.media_type() })
+            Box::new(zst)
         }
         Compression::None => {
             let mut blob = blob;
             write_tar(plan, inputs, &mut blob, on_bytes)?;
             let (digest, size) = blob.commit(None, "new layer")?;
-            Ok(LayerBlob { diff_id: digest.clone(), digest, size, media_type: plan.compression.media_type() })
+            return Ok(LayerBlob { diff_id: digest.clone(), digest, size, media_type: plan.compression.media_type() });
         }
+    };
+    let mut tar_hash = HashingWriter::new(encoder);
+    write_tar(plan, inputs, &mut tar_hash, on_bytes)?;
+    let (encoder, diff_id, _) = tar_hash.finish();
+    let (digest, size) = encoder.finish()?.commit(None, "new layer")?;
+    Ok(LayerBlob { digest, diff_id, size, media_type: plan.compression.media_type() })
+}
+
+/// A compressor writing into a store blob, finished once the tar stream is through.
+trait Encoder: Write {
+    fn finish(self: Box<Self>) -> Result<BlobWriter>;
+}
+
+impl Encoder for flate2::write::GzEncoder<BlobWriter> {
+    fn finish(self: Box<Self>) -> Result<BlobWriter> {
+        (*self).finish().context("cannot finish gzip stream")
+    }
+}
+
+impl Encoder for zstd::stream::write::Encoder<'static, BlobWriter> {
+    fn finish(self: Box<Self>) -> Result<BlobWriter> {
+        (*self).finish().context("cannot finish zstd stream")
     }
 }
 

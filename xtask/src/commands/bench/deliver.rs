@@ -13,7 +13,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::parsed::median;
+use super::parsed::{median, median_u64};
 use super::scenario::{commit_all, new_dag_layer};
 use super::tools::{builder_name, buildkit_installed, docker_build, docker_ok, docker_save_import, timed};
 use crate::cli::{BenchClusterArgs, ClusterArgs};
@@ -145,9 +145,7 @@ impl Side {
         self.bytes.push(bytes);
     }
     fn median_bytes(&self) -> u64 {
-        let mut b = self.bytes.clone();
-        b.sort();
-        b.get(b.len() / 2).copied().unwrap_or(0)
+        median_u64(&self.bytes)
     }
 }
 

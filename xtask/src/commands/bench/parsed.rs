@@ -103,6 +103,13 @@ pub(super) fn median(v: &[f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// The middle value of byte counts, like `median`.
+pub(super) fn median_u64(v: &[u64]) -> u64 {
+    let mut v = v.to_vec();
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
 /// The rows as a table: median, fastest, slowest, note.
 pub(super) fn print_rows(rows: &[Row]) {
     println!("{:<48} {:>9} {:>9} {:>9}   note", "", "median", "fastest", "slowest");

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use super::parsed::median;
+use super::parsed::{median, median_u64};
 use super::scenario::{Scenario, edit_one_dag, scenario};
 use super::tools::{
     BenchRegistry, PrivateContainerd, Run, builder_name, buildkit_installed, docker_build, docker_has_base, docker_ok,
@@ -115,12 +115,6 @@ pub(super) struct DockerPush {
     pub(super) push_bytes: u64,
     pub(super) save_import_seconds: f64,
     pub(super) save_bytes: u64,
-}
-
-fn median_u64(v: &[u64]) -> u64 {
-    let mut v = v.to_vec();
-    v.sort();
-    v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
 pub(super) fn docker_push_peer(sc: &Scenario, registry: &BenchRegistry, repeat: usize) -> Result<DockerPush> {

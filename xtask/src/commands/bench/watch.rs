@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use camino::Utf8Path;
 
-use super::deliver::{check_cluster, clean_up, cluster_flags, connect, repo_copy, xtask};
+use super::deliver::{check_cluster, clean_up, cluster_flags, connect, node_ctr, repo_copy, xtask};
 use super::parsed::{EditedDag, Row, Watcher, median, print_rows, set_worker_image};
 use super::tools::{builder_name, buildkit_installed, docker_ok, docker_save_import, reap, timed};
 use crate::cli::BenchClusterArgs;
@@ -114,9 +114,7 @@ fn measure(ctx: &Ctx, repo: &Utf8Path, args: &BenchClusterArgs) -> Result<Vec<Ro
             build.push(
                 timed(super::tools::docker_build(buildkit, &[], &dockerfile, &repo.join("files"), &tag))?.seconds,
             );
-            let mut ctr = Command::new("ctr");
-            ctr.arg("--address").arg(&args.node_containerd).args(["--namespace", "k8s.io"]);
-            let (seconds, sent) = docker_save_import(&tag, &repo.join("../save.tar"), ctr)?;
+            let (seconds, sent) = docker_save_import(&tag, &repo.join("../save.tar"), node_ctr(args))?;
             load.push(seconds);
             bytes = sent;
             ctx.block_on(set_worker_image(&cluster, &format!("docker.io/{tag}")))?;
